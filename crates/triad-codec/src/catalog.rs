@@ -1,0 +1,65 @@
+//! The compiled-in schemas and the mapping from Rust types to them.
+
+use std::collections::HashMap;
+
+use apache_avro::Schema;
+use serde::{Serialize, de::DeserializeOwned};
+use triad_domain::{DeadLetter, InboxRecord, WorkflowEvent};
+
+use crate::{Error, Result};
+
+/// Every `.avsc` file of `schemas/`, by full record name.
+pub const SCHEMA_FILES: &[(&str, &str)] = &[
+    (InboxRecord::NAME, InboxRecord::AVSC),
+    (WorkflowEvent::NAME, WorkflowEvent::AVSC),
+    (DeadLetter::NAME, DeadLetter::AVSC),
+];
+
+/// A Rust type that is the image of one top-level `.avsc` record.
+pub trait AvroRecord: Serialize + DeserializeOwned + Send + Sync {
+    /// Full Avro name, e.g. `io.triad.v1.InboxRecord`.
+    const NAME: &'static str;
+    /// The schema text, embedded from `schemas/<NAME>.avsc`.
+    const AVSC: &'static str;
+}
+
+impl AvroRecord for InboxRecord {
+    const NAME: &'static str = "io.triad.v1.InboxRecord";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.InboxRecord.avsc");
+}
+
+impl AvroRecord for WorkflowEvent {
+    const NAME: &'static str = "io.triad.v1.WorkflowEvent";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.WorkflowEvent.avsc");
+}
+
+impl AvroRecord for DeadLetter {
+    const NAME: &'static str = "io.triad.v1.DeadLetter";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.DeadLetter.avsc");
+}
+
+/// The parsed reader schemas, parsed once at start-up.
+#[derive(Debug)]
+pub struct Catalog {
+    schemas: HashMap<&'static str, Schema>,
+}
+
+impl Catalog {
+    pub fn load() -> Result<Self> {
+        let mut schemas = HashMap::new();
+        for (name, avsc) in SCHEMA_FILES {
+            let schema =
+                Schema::parse_str(avsc).map_err(|source| Error::Schema { name, source })?;
+            schemas.insert(*name, schema);
+        }
+        Ok(Self { schemas })
+    }
+
+    /// The reader schema of `T`. Every `AvroRecord` is in `SCHEMA_FILES`; the error path
+    /// keeps a forgotten entry from becoming a panic.
+    pub fn schema<T: AvroRecord>(&self) -> Result<&Schema> {
+        self.schemas
+            .get(T::NAME)
+            .ok_or(Error::UnknownRecord { name: T::NAME })
+    }
+}

@@ -1,0 +1,375 @@
+//! Layered configuration: built-in defaults → `triad.toml` → `TRIAD_*` environment → CLI.
+//!
+//! Keys nest with `__` in the environment (`TRIAD_KAFKA__BOOTSTRAP_SERVERS`) and with `.` on
+//! the command line (`--set kafka.bootstrap_servers=...`). Unknown keys are an error at every
+//! layer, and values are validated at start-up with messages naming the key. Secrets are
+//! never part of this structure: they come from the environment or files by name, so
+//! printing the configuration cannot leak them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The environment variable naming the configuration file (not itself a config key).
+pub const CONFIG_FILE_ENV: &str = "TRIAD_CONFIG";
+/// The file read when present in the working directory and no other is named.
+pub const DEFAULT_CONFIG_FILE: &str = "triad.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration file {path}: not found")]
+    MissingFile { path: PathBuf },
+    #[error("configuration: {0}")]
+    Figment(Box<figment::Error>),
+    #[error("configuration key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("--set {0}: expected key=value")]
+    BadOverride(String),
+}
+
+impl From<figment::Error> for Error {
+    fn from(e: figment::Error) -> Self {
+        Self::Figment(Box::new(e))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    pub postgres: PostgresConfig,
+    pub codec: CodecConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    pub client_id: String,
+    /// Partitions of the per-workflow topics (inbox, event store). Never changed under a live
+    /// topic: the partition of a workflow is murmur2(key) mod this number.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Consumer group of the dead-letter tooling and the demo reader.
+    pub group_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Where clients reach a Confluent-compatible schema registry.
+    pub url: String,
+    /// Where `triad registry` listens.
+    pub listen: SocketAddr,
+    /// The compacted topic holding the registry's state.
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// libpq-style URL without a password; the password comes from `PGPASSWORD` or a
+    /// `.pgpass` file, never from this file.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodecConfig {
+    /// Largest single allocation apache-avro may make while decoding one record.
+    pub max_allocation_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON for services, human-readable for one-shot CLI commands.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info,triad=debug`.
+    pub filter: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".to_owned(),
+            client_id: "triad".to_owned(),
+            partitions: 6,
+            replication_factor: 1,
+            group_prefix: "triad".to_owned(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8081".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            topic: "_schemas".to_owned(),
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgresql://triad@127.0.0.1:5432/triad".to_owned(),
+        }
+    }
+}
+
+impl Default for CodecConfig {
+    fn default() -> Self {
+        Self {
+            max_allocation_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Where the layers come from. `file: None` reads `triad.toml` if it exists (or the file named
+/// by `TRIAD_CONFIG`, which must exist).
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    /// `key=value` overrides from the command line, applied last.
+    pub overrides: Vec<String>,
+}
+
+impl Config {
+    pub fn load(sources: &Sources) -> Result<Self> {
+        Self::figment(
+            sources,
+            std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from),
+        )?
+        .extract::<Config>()
+        .map_err(Error::from)
+        .and_then(Config::validated)
+    }
+
+    fn figment(sources: &Sources, env_file: Option<PathBuf>) -> Result<Figment> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match sources.file.clone().or(env_file) {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(Error::MissingFile { path });
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+            }
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("TRIAD_").split("__").ignore(&["config"]));
+        for o in &sources.overrides {
+            let (key, value) = o
+                .split_once('=')
+                .ok_or_else(|| Error::BadOverride(o.clone()))?;
+            let value: figment::value::Value =
+                value.parse().map_err(|_| Error::BadOverride(o.clone()))?;
+            figment = figment.merge(Serialized::default(key.trim(), value));
+        }
+        Ok(figment)
+    }
+
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validated(self) -> Result<Self> {
+        let invalid = |key, reason: &str| {
+            Err(Error::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self
+            .kafka
+            .bootstrap_servers
+            .split(',')
+            .any(|s| !s.trim().contains(':'))
+        {
+            return invalid(
+                "kafka.bootstrap_servers",
+                "expected a comma-separated host:port list",
+            );
+        }
+        if self.kafka.client_id.trim().is_empty() {
+            return invalid("kafka.client_id", "must not be empty");
+        }
+        if !(1..=10_000).contains(&self.kafka.partitions) {
+            return invalid("kafka.partitions", "must be between 1 and 10000");
+        }
+        if !(1..=16).contains(&self.kafka.replication_factor) {
+            return invalid("kafka.replication_factor", "must be between 1 and 16");
+        }
+        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://"))
+        {
+            return invalid("registry.url", "must start with http:// or https://");
+        }
+        if self.registry.topic.trim().is_empty() {
+            return invalid("registry.topic", "must not be empty");
+        }
+        if !self.postgres.url.starts_with("postgresql://")
+            && !self.postgres.url.starts_with("postgres://")
+        {
+            return invalid("postgres.url", "must be a postgresql:// URL");
+        }
+        if self
+            .postgres
+            .url
+            .split('@')
+            .next()
+            .is_some_and(|auth| auth.matches(':').count() > 1)
+        {
+            return invalid(
+                "postgres.url",
+                "must not contain a password; use PGPASSWORD or a .pgpass file",
+            );
+        }
+        if self.codec.max_allocation_bytes < 1024 {
+            return invalid("codec.max_allocation_bytes", "must be at least 1024");
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return its (large) error type by design.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in_jail(sources: &Sources) -> Result<Config> {
+        Config::figment(sources, None)?
+            .extract::<Config>()
+            .map_err(Error::from)
+            .and_then(Config::validated)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Jail::expect_with(|_| {
+            assert_eq!(
+                load_in_jail(&Sources::default()).unwrap(),
+                Config::default()
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "triad.toml",
+                "[kafka]\nbootstrap_servers = \"file:1\"\nclient_id = \"from-file\"\npartitions = 3\n",
+            )?;
+            jail.set_env("TRIAD_KAFKA__CLIENT_ID", "from-env");
+            jail.set_env("TRIAD_KAFKA__PARTITIONS", "4");
+            let sources = Sources {
+                file: None,
+                overrides: vec!["kafka.partitions=5".to_owned()],
+            };
+            let c = load_in_jail(&sources).unwrap();
+            assert_eq!(c.kafka.bootstrap_servers, "file:1");
+            assert_eq!(c.kafka.client_id, "from-env");
+            assert_eq!(c.kafka.partitions, 5);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_in_every_layer() {
+        Jail::expect_with(|jail| {
+            jail.create_file("triad.toml", "[kafka]\nbootstrap_server = \"x:1\"\n")?;
+            let e = load_in_jail(&Sources::default()).unwrap_err().to_string();
+            assert!(e.contains("bootstrap_server"), "{e}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("TRIAD_REGISTRY__LISTN", "1");
+            let e = load_in_jail(&Sources::default()).unwrap_err().to_string();
+            assert!(e.contains("listn"), "{e}");
+            Ok(())
+        });
+        Jail::expect_with(|_| {
+            let sources = Sources {
+                file: None,
+                overrides: vec!["nope.key=1".to_owned()],
+            };
+            let e = load_in_jail(&sources).unwrap_err().to_string();
+            assert!(e.contains("nope"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        Jail::expect_with(|_| {
+            for (set, key) in [
+                ("kafka.partitions=0", "kafka.partitions"),
+                ("kafka.bootstrap_servers=nohost", "kafka.bootstrap_servers"),
+                ("registry.url=ftp://x", "registry.url"),
+                ("postgres.url=postgresql://u:secret@h/db", "postgres.url"),
+            ] {
+                let sources = Sources {
+                    file: None,
+                    overrides: vec![set.to_owned()],
+                };
+                let e = load_in_jail(&sources).unwrap_err().to_string();
+                assert!(e.contains(key), "{set}: {e}");
+                assert!(
+                    !e.contains("secret"),
+                    "the error must not echo a password: {e}"
+                );
+            }
+            let sources = Sources {
+                file: None,
+                overrides: vec!["registry.listen=notanaddr".to_owned()],
+            };
+            let e = load_in_jail(&sources).unwrap_err().to_string();
+            assert!(e.contains("registry.listen"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_file_must_exist() {
+        Jail::expect_with(|_| {
+            let sources = Sources {
+                file: Some("missing.toml".into()),
+                overrides: vec![],
+            };
+            assert!(matches!(
+                load_in_jail(&sources),
+                Err(Error::MissingFile { .. })
+            ));
+            Ok(())
+        });
+    }
+}

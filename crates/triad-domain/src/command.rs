@@ -1,0 +1,99 @@
+//! Records of `triad.workflow-inbox` (schema `io.triad.v1.InboxRecord`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TimestampMicros;
+
+/// One record of the workflow inbox: commands from the edge and task results from executors
+/// share this topic so that their order per workflow is a fact of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxRecord {
+    pub meta: CommandMetadata,
+    pub body: InboxBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandMetadata {
+    pub command_id: String,
+    pub idempotency_key: String,
+    pub workflow_id: String,
+    pub issued_at: TimestampMicros,
+    pub actor: Option<String>,
+    pub schema_version: i32,
+}
+
+/// The Avro union of the inbox body. Variant order is the union's branch order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InboxBody {
+    SubmitWorkflow(SubmitWorkflow),
+    CancelWorkflow(CancelWorkflow),
+    TaskResultReported(TaskResultReported),
+}
+
+impl InboxBody {
+    /// The Avro record name of the variant, used in logs and as `event_type`-like labels.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::SubmitWorkflow(_) => "SubmitWorkflow",
+            Self::CancelWorkflow(_) => "CancelWorkflow",
+            Self::TaskResultReported(_) => "TaskResultReported",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitWorkflow {
+    pub name: String,
+    pub default_zones: Vec<String>,
+    pub tasks: Vec<TaskSpec>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub id: String,
+    #[serde(with = "serde_bytes")]
+    pub prompt: Vec<u8>,
+    pub model_hint: Option<String>,
+    pub specialties: Vec<String>,
+    pub zones: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub max_tokens: i32,
+    pub timeout_ms: i64,
+    pub max_attempts: i32,
+    pub auction: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelWorkflow {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum TaskOutcome {
+    #[serde(rename = "SUCCEEDED")]
+    Succeeded,
+    #[serde(rename = "FAILED")]
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResultReported {
+    pub task_id: String,
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub model_id: String,
+    pub executor_zone: String,
+    pub outcome: TaskOutcome,
+    #[serde(with = "serde_bytes")]
+    pub output: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub retryable: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micros: i64,
+    pub latency_ms: i64,
+}

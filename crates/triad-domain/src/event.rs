@@ -1,0 +1,144 @@
+//! Records of the event store `triad.workflow-events` (schema `io.triad.v1.WorkflowEvent`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{TaskSpec, TimestampMicros};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowEvent {
+    pub meta: EventMetadata,
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    pub event_id: String,
+    pub event_type: String,
+    pub occurred_at: TimestampMicros,
+    pub workflow_id: String,
+    pub causation: Causation,
+    pub sequence: i64,
+    pub schema_version: i32,
+}
+
+/// What caused an event: the input record (topic, partition, offset) and, for commands, the
+/// command id. Together with the output index it determines the event id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Causation {
+    pub command_id: Option<String>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The Avro union of the event body. Variant order is the union's branch order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventBody {
+    WorkflowAccepted(WorkflowAccepted),
+    WorkflowRejected(WorkflowRejected),
+    TaskScheduled(TaskScheduled),
+    TaskDispatched(TaskDispatched),
+    TaskCompleted(TaskCompleted),
+    TaskFailed(TaskFailed),
+    TaskSkipped(TaskSkipped),
+    WorkflowCompleted(WorkflowCompleted),
+    WorkflowFailed(WorkflowFailed),
+    WorkflowCancelled(WorkflowCancelled),
+}
+
+impl EventBody {
+    /// The Avro record name of the variant; stored in `EventMetadata::event_type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::WorkflowAccepted(_) => "WorkflowAccepted",
+            Self::WorkflowRejected(_) => "WorkflowRejected",
+            Self::TaskScheduled(_) => "TaskScheduled",
+            Self::TaskDispatched(_) => "TaskDispatched",
+            Self::TaskCompleted(_) => "TaskCompleted",
+            Self::TaskFailed(_) => "TaskFailed",
+            Self::TaskSkipped(_) => "TaskSkipped",
+            Self::WorkflowCompleted(_) => "WorkflowCompleted",
+            Self::WorkflowFailed(_) => "WorkflowFailed",
+            Self::WorkflowCancelled(_) => "WorkflowCancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowAccepted {
+    pub name: String,
+    pub default_zones: Vec<String>,
+    pub tasks: Vec<TaskSpec>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowRejected {
+    pub reason: String,
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskScheduled {
+    pub task_id: String,
+    pub attempt: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDispatched {
+    pub task_id: String,
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub zone: String,
+    pub model_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCompleted {
+    pub task_id: String,
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub model_id: String,
+    pub executor_zone: String,
+    #[serde(with = "serde_bytes")]
+    pub output: Vec<u8>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micros: i64,
+    pub latency_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailed {
+    pub task_id: String,
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub error: String,
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSkipped {
+    pub task_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowCompleted {
+    pub outputs: BTreeMap<String, serde_bytes::ByteBuf>,
+    pub total_cost_micros: i64,
+    pub models_used: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowFailed {
+    pub reason: String,
+    pub failed_task: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowCancelled {
+    pub reason: Option<String>,
+}

@@ -1,0 +1,205 @@
+//! Deterministic sample records: one of every command and event variant. Used by the demo,
+//! the golden corpus of `schemas/golden/`, the benchmarks and tests.
+
+use std::collections::BTreeMap;
+
+use serde_bytes::ByteBuf;
+
+use crate::{
+    CancelWorkflow, Causation, CommandMetadata, DeadLetter, DeadLetterHeader, EventBody,
+    EventMetadata, InboxBody, InboxRecord, SubmitWorkflow, TaskCompleted, TaskDispatched,
+    TaskFailed, TaskOutcome, TaskResultReported, TaskScheduled, TaskSkipped, TaskSpec,
+    WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed,
+    WorkflowRejected, derive_event_id,
+};
+
+/// 2026-01-01T00:00:00Z in microseconds.
+pub const EPOCH_2026_MICROS: i64 = 1_767_225_600_000_000;
+pub const WORKFLOW_ID: &str = "wf-00000000-demo";
+pub const INBOX_TOPIC: &str = "triad.workflow-inbox";
+
+/// The seed's example workflow: generate questions, then answer them.
+pub fn research_workflow() -> SubmitWorkflow {
+    SubmitWorkflow {
+        name: "research".to_owned(),
+        default_zones: vec!["US-EAST".to_owned()],
+        tasks: vec![
+            task(
+                "generate_questions",
+                "Generate 3 questions about data sovereignty",
+                &[],
+            ),
+            task(
+                "answer",
+                "Answer: {generate_questions.output}",
+                &["generate_questions"],
+            ),
+        ],
+        labels: BTreeMap::from([("team".to_owned(), "demo".to_owned())]),
+    }
+}
+
+fn task(id: &str, prompt: &str, depends_on: &[&str]) -> TaskSpec {
+    TaskSpec {
+        id: id.to_owned(),
+        prompt: prompt.as_bytes().to_vec(),
+        model_hint: None,
+        specialties: vec![],
+        zones: vec![],
+        depends_on: depends_on.iter().map(|d| (*d).to_owned()).collect(),
+        max_tokens: 1024,
+        timeout_ms: 60_000,
+        max_attempts: 3,
+        auction: false,
+    }
+}
+
+fn command_meta(n: u32) -> CommandMetadata {
+    CommandMetadata {
+        command_id: format!("00000000-0000-4000-8000-{n:012}"),
+        idempotency_key: format!("demo-key-{n}"),
+        workflow_id: WORKFLOW_ID.to_owned(),
+        issued_at: EPOCH_2026_MICROS + i64::from(n),
+        actor: Some("demo".to_owned()),
+        schema_version: 1,
+    }
+}
+
+/// One inbox record of every body variant.
+pub fn inbox_records() -> Vec<InboxRecord> {
+    vec![
+        InboxRecord {
+            meta: command_meta(1),
+            body: InboxBody::SubmitWorkflow(research_workflow()),
+        },
+        InboxRecord {
+            meta: command_meta(2),
+            body: InboxBody::CancelWorkflow(CancelWorkflow {
+                reason: Some("demo".to_owned()),
+            }),
+        },
+        InboxRecord {
+            meta: command_meta(3),
+            body: InboxBody::TaskResultReported(TaskResultReported {
+                task_id: "generate_questions".to_owned(),
+                attempt: 1,
+                attempt_id: "generate_questions#1".to_owned(),
+                model_id: "triad-local".to_owned(),
+                executor_zone: "US-EAST".to_owned(),
+                outcome: TaskOutcome::Succeeded,
+                output: Some(b"1. Who holds the keys?".to_vec()),
+                error: None,
+                retryable: false,
+                input_tokens: 12,
+                output_tokens: 7,
+                cost_micros: 0,
+                latency_ms: 3,
+            }),
+        },
+    ]
+}
+
+/// One event of every body variant, with consecutive sequence numbers.
+pub fn workflow_events() -> Vec<WorkflowEvent> {
+    let wf = research_workflow();
+    let bodies = vec![
+        EventBody::WorkflowAccepted(WorkflowAccepted {
+            name: wf.name,
+            default_zones: wf.default_zones,
+            tasks: wf.tasks,
+            labels: wf.labels,
+        }),
+        EventBody::WorkflowRejected(WorkflowRejected {
+            reason: "unknown zone MARS".to_owned(),
+            field: Some("tasks[0].zones".to_owned()),
+        }),
+        EventBody::TaskScheduled(TaskScheduled {
+            task_id: "generate_questions".to_owned(),
+            attempt: 1,
+        }),
+        EventBody::TaskDispatched(TaskDispatched {
+            task_id: "generate_questions".to_owned(),
+            attempt: 1,
+            attempt_id: "generate_questions#1".to_owned(),
+            zone: "US-EAST".to_owned(),
+            model_id: "triad-local".to_owned(),
+        }),
+        EventBody::TaskCompleted(TaskCompleted {
+            task_id: "generate_questions".to_owned(),
+            attempt: 1,
+            attempt_id: "generate_questions#1".to_owned(),
+            model_id: "triad-local".to_owned(),
+            executor_zone: "US-EAST".to_owned(),
+            output: b"1. Who holds the keys?".to_vec(),
+            input_tokens: 12,
+            output_tokens: 7,
+            cost_micros: 42,
+            latency_ms: 3,
+        }),
+        EventBody::TaskFailed(TaskFailed {
+            task_id: "answer".to_owned(),
+            attempt: 1,
+            attempt_id: "answer#1".to_owned(),
+            error: "model timed out".to_owned(),
+            retryable: true,
+        }),
+        EventBody::TaskSkipped(TaskSkipped {
+            task_id: "answer".to_owned(),
+            reason: "dependency generate_questions failed".to_owned(),
+        }),
+        EventBody::WorkflowCompleted(WorkflowCompleted {
+            outputs: BTreeMap::from([("answer".to_owned(), ByteBuf::from(b"42".to_vec()))]),
+            total_cost_micros: 84,
+            models_used: vec!["triad-local".to_owned()],
+        }),
+        EventBody::WorkflowFailed(WorkflowFailed {
+            reason: "task answer failed".to_owned(),
+            failed_task: Some("answer".to_owned()),
+        }),
+        EventBody::WorkflowCancelled(WorkflowCancelled { reason: None }),
+    ];
+    bodies
+        .into_iter()
+        .zip(0u32..)
+        .map(|(body, index)| {
+            let causation = Causation {
+                command_id: Some(command_meta(1).command_id),
+                topic: INBOX_TOPIC.to_owned(),
+                partition: 0,
+                offset: 0,
+            };
+            WorkflowEvent {
+                meta: EventMetadata {
+                    event_id: derive_event_id(&causation, index),
+                    event_type: body.type_name().to_owned(),
+                    occurred_at: EPOCH_2026_MICROS,
+                    workflow_id: WORKFLOW_ID.to_owned(),
+                    causation,
+                    sequence: i64::from(index) + 1,
+                    schema_version: 1,
+                },
+                body,
+            }
+        })
+        .collect()
+}
+
+/// A dead letter for a record that was not Avro at all.
+pub fn dead_letter() -> DeadLetter {
+    DeadLetter {
+        source_topic: INBOX_TOPIC.to_owned(),
+        source_partition: 2,
+        source_offset: 17,
+        consumer_group: "triad-processor".to_owned(),
+        key: Some(WORKFLOW_ID.as_bytes().to_vec()),
+        value: Some(b"{not avro}".to_vec()),
+        headers: vec![DeadLetterHeader {
+            key: "traceparent".to_owned(),
+            value: Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
+        }],
+        error_kind: "decode".to_owned(),
+        error: "record starts with magic byte 0x7b, expected 0x00 (Confluent wire format)"
+            .to_owned(),
+        failed_at: EPOCH_2026_MICROS,
+    }
+}

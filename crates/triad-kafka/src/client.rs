@@ -1,0 +1,50 @@
+//! librdkafka settings shared by every TRIAD client.
+
+use rdkafka::ClientConfig;
+use triad_config::KafkaConfig;
+
+/// A producer that never loses or duplicates an acknowledged write on retry: idempotent,
+/// `acks=all`, and partitioned by murmur2 like the Java client, so any Kafka client computes
+/// the same partition for a workflow id.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", &kafka.client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    c
+}
+
+/// A consumer in `group` that stores offsets only when the code says the work is committed
+/// (`enable.auto.offset.store=false`); stored offsets are committed in the background and
+/// synchronously on revoke and shutdown.
+pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", &kafka.client_id)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000");
+    c
+}
+
+/// A consumer without a group, for reading a topic from the start (registry state, DLQ
+/// listing, audits). It never commits.
+pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", &kafka.client_id)
+        .set("group.id", format!("{}-reader", kafka.group_prefix))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true");
+    c
+}

@@ -1,0 +1,249 @@
+//! Consumers: a group consumer that stores an offset only after its record's work is
+//! committed, with the dead-letter / halt policy for undecodable records, and a reader that
+//! loads a whole topic (registry state, DLQ listing, audits).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use triad_config::KafkaConfig;
+use triad_domain::{DeadLetter, DeadLetterHeader};
+
+use crate::{Error, Result};
+
+/// What to do with a record that cannot be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUndecodable {
+    /// Edge topics (commands, task results): write it to `triad.dlq` with the reason and move
+    /// on, so one bad record never blocks a partition.
+    DeadLetter,
+    /// The event store: stop the partition loudly. Skipping an event would corrupt state and
+    /// the chain of custody.
+    Halt,
+}
+
+/// The result of handling one record.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The work is committed; the offset may be stored.
+    Done,
+    /// The bytes are bad; retrying cannot help.
+    Undecodable { kind: &'static str, reason: String },
+}
+
+/// Runs `handler` over the records of `topics` in consumer group `group` until `cancel`.
+/// Offsets are stored only after `handler` returned `Done` (or the dead letter was
+/// acknowledged); the stored offsets are committed on shutdown. A handler error (e.g. the
+/// database is down) is retried with backoff on the same record: nothing is skipped.
+pub async fn run_group<F, Fut, E>(
+    kafka: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+    policy: OnUndecodable,
+    dlq: Option<&crate::dlq::DeadLetterWriter>,
+    cancel: CancellationToken,
+    mut handler: F,
+) -> Result<()>
+where
+    F: FnMut(OwnedMessage) -> Fut,
+    Fut: Future<Output = std::result::Result<Outcome, E>>,
+    E: std::fmt::Display,
+{
+    let consumer: StreamConsumer = crate::client::consumer_config(kafka, group).create()?;
+    consumer.subscribe(topics)?;
+    let mut stream = consumer.stream();
+    let result = loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => break Ok(()),
+            m = stream.next() => m,
+        };
+        let Some(message) = message else { break Ok(()) };
+        let message = match message {
+            Ok(m) => m.detach(),
+            Err(error) => {
+                tracing::warn!(%error, "kafka consumer error");
+                continue;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        let outcome = loop {
+            match handler(message.clone()).await {
+                Ok(outcome) => break outcome,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        messaging.destination.name = message.topic(),
+                        messaging.destination.partition.id = message.partition(),
+                        messaging.kafka.offset = message.offset(),
+                        "handler failed; retrying the same record"
+                    );
+                    tokio::select! {
+                        () = cancel.cancelled() => return commit_and_close(&consumer),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        if let Outcome::Undecodable { kind, reason } = outcome {
+            match (policy, dlq) {
+                (OnUndecodable::DeadLetter, Some(dlq)) => {
+                    dlq.write(&message, group, kind, &reason).await?;
+                }
+                _ => {
+                    tracing::error!(
+                        messaging.destination.name = message.topic(),
+                        messaging.destination.partition.id = message.partition(),
+                        messaging.kafka.offset = message.offset(),
+                        error = %reason,
+                        "undecodable event-store record; partition halted"
+                    );
+                    break Err(Error::Halted {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        reason,
+                    });
+                }
+            }
+        }
+        consumer.store_offset(message.topic(), message.partition(), message.offset())?;
+    };
+    commit_and_close(&consumer)?;
+    result
+}
+
+fn commit_and_close(consumer: &StreamConsumer) -> Result<()> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => Ok(()),
+        // Nothing stored since the last commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::error::RDKafkaErrorCode::NoOffset,
+        )) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The headers of a message as owned pairs.
+pub fn headers_of(message: &OwnedMessage) -> Vec<DeadLetterHeader> {
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| DeadLetterHeader {
+                    key: h.key.to_owned(),
+                    value: h.value.map(<[u8]>::to_vec),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A dead letter describing `message`.
+pub fn dead_letter_for(
+    message: &OwnedMessage,
+    group: &str,
+    kind: &str,
+    reason: &str,
+) -> DeadLetter {
+    DeadLetter {
+        source_topic: message.topic().to_owned(),
+        source_partition: message.partition(),
+        source_offset: message.offset(),
+        consumer_group: group.to_owned(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers: headers_of(message),
+        error_kind: kind.to_owned(),
+        error: reason.to_owned(),
+        failed_at: crate::now_micros(),
+    }
+}
+
+/// Reads every record of `topic` present when called (up to each partition's high
+/// watermark), without a consumer group.
+pub async fn read_all(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>> {
+    let consumer: StreamConsumer = crate::client::reader_config(kafka).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        if high > low {
+            remaining.insert(p, high);
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&assignment)?;
+    let mut stream = consumer.stream();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !remaining.is_empty() {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| Error::Timeout(timeout, "the end of the topic"))?;
+        match next {
+            None => break,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                remaining.remove(&p);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => {
+                let m = m.detach();
+                if remaining
+                    .get(&m.partition())
+                    .is_some_and(|high| m.offset() + 1 >= *high)
+                {
+                    remaining.remove(&m.partition());
+                }
+                out.push(m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the one record at `topic`/`partition`@`offset`.
+pub async fn read_at(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timeout: Duration,
+) -> Result<OwnedMessage> {
+    let consumer: StreamConsumer = crate::client::reader_config(kafka).create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&assignment)?;
+    let mut stream = consumer.stream();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| Error::Timeout(timeout, "the record"))?;
+        match next {
+            Some(Ok(m)) if m.offset() == offset => return Ok(m.detach()),
+            Some(Ok(_)) | Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(Error::Timeout(timeout, "the record")),
+        }
+    }
+}
