@@ -99,3 +99,51 @@ pub async fn run(config: &Config, codec: Arc<Codec>) -> Result<()> {
     println!("demo ok");
     Ok(())
 }
+
+/// Publishes every fixture to prefixed copies of the spine topics and prints the topics.
+pub async fn publish_fixtures(config: &Config, codec: Arc<Codec>, prefix: &str) -> Result<()> {
+    if prefix.is_empty() {
+        bail!("--topic-prefix must not be empty: fixtures never go into the live topics");
+    }
+    let inbox = format!("{prefix}{WORKFLOW_INBOX}");
+    let events = format!("{prefix}{}", topics::WORKFLOW_EVENTS);
+    let dlq = format!("{prefix}{}", topics::DLQ);
+    let specs: Vec<topics::TopicSpec> = [&inbox, &events, &dlq]
+        .iter()
+        .map(|name| topics::TopicSpec {
+            name: (*name).clone(),
+            partitions: 1,
+            retention: topics::Retention::Bounded { ms: 86_400_000 },
+            purpose: "fixtures",
+        })
+        .collect();
+    topics::ensure(&config.kafka, &specs, false).await?;
+    let producer = Producer::new(&config.kafka)?;
+    for r in fixtures::inbox_records() {
+        let bytes = codec.encode(&inbox, &r).await?;
+        producer
+            .send(
+                &inbox,
+                Some(r.meta.workflow_id.as_bytes()),
+                Some(&bytes),
+                &[],
+            )
+            .await?;
+    }
+    for e in fixtures::workflow_events() {
+        let bytes = codec.encode(&events, &e).await?;
+        producer
+            .send(
+                &events,
+                Some(e.meta.workflow_id.as_bytes()),
+                Some(&bytes),
+                &[],
+            )
+            .await?;
+    }
+    triad_kafka::dlq::DeadLetterWriter::with_topic(producer, codec, &dlq)
+        .write_letter(&fixtures::dead_letter())
+        .await?;
+    println!("{inbox}\n{events}\n{dlq}");
+    Ok(())
+}

@@ -44,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Publish one record of every command, event and dead-letter variant to
+    /// `<prefix>triad.workflow-inbox`, `<prefix>triad.workflow-events` and `<prefix>triad.dlq`
+    /// (for compatibility checks with third-party decoders; never into the live topics).
+    #[command(hide = true)]
+    PublishFixtures {
+        #[arg(long)]
+        topic_prefix: String,
+    },
     /// Print the effective configuration (every layer applied) as TOML.
     Config,
     /// Measure CPU per event of Avro encode + produce against raw produce (see docs/benchmarks.md).
@@ -173,6 +181,9 @@ async fn main() -> Result<()> {
         }
         Command::Demo => demo::run(&config, codec(&config)?).await?,
         Command::Dlq { command } => dlq(&config, command).await?,
+        Command::PublishFixtures { topic_prefix } => {
+            demo::publish_fixtures(&config, codec(&config)?, &topic_prefix).await?;
+        }
         Command::Config => print!("{}", toml::to_string_pretty(&config)?),
         Command::Bench(args) => bench::run(&config, codec(&config)?, &args).await?,
     }

@@ -81,15 +81,7 @@ async fn consume(
         }
     };
     let topics = [source];
-    let run = run_group(
-        kafka,
-        group,
-        &topics,
-        policy,
-        dlq,
-        cancel.clone(),
-        handler,
-    );
+    let run = run_group(kafka, group, &topics, policy, dlq, cancel.clone(), handler);
     let result = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("consumer did not finish in 60 s");

@@ -1,0 +1,165 @@
+"""Third-party clients against TRIAD's topics and registry.
+
+Confluent's Python client (the same AvroDeserializer + SchemaRegistryClient logic Kafka
+Connect's AvroConverter uses) must decode every record TRIAD writes, and must drive the dev
+registry through its public API; fastavro must read the golden corpus. Needs the stack
+(scripts/dev.sh up) and a built `triad` binary.
+"""
+
+import datetime as dt
+import json
+import os
+import pathlib
+import subprocess
+import uuid
+
+import fastavro
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+TRIAD = str(TARGET / "debug" / "triad")
+KAFKA = "127.0.0.1:9092"
+REGISTRY = "http://127.0.0.1:8081"
+EPOCH_2026 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def read_all(topic):
+    """Every record of a topic, up to the high watermarks at the time of the call."""
+    consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": f"compat-{uuid.uuid4()}",
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        assert meta.error is None, meta.error
+        ends = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        out = []
+        while ends:
+            m = consumer.poll(10)
+            assert m is not None, f"timed out reading {topic}"
+            assert m.error() is None, m.error()
+            out.append(m)
+            if m.offset() + 1 >= ends.get(m.partition(), 0):
+                ends.pop(m.partition(), None)
+        return out
+    finally:
+        consumer.close()
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return SchemaRegistryClient({"url": REGISTRY})
+
+
+@pytest.fixture(scope="module")
+def fixture_topics():
+    prefix = f"compat-{uuid.uuid4().hex}."
+    out = subprocess.run([TRIAD, "publish-fixtures", "--topic-prefix", prefix],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return dict(zip(["inbox", "events", "dlq"], out))
+
+
+def decode_all(registry, topic):
+    deserializer = AvroDeserializer(registry)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    return [deserializer(m.value(), ctx) for m in read_all(topic)]
+
+
+def test_every_event_type_decodes_with_confluent_avro_deserializer(registry, fixture_topics):
+    events = decode_all(registry, fixture_topics["events"])
+    assert [e["meta"]["event_type"] for e in events] == [
+        "WorkflowAccepted", "WorkflowRejected", "TaskScheduled", "TaskDispatched",
+        "TaskCompleted", "TaskFailed", "TaskSkipped", "WorkflowCompleted", "WorkflowFailed",
+        "WorkflowCancelled"]
+    assert [e["meta"]["sequence"] for e in events] == list(range(1, 11))
+    assert all(e["meta"]["occurred_at"] == EPOCH_2026 for e in events)
+    completed = events[4]["body"]
+    assert completed["output"] == b"1. Who holds the keys?"
+    assert completed["cost_micros"] == 42
+    accepted = events[0]["body"]
+    assert [t["id"] for t in accepted["tasks"]] == ["generate_questions", "answer"]
+    assert accepted["tasks"][1]["depends_on"] == ["generate_questions"]
+    assert events[7]["body"]["outputs"] == {"answer": b"42"}
+
+
+def test_every_command_and_dead_letter_decodes(registry, fixture_topics):
+    inbox = decode_all(registry, fixture_topics["inbox"])
+    assert [r["meta"]["idempotency_key"] for r in inbox] == ["demo-key-1", "demo-key-2", "demo-key-3"]
+    assert inbox[0]["body"]["name"] == "research"
+    assert inbox[2]["body"]["outcome"] == "SUCCEEDED"
+    [letter] = decode_all(registry, fixture_topics["dlq"])
+    assert letter["value"] == b"{not avro}"
+    assert letter["source_offset"] == 17
+    assert letter["headers"][0]["key"] == "traceparent"
+
+
+def test_the_live_inbox_decodes_record_by_record(registry):
+    # The demo writes to the live inbox; every record there must decode.
+    subprocess.run([TRIAD, "demo"], check=True, capture_output=True)
+    records = decode_all(registry, "triad.workflow-inbox")
+    assert records, "the demo should have written at least one record"
+    assert all(r["meta"]["workflow_id"].startswith("wf-") for r in records)
+
+
+def test_golden_corpus_reads_with_fastavro():
+    schemas = ROOT / "schemas"
+    for history in (schemas / "history").iterdir():
+        current = fastavro.parse_schema(json.loads((schemas / f"{history.name}.avsc").read_text()))
+        for version in sorted(history.iterdir()):
+            writer = fastavro.parse_schema(json.loads(version.read_text()))
+            golden = schemas / "golden" / history.name / version.stem
+            files = sorted(golden.iterdir())
+            assert files, golden
+            for f in files:
+                with f.open("rb") as fh:
+                    record = fastavro.schemaless_reader(fh, writer, current)
+                    assert fh.read() == b"", f"{f}: trailing bytes"
+                assert isinstance(record, dict)
+
+
+AVSC_V1 = json.dumps({"type": "record", "name": "Compat", "fields": [{"name": "a", "type": "string"}]})
+AVSC_V2 = json.dumps({"type": "record", "name": "Compat", "fields": [
+    {"name": "a", "type": "string"}, {"name": "b", "type": "int", "default": 0}]})
+AVSC_BAD = json.dumps({"type": "record", "name": "Compat", "fields": [{"name": "a", "type": "int"}]})
+
+
+def test_schema_registry_client_drives_the_registry(registry):
+    subject = f"compat-{uuid.uuid4().hex}-value"
+    id1 = registry.register_schema(subject, Schema(AVSC_V1, "AVRO"))
+    assert registry.register_schema(subject, Schema(AVSC_V1, "AVRO")) == id1
+    id2 = registry.register_schema(subject, Schema(AVSC_V2, "AVRO"))
+    assert id2 != id1
+    assert json.loads(registry.get_schema(id1).schema_str) == json.loads(AVSC_V1)
+    latest = registry.get_latest_version(subject)
+    assert (latest.version, latest.schema_id) == (2, id2)
+    assert registry.get_versions(subject) == [1, 2]
+    found = registry.lookup_schema(subject, Schema(AVSC_V1, "AVRO"))
+    assert (found.version, found.schema_id) == (1, id1)
+    assert subject in registry.get_subjects()
+
+    assert registry.test_compatibility(subject, Schema(AVSC_BAD, "AVRO")) is False
+    with pytest.raises(SchemaRegistryError) as e:
+        registry.register_schema(subject, Schema(AVSC_BAD, "AVRO"))
+    assert e.value.http_status_code == 409
+
+    registry.set_compatibility(subject, "NONE")
+    assert registry.get_compatibility(subject) == "NONE"
+    assert registry.test_compatibility(subject, Schema(AVSC_BAD, "AVRO")) is True
+
+    assert registry.delete_subject(subject) == [1, 2]
+    assert registry.delete_subject(subject, permanent=True) == [1, 2]
+    with pytest.raises(SchemaRegistryError) as e:
+        registry.get_versions(subject)
+    assert e.value.error_code == 40401
+    with pytest.raises(SchemaRegistryError) as e:
+        registry.get_schema(10_000_000)
+    assert e.value.error_code == 40403
