@@ -21,11 +21,22 @@ pub struct Args {
     /// Records in flight at once.
     #[arg(long, default_value_t = 500)]
     window: usize,
+    /// Measured rounds; each runs the baseline then the Avro pass, after one warm-up pass.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
+#[derive(Default)]
 struct Pass {
     cpu: Duration,
     wall: Duration,
+}
+
+impl std::ops::AddAssign for Pass {
+    fn add_assign(&mut self, other: Self) {
+        self.cpu += other.cpu;
+        self.wall += other.wall;
+    }
 }
 
 impl Pass {
@@ -100,49 +111,58 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> 
     // Warm-up: registers the schema and fills the codec's caches.
     let encoded = codec.encode(&topic, &sample).await?;
     println!(
-        "bench: {} events per pass, {} in flight, record {} bytes, topic {topic}",
+        "bench: {} rounds of {} events per pass, {} in flight, record {} bytes, topic {topic}",
+        args.rounds,
         args.count,
         args.window,
         encoded.len()
     );
 
-    let raw = pass(args.count, args.window, |i| {
-        let producer = producer.clone();
-        let topic = topic.clone();
-        let bytes = encoded.clone();
-        async move {
-            let key = format!("wf-{i}");
-            producer
-                .send(&topic, Some(key.as_bytes()), Some(&bytes), &[])
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let raw_pass = || {
+        pass(args.count, args.window, |i| {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            let bytes = encoded.clone();
+            async move {
+                let key = format!("wf-{i}");
+                producer
+                    .send(&topic, Some(key.as_bytes()), Some(&bytes), &[])
+                    .await?;
+                Ok(())
+            }
+        })
+    };
+    let avro_pass = || {
+        pass(args.count, args.window, |i| {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            let codec = codec.clone();
+            let mut record: InboxRecord = sample.clone();
+            async move {
+                // A distinct record each time, as a real edge produces.
+                record.meta.workflow_id = format!("wf-{i:08}");
+                let bytes = codec.encode(&topic, &record).await?;
+                producer
+                    .send(
+                        &topic,
+                        Some(record.meta.workflow_id.as_bytes()),
+                        Some(&bytes),
+                        &[],
+                    )
+                    .await?;
+                Ok(())
+            }
+        })
+    };
 
-    let avro = pass(args.count, args.window, |i| {
-        let producer = producer.clone();
-        let topic = topic.clone();
-        let codec = codec.clone();
-        let mut record: InboxRecord = sample.clone();
-        async move {
-            // A distinct record each time, as a real edge produces.
-            record.meta.workflow_id = format!("wf-{i:08}");
-            let bytes = codec.encode(&topic, &record).await?;
-            producer
-                .send(
-                    &topic,
-                    Some(record.meta.workflow_id.as_bytes()),
-                    Some(&bytes),
-                    &[],
-                )
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
-
-    let n = args.count;
+    // Warm-up: connections, metadata and the broker's first segment are not what we measure.
+    raw_pass().await?;
+    let (mut raw, mut avro) = (Pass::default(), Pass::default());
+    for _ in 0..args.rounds.max(1) {
+        raw += raw_pass().await?;
+        avro += avro_pass().await?;
+    }
+    let n = args.count * args.rounds.max(1);
     let base = raw.cpu_per_event_us(n);
     let ours = avro.cpu_per_event_us(n);
     println!("| pass | CPU µs/event | wall events/s |");

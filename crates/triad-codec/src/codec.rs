@@ -45,7 +45,7 @@ impl std::fmt::Debug for Codec {
 impl Codec {
     pub fn new(options: &CodecOptions) -> Result<Self> {
         // apache-avro keeps this limit process-wide and takes only the first value set.
-        apache_avro::util::max_allocation_bytes(options.max_allocation_bytes);
+        crate::set_max_allocation_bytes(options.max_allocation_bytes);
         let settings = SrSettings::new_builder(options.registry_url.clone())
             .no_proxy()
             .build()

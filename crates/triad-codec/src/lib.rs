@@ -16,3 +16,9 @@ pub mod wire;
 pub use catalog::{AvroRecord, Catalog, SCHEMA_FILES};
 pub use codec::{Codec, CodecOptions, decode_datum, encode_datum};
 pub use error::{Error, Result};
+
+/// Caps any single allocation apache-avro makes while decoding (process-wide; the first call
+/// wins). `Codec::new` calls it with `codec.max_allocation_bytes`.
+pub fn set_max_allocation_bytes(bytes: usize) -> usize {
+    apache_avro::util::max_allocation_bytes(bytes)
+}
