@@ -398,3 +398,40 @@ fn incompatible_data_is_a_resolution_error_naming_the_path() {
     assert!(msg.contains("$.error_kind"), "{msg}");
     assert!(err.is_undecodable());
 }
+
+fn arb_event() -> impl Strategy<Value = triad_domain::WorkflowEvent> {
+    let bodies = fixtures::workflow_events();
+    (
+        0..bodies.len(),
+        arb_string(),
+        any::<i64>(),
+        any::<i64>(),
+        proptest::option::of(arb_string()),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(
+            move |(i, workflow_id, occurred_at, sequence, command_id, bytes)| {
+                let mut event = bodies[i].clone();
+                event.meta.workflow_id = workflow_id;
+                event.meta.occurred_at = occurred_at;
+                event.meta.sequence = sequence;
+                event.meta.causation.command_id = command_id;
+                match &mut event.body {
+                    triad_domain::EventBody::TaskCompleted(c) => c.output = bytes,
+                    triad_domain::EventBody::WorkflowAccepted(a) => a.tasks[0].prompt = bytes,
+                    triad_domain::EventBody::WorkflowRejected(r) => {
+                        r.reason = String::from_utf8_lossy(&bytes).into_owned()
+                    }
+                    _ => {}
+                }
+                event
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_events_round_trip(event in arb_event()) {
+        round_trip(&event);
+    }
+}

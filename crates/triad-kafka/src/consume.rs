@@ -36,16 +36,64 @@ pub enum Outcome {
     Undecodable { kind: &'static str, reason: String },
 }
 
+/// The group consumer's context: on revoke it flushes the producer whose writes belong to
+/// the revoked partitions' work and commits the stored offsets, so the next owner starts
+/// exactly after the last completed record and sees every write that preceded it.
+#[derive(Debug, Default)]
+pub struct GroupContext {
+    flush_on_revoke: Option<crate::produce::Producer>,
+}
+
+impl rdkafka::client::ClientContext for GroupContext {}
+
+impl rdkafka::consumer::ConsumerContext for GroupContext {
+    fn pre_rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Revoke(partitions) => {
+                if let Some(producer) = &self.flush_on_revoke
+                    && let Err(error) = producer.flush(Duration::from_secs(10))
+                {
+                    tracing::error!(%error, "flushing the producer on revoke failed");
+                }
+                if let Err(error) = commit(consumer) {
+                    tracing::warn!(%error, "committing offsets on revoke failed");
+                }
+                tracing::info!(partitions = partitions.count(), "partitions revoked");
+            }
+            rdkafka::consumer::Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = partitions.count(), "partitions assigned");
+            }
+            rdkafka::consumer::Rebalance::Error(error) => {
+                tracing::warn!(%error, "rebalance error");
+            }
+        }
+    }
+}
+
+/// What `run_group` consumes and how.
+#[derive(Debug)]
+pub struct Group<'a> {
+    pub kafka: &'a KafkaConfig,
+    /// The consumer group id.
+    pub name: &'a str,
+    pub topics: &'a [&'a str],
+    pub on_undecodable: OnUndecodable,
+    /// Where `OnUndecodable::DeadLetter` writes; without it an undecodable record halts.
+    pub dlq: Option<&'a crate::dlq::DeadLetterWriter>,
+    /// The producer of the handler's writes, flushed when partitions are revoked.
+    pub flush_on_revoke: Option<crate::produce::Producer>,
+}
+
 /// Runs `handler` over the records of `topics` in consumer group `group` until `cancel`.
 /// Offsets are stored only after `handler` returned `Done` (or the dead letter was
 /// acknowledged); the stored offsets are committed on shutdown. A handler error (e.g. the
 /// database is down) is retried with backoff on the same record: nothing is skipped.
 pub async fn run_group<F, Fut, E>(
-    kafka: &KafkaConfig,
-    group: &str,
-    topics: &[&str],
-    policy: OnUndecodable,
-    dlq: Option<&crate::dlq::DeadLetterWriter>,
+    options: Group<'_>,
     cancel: CancellationToken,
     mut handler: F,
 ) -> Result<()>
@@ -54,7 +102,16 @@ where
     Fut: Future<Output = std::result::Result<Outcome, E>>,
     E: std::fmt::Display,
 {
-    let consumer: StreamConsumer = crate::client::consumer_config(kafka, group).create()?;
+    let Group {
+        kafka,
+        name: group,
+        topics,
+        on_undecodable: policy,
+        dlq,
+        flush_on_revoke,
+    } = options;
+    let consumer: StreamConsumer<GroupContext> = crate::client::consumer_config(kafka, group)
+        .create_with_context(GroupContext { flush_on_revoke })?;
     consumer.subscribe(topics)?;
     let mut stream = consumer.stream();
     let result = loop {
@@ -118,7 +175,11 @@ where
     result
 }
 
-fn commit_and_close(consumer: &StreamConsumer) -> Result<()> {
+fn commit_and_close(consumer: &StreamConsumer<GroupContext>) -> Result<()> {
+    commit(consumer)
+}
+
+fn commit<C: Consumer<GroupContext>>(consumer: &C) -> Result<()> {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => Ok(()),
         // Nothing stored since the last commit.

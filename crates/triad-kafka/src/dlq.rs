@@ -112,13 +112,3 @@ pub async fn redrive(producer: &Producer, letter: &DeadLetter) -> Result<Deliver
         )
         .await
 }
-
-/// Identifies where a message came from, for logs.
-pub fn describe(message: &OwnedMessage) -> String {
-    format!(
-        "{}/{}@{}",
-        message.topic(),
-        message.partition(),
-        message.offset()
-    )
-}

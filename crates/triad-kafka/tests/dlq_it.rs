@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use triad_codec::{Codec, CodecOptions};
 use triad_config::KafkaConfig;
 use triad_domain::{InboxRecord, fixtures};
-use triad_kafka::consume::{OnUndecodable, Outcome, read_at, run_group};
+use triad_kafka::consume::{Group, OnUndecodable, Outcome, read_at, run_group};
 use triad_kafka::dlq::{DeadLetterWriter, list, redrive};
 use triad_kafka::produce::Producer;
 use triad_kafka::topics::{Retention, TopicSpec, ensure};
@@ -81,7 +81,18 @@ async fn consume(
         }
     };
     let topics = [source];
-    let run = run_group(kafka, group, &topics, policy, dlq, cancel.clone(), handler);
+    let run = run_group(
+        Group {
+            kafka,
+            name: group,
+            topics: &topics,
+            on_undecodable: policy,
+            dlq,
+            flush_on_revoke: None,
+        },
+        cancel.clone(),
+        handler,
+    );
     let result = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("consumer did not finish in 60 s");
