@@ -22,6 +22,9 @@ KAFKA=127.0.0.1:9092
 REGISTRY=http://127.0.0.1:8081
 PG_PORT=5432
 PG_BIN=""
+# The cluster lives under the postgres user's home: the repository may sit in a directory the
+# postgres user cannot enter (a mktemp -d clone, a CI workspace). One cluster per STACK_DIR.
+PG_DATA=${PG_DATA:-/var/lib/postgresql/triad-dev/$(printf %s "$STACK_DIR" | md5sum | cut -c1-12)}
 APT_PACKAGES=(postgresql libtss2-dev swtpm swtpm-tools tpm2-tools kcat build-essential cmake
   pkg-config libssl-dev libsasl2-dev zlib1g-dev libzstd-dev libcurl4-openssl-dev curl
   python3-venv)
@@ -93,7 +96,7 @@ build() {
   (cd "$ROOT" && cargo build --locked -p triad-cli)
 }
 
-# --- PostgreSQL: a private cluster under $STACK_DIR, owned by the postgres user ----------
+# --- PostgreSQL: a private cluster in $PG_DATA, owned by the postgres user ----------------
 pg_bin() {
   [ -n "$PG_BIN" ] && return
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -103,16 +106,15 @@ pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
 start_postgres() {
   pg_bin
   if pg_ready; then say "PostgreSQL already running on 127.0.0.1:$PG_PORT"; else
-    local data=$STACK_DIR/pg
+    local data=$PG_DATA
     if [ ! -f "$data/PG_VERSION" ]; then
-      mkdir -p "$data" && chown postgres:postgres "$data" && chmod 700 "$data"
-      su postgres -s /bin/sh -c "'$PG_BIN/initdb' -D '$data' -A trust -U postgres >/dev/null"
+      mkdir -p "$data" && chown -R postgres:postgres "$(dirname "$data")" && chmod 700 "$data"
+      (cd / && su postgres -s /bin/sh -c "'$PG_BIN/initdb' -D '$data' -A trust -U postgres >/dev/null")
     fi
-    touch "$STACK_DIR/postgres.log" && chown postgres "$STACK_DIR/postgres.log"
-    su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$data' -l '$STACK_DIR/postgres.log' -w \
-      -o \"-h 127.0.0.1 -p $PG_PORT -k '$data'\" start >/dev/null" \
-      || die "PostgreSQL did not start; see $STACK_DIR/postgres.log"
-    wait_for 30 "PostgreSQL (127.0.0.1:$PG_PORT, log $STACK_DIR/postgres.log)" pg_ready || die "PostgreSQL not ready"
+    (cd / && su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$data' -l '$data/postgres.log' -w \
+      -o \"-h 127.0.0.1 -p $PG_PORT -k '$data'\" start >/dev/null") \
+      || die "PostgreSQL did not start; see $data/postgres.log"
+    wait_for 30 "PostgreSQL (127.0.0.1:$PG_PORT, log $data/postgres.log)" pg_ready || die "PostgreSQL not ready"
   fi
   local psql=("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAq)
   "${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname='triad'" | grep -q 1 \
@@ -122,8 +124,8 @@ start_postgres() {
 }
 stop_postgres() {
   pg_bin
-  if [ -f "$STACK_DIR/pg/postmaster.pid" ]; then
-    su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$STACK_DIR/pg' -m fast stop >/dev/null" || true
+  if [ -f "$PG_DATA/postmaster.pid" ]; then
+    (cd / && su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$PG_DATA' -m fast stop >/dev/null") || true
     say "PostgreSQL stopped"
   fi
 }
@@ -188,7 +190,7 @@ cmd_status() {
   pg_ready && say "PostgreSQL: up (127.0.0.1:$PG_PORT)" || say "PostgreSQL: down"
   [ -x "$TRIAD_BIN" ] && kafka_ready && say "Tansu: up ($KAFKA)" || say "Tansu: down"
   registry_ready && say "registry: up ($REGISTRY)" || say "registry: down"
-  say "logs: $STACK_DIR/*.log"
+  say "logs: $STACK_DIR/*.log, $PG_DATA/postgres.log"
 }
 
 cmd_demo() {
