@@ -153,7 +153,7 @@ spawn() {
 # 2.0, whose ApiVersions request Tansu 0.6 does not answer in a form it parses.
 kafka_ready() { timeout 15 "$TRIAD_BIN" topics ensure --dry-run >/dev/null 2>&1; }
 start_tansu() {
-  if running tansu && kafka_ready; then say "Tansu already running on $KAFKA"; return; fi
+  if kafka_ready; then say "Tansu (or another Kafka broker) already running on $KAFKA; reusing it"; return; fi
   local storage=memory://tansu/
   [ "$STACK_STORAGE" = sqlite ] && storage=sqlite://tansu.db
   spawn tansu tansu broker --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" \
@@ -164,7 +164,7 @@ start_tansu() {
 
 registry_ready() { curl -sf "$REGISTRY/subjects" >/dev/null; }
 start_registry() {
-  if running registry && registry_ready; then say "schema registry already running on $REGISTRY"; return; fi
+  if registry_ready; then say "schema registry already running on $REGISTRY; reusing it"; return; fi
   [ -x "$TRIAD_BIN" ] || build
   spawn registry "$TRIAD_BIN" registry
   wait_for 60 "schema registry ($REGISTRY, log $STACK_DIR/registry.log)" registry_ready \
