@@ -1,0 +1,258 @@
+//! Given a workflow, when it is validated, then each kind of mistake is reported with the
+//! field and task that are wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+
+use triad_workflow::{Context, Limits, Task, Workflow, depth, ready};
+
+fn zones() -> Vec<String> {
+    ["US-EAST", "US-WEST", "US-CENTRAL", "EU-WEST"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+fn groups() -> Vec<(String, Vec<String>)> {
+    vec![(
+        "CONUS".into(),
+        vec!["US-EAST".into(), "US-WEST".into(), "US-CENTRAL".into()],
+    )]
+}
+
+fn errors(w: &Workflow) -> Vec<String> {
+    let (z, g) = (zones(), groups());
+    let models = vec!["triad-local".to_owned()];
+    let ctx = Context {
+        zones: &z,
+        groups: &g,
+        models: Some(&models),
+        limits: Limits::default(),
+    };
+    match w.validate(&ctx) {
+        Ok(()) => vec![],
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn research() -> Workflow {
+    Workflow::new("research")
+        .zones(["CONUS"])
+        .task(Task::new(
+            "generate_questions",
+            "Generate 3 questions about sovereignty",
+        ))
+        .task(
+            Task::new("answer", "Answer: {generate_questions.output}")
+                .depends_on(["generate_questions"]),
+        )
+}
+
+fn has(errs: &[String], needle: &str) -> bool {
+    errs.iter().any(|e| e.contains(needle))
+}
+
+#[test]
+fn the_seed_example_is_valid() {
+    assert_eq!(errors(&research()), Vec::<String>::new());
+}
+
+#[test]
+fn duplicate_ids_name_both_places() {
+    let w = research().task(Task::new("answer", "again"));
+    let errs = errors(&w);
+    assert!(
+        has(
+            &errs,
+            "tasks[2].id: duplicate task id \"answer\" (also tasks[1])"
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn unknown_dependency_and_self_dependency() {
+    let w = research().task(Task::new("x", "p").depends_on(["nope", "x"]));
+    let errs = errors(&w);
+    assert!(
+        has(&errs, "tasks[2].depends_on[0]: unknown task \"nope\""),
+        "{errs:?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "tasks[2].depends_on[1]: task \"x\" depends on itself"
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn cycles_are_named() {
+    let w = Workflow::new("loop")
+        .zones(["US-EAST"])
+        .task(Task::new("a", "p").depends_on(["c"]))
+        .task(Task::new("b", "p").depends_on(["a"]))
+        .task(Task::new("c", "p").depends_on(["b"]));
+    let errs = errors(&w);
+    assert!(
+        has(&errs, "tasks: dependency cycle: a -> c -> b -> a"),
+        "{errs:?}"
+    );
+    assert_eq!(depth(&w), None);
+}
+
+#[test]
+fn template_must_reference_a_dependency() {
+    let w = research().task(Task::new("summary", "Summarise {answer.output}"));
+    let errs = errors(&w);
+    assert!(
+        has(
+            &errs,
+            "tasks[2].prompt: references {answer.output} but \"answer\" is not in depends_on"
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn empty_prompt_unknown_zone_unknown_model_and_bad_numbers() {
+    let w = Workflow::new("w").zones(["MARS"]).task(
+        Task::new("a", "  ")
+            .model("gpt-9")
+            .max_tokens(0)
+            .timeout_ms(0)
+            .max_attempts(99),
+    );
+    let errs = errors(&w);
+    for needle in [
+        "zones[0]: unknown zone or group \"MARS\"",
+        "tasks[0].prompt: task \"a\" has an empty prompt",
+        "tasks[0].model: unknown model \"gpt-9\"",
+        "tasks[0].max_tokens",
+        "tasks[0].timeout_ms",
+        "tasks[0].retry.max_attempts",
+    ] {
+        assert!(has(&errs, needle), "{needle}: {errs:?}");
+    }
+}
+
+#[test]
+fn a_task_without_zones_needs_workflow_zones() {
+    let w = Workflow::new("w").task(Task::new("a", "p"));
+    assert!(has(
+        &errors(&w),
+        "tasks[0].zones: task \"a\" has no zones and the workflow sets none"
+    ));
+}
+
+#[test]
+fn templating_may_not_move_data_out_of_its_zones() {
+    // `answer` may run anywhere in CONUS but reads an output that may only be opened in US-EAST.
+    let w = Workflow::new("w")
+        .zones(["CONUS"])
+        .task(Task::new("secret", "p").zones(["US-EAST"]))
+        .task(Task::new("answer", "Use {secret.output}").depends_on(["secret"]));
+    let errs = errors(&w);
+    assert!(
+        has(
+            &errs,
+            "tasks[1].zones: task \"answer\" may run in [\"US-CENTRAL\", \"US-WEST\"]"
+        ),
+        "{errs:?}"
+    );
+    // Narrowing the reader to the output's zone is fine.
+    let ok = Workflow::new("w")
+        .zones(["CONUS"])
+        .task(Task::new("secret", "p").zones(["US-EAST"]))
+        .task(
+            Task::new("answer", "Use {secret.output}")
+                .depends_on(["secret"])
+                .zones(["US-EAST"]),
+        );
+    assert_eq!(errors(&ok), Vec::<String>::new());
+}
+
+#[test]
+fn limits_are_enforced() {
+    let mut w = Workflow::new("chain")
+        .zones(["US-EAST"])
+        .task(Task::new("t0", "p"));
+    for i in 1..40 {
+        w = w.task(Task::new(format!("t{i}"), "p").depends_on([format!("t{}", i - 1)]));
+    }
+    assert_eq!(depth(&w), Some(40));
+    assert!(has(
+        &errors(&w),
+        "tasks: dependency chain of 40 tasks; the limit is 32"
+    ));
+    let mut wide = Workflow::new("wide").zones(["US-EAST"]);
+    for i in 0..101 {
+        wide = wide.task(Task::new(format!("t{i}"), "p"));
+    }
+    assert!(has(&errors(&wide), "tasks: 101 tasks; the limit is 100"));
+    let big = Workflow::new("big")
+        .zones(["US-EAST"])
+        .task(Task::new("a", "x".repeat(70_000)));
+    assert!(has(
+        &errors(&big),
+        "tasks[0].prompt: 70000 bytes; the limit is 65536"
+    ));
+}
+
+#[test]
+fn json_document_is_the_same_workflow() {
+    let doc = r#"{
+        "name": "research",
+        "zones": ["CONUS"],
+        "tasks": [
+            {"id": "generate_questions", "prompt": "Generate 3 questions about sovereignty"},
+            {"id": "answer", "prompt": "Answer: {generate_questions.output}", "depends_on": ["generate_questions"]}
+        ]
+    }"#;
+    assert_eq!(Workflow::from_json(doc).unwrap(), research());
+    let err =
+        Workflow::from_json(r#"{"name":"x","tasks":[{"id":"a","prompt":"p","dependson":[]}]}"#)
+            .unwrap_err();
+    assert!(err.to_string().contains("dependson"), "{err}");
+}
+
+#[test]
+fn fan_out_then_fan_in() {
+    let w = Workflow::new("fan")
+        .zones(["US-EAST"])
+        .task(Task::new("root", "p"))
+        .task(Task::new("left", "p").depends_on(["root"]))
+        .task(Task::new("right", "p").depends_on(["root"]))
+        .task(Task::new("join", "{left.output} {right.output}").depends_on(["left", "right"]));
+    assert_eq!(errors(&w), Vec::<String>::new());
+    let none = BTreeSet::new();
+    assert_eq!(ready(&w, &none, &none), vec!["root"]);
+    let done = BTreeSet::from(["root"]);
+    assert_eq!(ready(&w, &done, &none), vec!["left", "right"]);
+    let done = BTreeSet::from(["root", "left"]);
+    assert_eq!(
+        ready(&w, &done, &BTreeSet::from(["right"])),
+        Vec::<&str>::new(),
+        "join waits for both"
+    );
+    let done = BTreeSet::from(["root", "left", "right"]);
+    assert_eq!(ready(&w, &done, &none), vec!["join"]);
+}
+
+#[test]
+fn to_command_carries_every_field() {
+    let w = research().label("team", "demo");
+    let cmd = w.to_command();
+    assert_eq!(
+        cmd.tasks[1].depends_on,
+        vec!["generate_questions".to_owned()]
+    );
+    assert_eq!(
+        cmd.tasks[1].prompt,
+        b"Answer: {generate_questions.output}".to_vec()
+    );
+    assert_eq!(cmd.default_zones, vec!["CONUS".to_owned()]);
+    assert_eq!(cmd.tasks[0].max_attempts, 3);
+    assert_eq!(cmd.labels.get("team").map(String::as_str), Some("demo"));
+}
