@@ -11,6 +11,7 @@
 //! assert!(wf.validate(&ctx).is_ok());
 //! ```
 
+pub mod aggregate;
 mod dag;
 mod model;
 mod template;

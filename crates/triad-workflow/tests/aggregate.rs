@@ -1,0 +1,296 @@
+//! Given the events so far, when an inbox record arrives, then these events follow.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use triad_domain::{
+    CancelWorkflow, CommandMetadata, EventBody, InboxBody, InboxRecord, TaskOutcome,
+    TaskResultReported, WorkflowEvent,
+};
+use triad_workflow::aggregate::{Input, Policy, Status, WorkflowState, attempt_id, process};
+use triad_workflow::{Limits, Task, Workflow};
+
+const WF: &str = "wf-1";
+const INBOX: &str = "triad.workflow-inbox";
+
+fn policy() -> Policy {
+    Policy {
+        zones: ["US-EAST", "US-WEST", "US-CENTRAL", "EU-WEST"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        groups: vec![(
+            "CONUS".into(),
+            vec!["US-EAST".into(), "US-WEST".into(), "US-CENTRAL".into()],
+        )],
+        default_model: "triad-local".into(),
+        models: None,
+        limits: Limits::default(),
+    }
+}
+
+fn record(n: i64, body: InboxBody) -> InboxRecord {
+    InboxRecord {
+        meta: CommandMetadata {
+            command_id: format!("cmd-{n}"),
+            idempotency_key: format!("key-{n}"),
+            workflow_id: WF.into(),
+            issued_at: 1_000_000 * n,
+            actor: None,
+            schema_version: 1,
+        },
+        body,
+    }
+}
+
+fn research() -> Workflow {
+    Workflow::new("research")
+        .zones(["CONUS"])
+        .task(Task::new("generate_questions", "Generate questions").max_attempts(2))
+        .task(
+            Task::new("answer", "Answer: {generate_questions.output}")
+                .depends_on(["generate_questions"]),
+        )
+}
+
+fn submit(n: i64) -> InboxRecord {
+    record(n, InboxBody::SubmitWorkflow(research().to_command()))
+}
+
+fn result(n: i64, task: &str, attempt: i32, outcome: TaskOutcome, retryable: bool) -> InboxRecord {
+    record(
+        n,
+        InboxBody::TaskResultReported(TaskResultReported {
+            task_id: task.into(),
+            attempt,
+            attempt_id: attempt_id(WF, task, attempt),
+            model_id: "triad-local".into(),
+            executor_zone: "US-CENTRAL".into(),
+            outcome,
+            output: (outcome == TaskOutcome::Succeeded)
+                .then(|| format!("out of {task}").into_bytes()),
+            error: (outcome == TaskOutcome::Failed).then(|| "model timed out".to_owned()),
+            retryable,
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_micros: 100,
+            latency_ms: 7,
+        }),
+    )
+}
+
+/// Feeds records at consecutive offsets, returning all events and the final state.
+fn run(records: &[InboxRecord]) -> (Vec<WorkflowEvent>, WorkflowState) {
+    let mut state = WorkflowState::default();
+    let mut all = Vec::new();
+    for (offset, r) in records.iter().enumerate() {
+        let input = Input {
+            topic: INBOX,
+            partition: 0,
+            offset: offset as i64,
+            record: r,
+        };
+        all.extend(process(&mut state, &input, &policy()));
+    }
+    (all, state)
+}
+
+fn types(events: &[WorkflowEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.meta.event_type.as_str()).collect()
+}
+
+#[test]
+fn submission_accepts_and_dispatches_the_roots() {
+    let (events, state) = run(&[submit(1)]);
+    assert_eq!(
+        types(&events),
+        ["WorkflowAccepted", "TaskScheduled", "TaskDispatched"]
+    );
+    assert_eq!(
+        events.iter().map(|e| e.meta.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.meta.occurred_at == 1_000_000 && e.meta.causation.offset == 0)
+    );
+    let EventBody::TaskDispatched(d) = &events[2].body else {
+        panic!()
+    };
+    assert_eq!(
+        (d.zone.as_str(), d.model_id.as_str()),
+        ("US-CENTRAL", "triad-local")
+    );
+    assert_eq!(d.attempt_id, "wf-1/generate_questions#1");
+    assert_eq!(state.status, Status::Running);
+}
+
+#[test]
+fn reprocessing_an_input_yields_identical_events() {
+    let records = [
+        submit(1),
+        result(2, "generate_questions", 1, TaskOutcome::Succeeded, false),
+    ];
+    let (first, _) = run(&records);
+    let (second, _) = run(&records);
+    assert_eq!(first, second);
+    // Ids are distinct within the run and derived from the input position.
+    let ids: std::collections::BTreeSet<_> =
+        first.iter().map(|e| e.meta.event_id.clone()).collect();
+    assert_eq!(ids.len(), first.len());
+}
+
+#[test]
+fn the_workflow_runs_to_completion_with_leaf_outputs() {
+    let (events, state) = run(&[
+        submit(1),
+        result(2, "generate_questions", 1, TaskOutcome::Succeeded, false),
+        result(3, "answer", 1, TaskOutcome::Succeeded, false),
+    ]);
+    assert_eq!(
+        types(&events[3..]),
+        [
+            "TaskCompleted",
+            "TaskScheduled",
+            "TaskDispatched",
+            "TaskCompleted",
+            "WorkflowCompleted"
+        ]
+    );
+    let EventBody::WorkflowCompleted(done) = &events.last().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(done.outputs.keys().collect::<Vec<_>>(), ["answer"]);
+    assert_eq!(done.outputs["answer"].as_ref(), b"out of answer");
+    assert_eq!(done.total_cost_micros, 200);
+    assert_eq!(done.models_used, ["triad-local"]);
+    assert_eq!(state.status, Status::Completed);
+    assert_eq!(events.last().unwrap().meta.sequence, events.len() as i64);
+}
+
+#[test]
+fn duplicate_submissions_and_stale_results_produce_nothing() {
+    let (events, _) = run(&[
+        submit(1),
+        submit(2),
+        result(3, "generate_questions", 7, TaskOutcome::Succeeded, false),
+        result(4, "answer", 1, TaskOutcome::Succeeded, false),
+        result(5, "generate_questions", 1, TaskOutcome::Succeeded, false),
+        result(6, "generate_questions", 1, TaskOutcome::Succeeded, false),
+    ]);
+    // Only the submission and the one current result made events.
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.meta.event_type == "TaskCompleted")
+            .count(),
+        1
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.meta.causation.offset == 0 || e.meta.causation.offset == 4)
+    );
+}
+
+#[test]
+fn a_retryable_failure_schedules_the_next_attempt() {
+    let (events, _) = run(&[
+        submit(1),
+        result(2, "generate_questions", 1, TaskOutcome::Failed, true),
+    ]);
+    assert_eq!(
+        types(&events[3..]),
+        ["TaskFailed", "TaskScheduled", "TaskDispatched"]
+    );
+    let EventBody::TaskDispatched(d) = &events[5].body else {
+        panic!()
+    };
+    assert_eq!(
+        (d.attempt, d.attempt_id.as_str()),
+        (2, "wf-1/generate_questions#2")
+    );
+}
+
+#[test]
+fn the_last_attempt_failing_skips_downstream_and_fails_the_workflow() {
+    let (events, state) = run(&[
+        submit(1),
+        result(2, "generate_questions", 1, TaskOutcome::Failed, true),
+        result(3, "generate_questions", 2, TaskOutcome::Failed, true),
+    ]);
+    assert_eq!(
+        types(&events[6..]),
+        ["TaskFailed", "TaskSkipped", "WorkflowFailed"]
+    );
+    let EventBody::WorkflowFailed(f) = &events.last().unwrap().body else {
+        panic!()
+    };
+    assert_eq!(f.failed_task.as_deref(), Some("generate_questions"));
+    assert!(
+        f.reason.contains("after 2 attempt(s): model timed out"),
+        "{}",
+        f.reason
+    );
+    assert_eq!(state.status, Status::Failed);
+}
+
+#[test]
+fn an_invalid_workflow_is_rejected_naming_the_field() {
+    let bad = Workflow::new("bad")
+        .zones(["MARS"])
+        .task(Task::new("a", "p"));
+    let (events, state) = run(&[record(1, InboxBody::SubmitWorkflow(bad.to_command()))]);
+    assert_eq!(types(&events), ["WorkflowRejected"]);
+    let EventBody::WorkflowRejected(r) = &events[0].body else {
+        panic!()
+    };
+    assert_eq!(r.field.as_deref(), Some("zones[0]"));
+    assert!(
+        r.reason.contains("unknown zone or group \"MARS\""),
+        "{}",
+        r.reason
+    );
+    assert_eq!(state.status, Status::Rejected);
+}
+
+#[test]
+fn cancellation_stops_the_workflow_and_later_results_are_ignored() {
+    let (events, state) = run(&[
+        submit(1),
+        record(
+            2,
+            InboxBody::CancelWorkflow(CancelWorkflow {
+                reason: Some("user".into()),
+            }),
+        ),
+        result(3, "generate_questions", 1, TaskOutcome::Succeeded, false),
+        record(
+            4,
+            InboxBody::CancelWorkflow(CancelWorkflow { reason: None }),
+        ),
+    ]);
+    assert_eq!(
+        types(&events),
+        [
+            "WorkflowAccepted",
+            "TaskScheduled",
+            "TaskDispatched",
+            "WorkflowCancelled"
+        ]
+    );
+    assert_eq!(state.status, Status::Cancelled);
+}
+
+#[test]
+fn state_rebuilt_from_the_events_equals_the_live_state() {
+    let (events, live) = run(&[
+        submit(1),
+        result(2, "generate_questions", 1, TaskOutcome::Failed, true),
+        result(3, "generate_questions", 2, TaskOutcome::Succeeded, false),
+    ]);
+    let mut rebuilt = WorkflowState::default();
+    for e in &events {
+        rebuilt.apply(e);
+    }
+    assert_eq!(rebuilt, live);
+}
