@@ -11,7 +11,7 @@ use triad_codec::Codec;
 use triad_config::Config;
 use triad_domain::{CommandMetadata, InboxBody, InboxRecord, fixtures, new_command_id};
 use triad_kafka::produce::{Producer, TRACEPARENT, new_traceparent};
-use triad_kafka::topics::{self, WORKFLOW_INBOX};
+use triad_kafka::topics::{self, Names, WORKFLOW_INBOX};
 
 pub async fn run(config: &Config, codec: Arc<Codec>) -> Result<()> {
     println!("TRIAD demo — the event spine");
@@ -33,12 +33,13 @@ pub async fn run(config: &Config, codec: Arc<Codec>) -> Result<()> {
         },
         body: InboxBody::SubmitWorkflow(fixtures::research_workflow()),
     };
-    let schema_id = codec.schema_id::<InboxRecord>(WORKFLOW_INBOX).await?;
-    let bytes = codec.encode(WORKFLOW_INBOX, &record).await?;
+    let inbox = Names::new(&config.kafka).inbox;
+    let schema_id = codec.schema_id::<InboxRecord>(&inbox).await?;
+    let bytes = codec.encode(&inbox, &record).await?;
     println!(
         "2. encoded SubmitWorkflow {workflow_id}: {} bytes, schema id {schema_id} (subject {}, registry {})",
         bytes.len(),
-        Codec::value_subject(WORKFLOW_INBOX),
+        Codec::value_subject(&inbox),
         config.registry.url
     );
 
@@ -46,20 +47,20 @@ pub async fn run(config: &Config, codec: Arc<Codec>) -> Result<()> {
     let traceparent = new_traceparent();
     let delivered = producer
         .send(
-            WORKFLOW_INBOX,
+            &inbox,
             Some(workflow_id.as_bytes()),
             Some(&bytes),
             &[(TRACEPARENT, Some(traceparent.as_bytes()))],
         )
         .await?;
     println!(
-        "3. published to {WORKFLOW_INBOX} partition {} offset {} (acks=all, key = workflow id)",
+        "3. published to {inbox} partition {} offset {} (acks=all, key = workflow id)",
         delivered.partition, delivered.offset
     );
 
     let message = triad_kafka::consume::read_at(
         &config.kafka,
-        WORKFLOW_INBOX,
+        &inbox,
         delivered.partition,
         delivered.offset,
         Duration::from_secs(30),
@@ -141,7 +142,7 @@ pub async fn publish_fixtures(config: &Config, codec: Arc<Codec>, prefix: &str) 
             )
             .await?;
     }
-    triad_kafka::dlq::DeadLetterWriter::with_topic(producer, codec, &dlq)
+    triad_kafka::dlq::DeadLetterWriter::new(producer, codec, &dlq)
         .write_letter(&fixtures::dead_letter())
         .await?;
     println!("{inbox}\n{events}\n{dlq}");

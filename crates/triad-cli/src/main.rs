@@ -32,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the development schema registry (Confluent REST API, state in a compacted topic).
     Registry,
+    /// Run the workflow processor (inbox -> aggregate -> event store).
+    Process,
     /// Manage the topic catalogue.
     Topics {
         #[command(subcommand)]
@@ -150,7 +152,10 @@ async fn main() -> Result<()> {
         file: cli.config.clone(),
         overrides: cli.overrides.clone(),
     })?;
-    init_tracing(&config, matches!(cli.command, Command::Registry))?;
+    init_tracing(
+        &config,
+        matches!(cli.command, Command::Registry | Command::Process),
+    )?;
     match cli.command {
         Command::Registry => {
             let listener = tokio::net::TcpListener::bind(config.registry.listen)
@@ -166,6 +171,13 @@ async fn main() -> Result<()> {
                 topic: config.registry.topic.clone(),
             };
             triad_registry::server::serve(&options, listener, shutdown_token()).await?;
+        }
+        Command::Process => {
+            let options = triad_processor::Options {
+                kafka: config.kafka.clone(),
+                policy: triad_processor::default_policy(),
+            };
+            triad_processor::run(&options, codec(&config)?, shutdown_token()).await?;
         }
         Command::Topics {
             command: TopicsCommand::Ensure { dry_run },
@@ -192,7 +204,12 @@ async fn main() -> Result<()> {
 
 async fn dlq(config: &Config, command: DlqCommand) -> Result<()> {
     let codec = codec(config)?;
-    let letters = triad_kafka::dlq::list(&config.kafka, &codec, triad_kafka::topics::DLQ).await?;
+    let letters = triad_kafka::dlq::list(
+        &config.kafka,
+        &codec,
+        &triad_kafka::topics::Names::new(&config.kafka).dlq,
+    )
+    .await?;
     match command {
         DlqCommand::List => {
             if letters.is_empty() {

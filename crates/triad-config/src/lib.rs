@@ -60,6 +60,9 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Consumer group of the dead-letter tooling and the demo reader.
     pub group_prefix: String,
+    /// Prepended to every TRIAD topic name (not `_schemas`), so several installations or
+    /// test runs can share one cluster.
+    pub topic_prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +116,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             group_prefix: "triad".to_owned(),
+            topic_prefix: String::new(),
         }
     }
 }
@@ -222,6 +226,14 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.kafka.partitions) {
             return invalid("kafka.partitions", "must be between 1 and 10000");
+        }
+        if !self
+            .kafka
+            .topic_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return invalid("kafka.topic_prefix", "may only contain A-Z a-z 0-9 . _ -");
         }
         if !(1..=16).contains(&self.kafka.replication_factor) {
             return invalid("kafka.replication_factor", "must be between 1 and 16");

@@ -86,6 +86,9 @@ pub struct Group<'a> {
     pub dlq: Option<&'a crate::dlq::DeadLetterWriter>,
     /// The producer of the handler's writes, flushed when partitions are revoked.
     pub flush_on_revoke: Option<crate::produce::Producer>,
+    /// Static group membership (`group.instance.id`, KIP-345): a restarted instance takes
+    /// its partitions back at once instead of waiting out the dead member's session.
+    pub instance_id: Option<String>,
 }
 
 /// Runs `handler` over the records of `topics` in consumer group `group` until `cancel`.
@@ -109,9 +112,14 @@ where
         on_undecodable: policy,
         dlq,
         flush_on_revoke,
+        instance_id,
     } = options;
-    let consumer: StreamConsumer<GroupContext> = crate::client::consumer_config(kafka, group)
-        .create_with_context(GroupContext { flush_on_revoke })?;
+    let mut config = crate::client::consumer_config(kafka, group);
+    if let Some(id) = &instance_id {
+        config.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<GroupContext> =
+        config.create_with_context(GroupContext { flush_on_revoke })?;
     consumer.subscribe(topics)?;
     let mut stream = consumer.stream();
     let result = loop {
@@ -233,6 +241,16 @@ pub async fn read_all(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>> {
+    read_partitions(kafka, topic, None, timeout).await
+}
+
+/// Like [`read_all`], for one partition (`Some(p)`) or all (`None`).
+pub async fn read_partitions(
+    kafka: &KafkaConfig,
+    topic: &str,
+    only: Option<i32>,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>> {
     let consumer: StreamConsumer = crate::client::reader_config(kafka).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -240,6 +258,7 @@ pub async fn read_all(
         .iter()
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .filter(|p| only.is_none_or(|o| o == *p))
         .collect();
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     let mut assignment = TopicPartitionList::new();

@@ -10,7 +10,6 @@ use triad_domain::DeadLetter;
 
 use crate::Result;
 use crate::produce::{Delivered, Producer};
-use crate::topics::DLQ;
 
 /// Header names on every dead-letter record, so tools that do not decode Avro (kcat) still
 /// see where it came from and why.
@@ -28,11 +27,7 @@ pub struct DeadLetterWriter {
 }
 
 impl DeadLetterWriter {
-    pub fn new(producer: Producer, codec: Arc<Codec>) -> Self {
-        Self::with_topic(producer, codec, DLQ)
-    }
-
-    pub fn with_topic(producer: Producer, codec: Arc<Codec>, topic: &str) -> Self {
+    pub fn new(producer: Producer, codec: Arc<Codec>, topic: &str) -> Self {
         Self {
             producer,
             codec,

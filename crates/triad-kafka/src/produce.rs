@@ -46,9 +46,23 @@ impl Producer {
         })
     }
 
+    /// Sends to the partition the pinned partitioner picks for `key`.
     pub async fn send(
         &self,
         topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> Result<Delivered> {
+        self.send_to(topic, None, key, payload, headers).await
+    }
+
+    /// Sends to an explicit partition when given (the workflow processor writes event-store
+    /// partition p from inbox partition p).
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         headers: &[(&str, Option<&[u8]>)],
@@ -57,6 +71,9 @@ impl Producer {
             h.insert(Header { key, value: *value })
         });
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }

@@ -18,6 +18,27 @@ pub const DLQ: &str = "triad.dlq";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// The spine's topic names with `kafka.topic_prefix` applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub inbox: String,
+    pub events: String,
+    pub control: String,
+    pub dlq: String,
+}
+
+impl Names {
+    pub fn new(kafka: &KafkaConfig) -> Self {
+        let p = &kafka.topic_prefix;
+        Self {
+            inbox: format!("{p}{WORKFLOW_INBOX}"),
+            events: format!("{p}{WORKFLOW_EVENTS}"),
+            control: format!("{p}{CONTROL}"),
+            dlq: format!("{p}{DLQ}"),
+        }
+    }
+}
+
 /// How long a topic keeps records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {
@@ -63,27 +84,28 @@ impl TopicSpec {
 /// inbox partition and event partition have the same number.
 pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str) -> Vec<TopicSpec> {
     let p = kafka.partitions;
+    let names = Names::new(kafka);
     vec![
         TopicSpec {
-            name: WORKFLOW_INBOX.into(),
+            name: names.inbox,
             partitions: p,
             retention: Retention::Bounded { ms: 7 * DAY_MS },
             purpose: "commands and task results, key = workflow id",
         },
         TopicSpec {
-            name: WORKFLOW_EVENTS.into(),
+            name: names.events,
             partitions: p,
             retention: Retention::Forever,
             purpose: "the event store, key = workflow id",
         },
         TopicSpec {
-            name: CONTROL.into(),
+            name: names.control,
             partitions: 1,
             retention: Retention::Bounded { ms: DAY_MS },
             purpose: "broadcast control messages (cancellations)",
         },
         TopicSpec {
-            name: DLQ.into(),
+            name: names.dlq,
             partitions: 1,
             retention: Retention::Bounded { ms: 30 * DAY_MS },
             purpose: "undecodable records of edge topics",

@@ -89,6 +89,7 @@ async fn consume(
             on_undecodable: policy,
             dlq,
             flush_on_revoke: None,
+            instance_id: None,
         },
         cancel.clone(),
         handler,
@@ -131,7 +132,7 @@ async fn undecodable_edge_records_are_dead_lettered_and_redriven_byte_for_byte()
         .await
         .unwrap();
 
-    let writer = DeadLetterWriter::with_topic(producer.clone(), codec.clone(), &dlq_topic);
+    let writer = DeadLetterWriter::new(producer.clone(), codec.clone(), &dlq_topic);
     let (seen, result) = consume(
         &kafka,
         &group,
