@@ -141,14 +141,8 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> 
             async move {
                 // A distinct record each time, as a real edge produces.
                 record.meta.workflow_id = format!("wf-{i:08}");
-                let bytes = codec.encode(&topic, &record).await?;
                 producer
-                    .send(
-                        &topic,
-                        Some(record.meta.workflow_id.as_bytes()),
-                        Some(&bytes),
-                        &[],
-                    )
+                    .send_record(&codec, &topic, None, &record.meta.workflow_id, &record)
                     .await?;
                 Ok(())
             }

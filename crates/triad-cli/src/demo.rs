@@ -121,25 +121,13 @@ pub async fn publish_fixtures(config: &Config, codec: Arc<Codec>, prefix: &str) 
     topics::ensure(&config.kafka, &specs, false).await?;
     let producer = Producer::new(&config.kafka)?;
     for r in fixtures::inbox_records() {
-        let bytes = codec.encode(&inbox, &r).await?;
         producer
-            .send(
-                &inbox,
-                Some(r.meta.workflow_id.as_bytes()),
-                Some(&bytes),
-                &[],
-            )
+            .send_record(&codec, &inbox, None, &r.meta.workflow_id, &r)
             .await?;
     }
     for e in fixtures::workflow_events() {
-        let bytes = codec.encode(&events, &e).await?;
         producer
-            .send(
-                &events,
-                Some(e.meta.workflow_id.as_bytes()),
-                Some(&bytes),
-                &[],
-            )
+            .send_record(&codec, &events, None, &e.meta.workflow_id, &e)
             .await?;
     }
     triad_kafka::dlq::DeadLetterWriter::new(producer, codec, &dlq)

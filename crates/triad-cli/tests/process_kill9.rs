@@ -92,9 +92,8 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
             0,
             InboxBody::SubmitWorkflow(fixtures::research_workflow()),
         );
-        let bytes = codec.encode(&names.inbox, &r).await.unwrap();
         producer
-            .send(&names.inbox, Some(wf.as_bytes()), Some(&bytes), &[])
+            .send_record(&codec, &names.inbox, None, &wf, &r)
             .await
             .unwrap();
     }
@@ -145,10 +144,8 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
                         latency_ms: 1,
                     }),
                 );
-                let bytes = codec.encode(&names.inbox, &result).await.unwrap();
-                let key = event.meta.workflow_id.as_bytes();
                 producer
-                    .send(&names.inbox, Some(key), Some(&bytes), &[])
+                    .send_record(&codec, &names.inbox, None, &event.meta.workflow_id, &result)
                     .await
                     .unwrap();
             }

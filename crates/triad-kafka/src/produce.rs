@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use triad_codec::{AvroRecord, Codec};
 use triad_config::KafkaConfig;
 
 use crate::Result;
@@ -96,6 +97,21 @@ impl Producer {
             }
             Err((error, _)) => Err(error.into()),
         }
+    }
+
+    /// Encodes `record` as a value of `topic` with its registered schema and sends it with
+    /// `key` (a workflow id), to `partition` when given; returns after the acknowledgement.
+    pub async fn send_record<T: AvroRecord>(
+        &self,
+        codec: &Codec,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        record: &T,
+    ) -> Result<Delivered> {
+        let bytes = codec.encode(topic, record).await?;
+        self.send_to(topic, partition, Some(key.as_bytes()), Some(&bytes), &[])
+            .await
     }
 
     /// Waits for every in-flight record (on revoke and on shutdown).

@@ -209,15 +209,8 @@ impl Processor {
             if present.contains(&event.meta.event_id) {
                 continue;
             }
-            let bytes = self.codec.encode(&self.names.events, event).await?;
             self.producer
-                .send_to(
-                    &self.names.events,
-                    Some(p),
-                    Some(wf.as_bytes()),
-                    Some(&bytes),
-                    &[],
-                )
+                .send_record(&self.codec, &self.names.events, Some(p), &wf, event)
                 .await?;
         }
         if !events.is_empty() {
