@@ -65,7 +65,7 @@ def fixture_topics():
     prefix = f"compat-{uuid.uuid4().hex}."
     out = subprocess.run([TRIAD, "publish-fixtures", "--topic-prefix", prefix],
                          check=True, capture_output=True, text=True).stdout.split()
-    return dict(zip(["inbox", "events", "dlq"], out))
+    return dict(zip(["inbox", "events", "dlq", "tasks", "control", "status"], out))
 
 
 def decode_all(registry, topic):
@@ -79,8 +79,8 @@ def test_every_event_type_decodes_with_confluent_avro_deserializer(registry, fix
     assert [e["meta"]["event_type"] for e in events] == [
         "WorkflowAccepted", "WorkflowRejected", "TaskScheduled", "TaskDispatched",
         "TaskCompleted", "TaskFailed", "TaskSkipped", "WorkflowCompleted", "WorkflowFailed",
-        "WorkflowCancelled"]
-    assert [e["meta"]["sequence"] for e in events] == list(range(1, 11))
+        "WorkflowCancelled", "TaskRouted", "TaskResultDiscarded"]
+    assert [e["meta"]["sequence"] for e in events] == list(range(1, 13))
     assert all(e["meta"]["occurred_at"] == EPOCH_2026 for e in events)
     completed = events[4]["body"]
     assert completed["output"] == b"1. Who holds the keys?"
@@ -89,13 +89,30 @@ def test_every_event_type_decodes_with_confluent_avro_deserializer(registry, fix
     assert [t["id"] for t in accepted["tasks"]] == ["generate_questions", "answer"]
     assert accepted["tasks"][1]["depends_on"] == ["generate_questions"]
     assert events[7]["body"]["outputs"] == {"answer": b"42"}
+    decision = events[10]["body"]["decision"]
+    assert decision["model_id"] == "triad-local" and decision["score"] == 0.75
+    assert [c["ok"] for c in decision["calls"]] == [False, True]
+    assert events[5]["body"]["unavailable_zone"] is None
 
 
 def test_every_command_and_dead_letter_decodes(registry, fixture_topics):
     inbox = decode_all(registry, fixture_topics["inbox"])
-    assert [r["meta"]["idempotency_key"] for r in inbox] == ["demo-key-1", "demo-key-2", "demo-key-3"]
+    assert [r["meta"]["idempotency_key"] for r in inbox] == [f"demo-key-{n}" for n in range(1, 5)]
     assert inbox[0]["body"]["name"] == "research"
     assert inbox[2]["body"]["outcome"] == "SUCCEEDED"
+    assert inbox[2]["body"]["routing"]["alternatives"] == ["aetherai-v1"]
+    assert inbox[3]["body"]["kind"] == "DEADLINE"
+
+
+def test_work_queue_control_and_status_records_decode(registry, fixture_topics):
+    [request] = decode_all(registry, fixture_topics["tasks"])
+    assert request["attempt_id"].endswith("/answer#1")
+    assert request["inputs"] == {"generate_questions": b"1. Who holds the keys?"}
+    [control] = decode_all(registry, fixture_topics["control"])
+    assert control["action"] == "CANCEL"
+    statuses = decode_all(registry, fixture_topics["status"])
+    assert statuses[0]["body"]["capacity"] == 256
+    assert statuses[1]["body"]["to_state"] == "OPEN"
     [letter] = decode_all(registry, fixture_topics["dlq"])
     assert letter["value"] == b"{not avro}"
     assert letter["source_offset"] == 17

@@ -16,7 +16,7 @@ use triad_kafka::topics::{self, Names, WORKFLOW_INBOX};
 pub async fn run(config: &Config, codec: Arc<Codec>) -> Result<()> {
     println!("TRIAD demo — the event spine");
     println!("1. topics ({})", config.kafka.bootstrap_servers);
-    let specs = topics::catalogue(&config.kafka, &config.registry.topic);
+    let specs = topics::catalogue(&config.kafka, &config.registry.topic, &config.policy.zones);
     for step in topics::ensure(&config.kafka, &specs, false).await? {
         println!("   {step}");
     }
@@ -29,7 +29,7 @@ pub async fn run(config: &Config, codec: Arc<Codec>) -> Result<()> {
             workflow_id: workflow_id.clone(),
             issued_at: triad_kafka::now_micros(),
             actor: Some("demo".to_owned()),
-            schema_version: 1,
+            schema_version: triad_domain::INBOX_SCHEMA_VERSION,
         },
         body: InboxBody::SubmitWorkflow(fixtures::research_workflow()),
     };
@@ -109,7 +109,10 @@ pub async fn publish_fixtures(config: &Config, codec: Arc<Codec>, prefix: &str) 
     let inbox = format!("{prefix}{WORKFLOW_INBOX}");
     let events = format!("{prefix}{}", topics::WORKFLOW_EVENTS);
     let dlq = format!("{prefix}{}", topics::DLQ);
-    let specs: Vec<topics::TopicSpec> = [&inbox, &events, &dlq]
+    let tasks = format!("{prefix}{}US-EAST", topics::TASKS_PREFIX);
+    let control = format!("{prefix}{}", topics::CONTROL);
+    let status = format!("{prefix}{}", topics::EXECUTOR_STATUS);
+    let specs: Vec<topics::TopicSpec> = [&inbox, &events, &dlq, &tasks, &control, &status]
         .iter()
         .map(|name| topics::TopicSpec {
             name: (*name).clone(),
@@ -130,9 +133,24 @@ pub async fn publish_fixtures(config: &Config, codec: Arc<Codec>, prefix: &str) 
             .send_record(&codec, &events, None, &e.meta.workflow_id, &e)
             .await?;
     }
+    let request = fixtures::task_request();
+    producer
+        .send_record(&codec, &tasks, None, &request.workflow_id, &request)
+        .await?;
+    let c = fixtures::control_record();
+    producer
+        .send_record(&codec, &control, None, &c.workflow_id, &c)
+        .await?;
+    for s in fixtures::executor_statuses() {
+        producer
+            .send_record(&codec, &status, None, &s.executor_id, &s)
+            .await?;
+    }
     triad_kafka::dlq::DeadLetterWriter::new(producer, codec, &dlq)
         .write_letter(&fixtures::dead_letter())
         .await?;
-    println!("{inbox}\n{events}\n{dlq}");
+    for topic in [&inbox, &events, &dlq, &tasks, &control, &status] {
+        println!("{topic}");
+    }
     Ok(())
 }

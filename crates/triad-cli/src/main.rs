@@ -173,16 +173,23 @@ async fn main() -> Result<()> {
             triad_registry::server::serve(&options, listener, shutdown_token()).await?;
         }
         Command::Process => {
+            let catalogue =
+                triad_models::Catalogue::from_config(&config.models, |v| std::env::var(v).ok())?;
             let options = triad_processor::Options {
                 kafka: config.kafka.clone(),
-                policy: triad_processor::default_policy(),
+                policy: triad_processor::policy_from(&config.policy, &catalogue.ids()),
+                timing: config.processor.clone(),
             };
             triad_processor::run(&options, codec(&config)?, shutdown_token()).await?;
         }
         Command::Topics {
             command: TopicsCommand::Ensure { dry_run },
         } => {
-            let specs = triad_kafka::topics::catalogue(&config.kafka, &config.registry.topic);
+            let specs = triad_kafka::topics::catalogue(
+                &config.kafka,
+                &config.registry.topic,
+                &config.policy.zones,
+            );
             let steps = triad_kafka::topics::ensure(&config.kafka, &specs, dry_run).await?;
             if dry_run {
                 println!("plan (dry run, nothing changed):");

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
-use triad_domain::{DeadLetter, InboxRecord, WorkflowEvent};
+use triad_domain::{
+    ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, TaskRequest, WorkflowEvent,
+};
 
 use crate::{Error, Result};
 
@@ -13,6 +15,9 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (InboxRecord::NAME, InboxRecord::AVSC),
     (WorkflowEvent::NAME, WorkflowEvent::AVSC),
     (DeadLetter::NAME, DeadLetter::AVSC),
+    (TaskRequest::NAME, TaskRequest::AVSC),
+    (ControlRecord::NAME, ControlRecord::AVSC),
+    (ExecutorStatus::NAME, ExecutorStatus::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -36,6 +41,21 @@ impl AvroRecord for WorkflowEvent {
 impl AvroRecord for DeadLetter {
     const NAME: &'static str = "io.triad.v1.DeadLetter";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.DeadLetter.avsc");
+}
+
+impl AvroRecord for TaskRequest {
+    const NAME: &'static str = "io.triad.v1.TaskRequest";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.TaskRequest.avsc");
+}
+
+impl AvroRecord for ControlRecord {
+    const NAME: &'static str = "io.triad.v1.ControlRecord";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ControlRecord.avsc");
+}
+
+impl AvroRecord for ExecutorStatus {
+    const NAME: &'static str = "io.triad.v1.ExecutorStatus";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ExecutorStatus.avsc");
 }
 
 /// The parsed reader schemas, parsed once at start-up.

@@ -118,6 +118,21 @@ fn dead_letter_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn task_request_schema_evolves_backward_transitively() {
+    gate(&[fixtures::task_request()]);
+}
+
+#[test]
+fn control_schema_evolves_backward_transitively() {
+    gate(&[fixtures::control_record()]);
+}
+
+#[test]
+fn executor_status_schema_evolves_backward_transitively() {
+    gate(&fixtures::executor_statuses());
+}
+
+#[test]
 fn the_gate_rejects_a_deliberately_incompatible_change() {
     // A new required field in the event metadata: new code could not read old events.
     let mut json: Json = serde_json::from_str(WorkflowEvent::AVSC).unwrap();

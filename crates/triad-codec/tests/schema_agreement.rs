@@ -36,6 +36,11 @@ fn every_fixture_round_trips() {
         round_trip(&e);
     }
     round_trip(&fixtures::dead_letter());
+    round_trip(&fixtures::task_request());
+    round_trip(&fixtures::control_record());
+    for s in fixtures::executor_statuses() {
+        round_trip(&s);
+    }
 }
 
 #[test]
@@ -223,6 +228,9 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&fixtures::inbox_records()) >= 10);
     assert!(defaults_fill(&fixtures::workflow_events()) >= 10);
     assert!(defaults_fill(&[fixtures::dead_letter()]) >= 4);
+    assert!(defaults_fill(&[fixtures::task_request()]) >= 5);
+    assert!(defaults_fill(&[fixtures::control_record()]) >= 2);
+    assert!(defaults_fill(&fixtures::executor_statuses()) >= 2);
 }
 
 #[test]
@@ -254,9 +262,14 @@ fn shared_named_types_are_identical_across_files() {
     }
     let inbox: Json = serde_json::from_str(InboxRecord::AVSC).unwrap();
     let events: Json = serde_json::from_str(triad_domain::WorkflowEvent::AVSC).unwrap();
-    let a = find(&inbox, "TaskSpec").unwrap();
-    let b = find(&events, "TaskSpec").unwrap();
-    assert_eq!(a, b);
+    for shared in ["TaskSpec", "RoutingDecision", "ModelCall"] {
+        let a = find(&inbox, shared).unwrap();
+        let b = find(&events, shared).unwrap();
+        assert_eq!(
+            a, b,
+            "{shared} differs between the inbox and the event schema"
+        );
+    }
 }
 
 fn arb_string() -> impl Strategy<Value = String> {
@@ -360,9 +373,10 @@ fn resolution_matches_union_branches_by_name_not_position() {
             panic!("body is not a union")
         };
         let expected = match record.body {
-            InboxBody::SubmitWorkflow(_) => 2,
-            InboxBody::CancelWorkflow(_) => 1,
-            InboxBody::TaskResultReported(_) => 0,
+            InboxBody::SubmitWorkflow(_) => 3,
+            InboxBody::CancelWorkflow(_) => 2,
+            InboxBody::TaskResultReported(_) => 1,
+            InboxBody::TaskTimerFired(_) => 0,
         };
         assert_eq!(*index, expected, "{}", record.body.type_name());
         // And through the typed path with the real reader, the record is unchanged.

@@ -6,6 +6,7 @@
 //! never part of this structure: they come from the environment or files by name, so
 //! printing the configuration cannot leak them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -38,7 +39,7 @@ impl From<figment::Error> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -46,6 +47,175 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub codec: CodecConfig,
     pub log: LogConfig,
+    pub policy: PolicyConfig,
+    pub processor: ProcessorConfig,
+    pub executor: ExecutorConfig,
+    /// The model catalogue, by model id. Defaults to the embedded `triad-local` model;
+    /// providers whose key variables are set (`AETHERAI_URL`, `GROK_API_KEY`,
+    /// `KIMI_API_KEY`, `CLAUDE_API_KEY`) are added by `triad-models` at start-up.
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// The sovereignty policy (the sovereignty issue makes it event-sourced and versioned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub zones: Vec<String>,
+    /// Named groups of zones, e.g. `CONUS`.
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// A dispatched task whose zone has shown no live executor for this long is moved to
+    /// another allowed zone (or fails when there is none).
+    pub unclaimed_after_ms: u64,
+    /// An executor is alive while its last heartbeat is younger than this.
+    pub liveness_ms: u64,
+    /// Added to a task's timeout before the processor's deadline timer fires, so the
+    /// executor's own timeout normally reports first.
+    pub deadline_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// Task requests worked on at once per executor; partitions pause when full.
+    pub max_in_flight: usize,
+    pub heartbeat_ms: u64,
+    /// Calls to one model per attempt before falling back to the next model.
+    pub retries_per_model: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Circuit breaker: open after this many failures within `breaker_window_ms`...
+    pub breaker_failures: u32,
+    pub breaker_window_ms: u64,
+    /// ...and let one probe through after this cool-down.
+    pub breaker_cooldown_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// The embedded model: no key, no network.
+    Local,
+    /// OpenAI-compatible chat completions (vLLM, xAI, Moonshot).
+    Openai,
+    /// The Anthropic Messages API.
+    Anthropic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub kind: ModelKind,
+    /// Base URL of the provider's API (`…/v1/chat/completions` or `…/v1/messages` is appended).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The provider's model name; defaults to the model id.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The name of the environment variable holding the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Where the model processes data. Empty for `local`: it runs in the executor's zone.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    #[serde(default)]
+    pub specialties: Vec<String>,
+    /// Price in millionths of a credit per 1K input / output tokens.
+    #[serde(default)]
+    pub input_micros_per_1k: i64,
+    #[serde(default)]
+    pub output_micros_per_1k: i64,
+    #[serde(default = "default_latency")]
+    pub latency_p50_ms: u64,
+    #[serde(default = "default_latency")]
+    pub latency_p95_ms: u64,
+    #[serde(default = "default_latency")]
+    pub latency_p99_ms: u64,
+    #[serde(default = "default_context")]
+    pub max_context: u32,
+    /// Per-call HTTP timeout.
+    #[serde(default = "default_call_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_latency() -> u64 {
+    1000
+}
+
+fn default_context() -> u32 {
+    8192
+}
+
+fn default_call_timeout() -> u64 {
+    60_000
+}
+
+impl ModelConfig {
+    /// The embedded model's entry.
+    pub fn local() -> Self {
+        Self {
+            kind: ModelKind::Local,
+            base_url: None,
+            model: None,
+            api_key_env: None,
+            zones: vec![],
+            specialties: ["arithmetic", "echo", "questions", "text"]
+                .map(String::from)
+                .to_vec(),
+            input_micros_per_1k: 0,
+            output_micros_per_1k: 0,
+            latency_p50_ms: 1,
+            latency_p95_ms: 2,
+            latency_p99_ms: 5,
+            max_context: 65_536,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            zones: ["US-EAST", "US-WEST", "US-CENTRAL", "EU-WEST"]
+                .map(String::from)
+                .to_vec(),
+            groups: BTreeMap::from([(
+                "CONUS".to_owned(),
+                ["US-EAST", "US-WEST", "US-CENTRAL"]
+                    .map(String::from)
+                    .to_vec(),
+            )]),
+        }
+    }
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            unclaimed_after_ms: 10_000,
+            liveness_ms: 10_000,
+            deadline_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 256,
+            heartbeat_ms: 2_000,
+            retries_per_model: 3,
+            retry_base_ms: 100,
+            retry_max_ms: 5_000,
+            breaker_failures: 3,
+            breaker_window_ms: 60_000,
+            breaker_cooldown_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +276,22 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter directive, e.g. `info,triad=debug`.
     pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            registry: RegistryConfig::default(),
+            postgres: PostgresConfig::default(),
+            codec: CodecConfig::default(),
+            log: LogConfig::default(),
+            policy: PolicyConfig::default(),
+            processor: ProcessorConfig::default(),
+            executor: ExecutorConfig::default(),
+            models: BTreeMap::from([("triad-local".to_owned(), ModelConfig::local())]),
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -265,8 +451,65 @@ impl Config {
         if self.codec.max_allocation_bytes < 1024 {
             return invalid("codec.max_allocation_bytes", "must be at least 1024");
         }
+        if self.policy.zones.is_empty() {
+            return invalid("policy.zones", "must name at least one zone");
+        }
+        if let Some(z) = self.policy.zones.iter().find(|z| !valid_zone(z)) {
+            return Err(Error::Invalid {
+                key: "policy.zones",
+                reason: format!("{z:?}: a zone is 1-32 characters A-Z 0-9 -"),
+            });
+        }
+        for (group, zones) in &self.policy.groups {
+            if let Some(z) = zones.iter().find(|z| !self.policy.zones.contains(z)) {
+                return Err(Error::Invalid {
+                    key: "policy.groups",
+                    reason: format!("group {group} names {z:?}, which is not in policy.zones"),
+                });
+            }
+        }
+        if self.executor.max_in_flight == 0 {
+            return invalid("executor.max_in_flight", "must be at least 1");
+        }
+        if self.executor.heartbeat_ms == 0
+            || self.executor.heartbeat_ms >= self.processor.liveness_ms
+        {
+            return invalid(
+                "executor.heartbeat_ms",
+                "must be above 0 and below processor.liveness_ms",
+            );
+        }
+        if self.executor.breaker_failures == 0 {
+            return invalid("executor.breaker_failures", "must be at least 1");
+        }
+        if self.models.is_empty() {
+            return invalid("models", "the catalogue needs at least one model");
+        }
+        for (id, m) in &self.models {
+            let reason = if m.kind != ModelKind::Local && m.base_url.is_none() {
+                Some("base_url is required for a remote model".to_owned())
+            } else if let Some(z) = m.zones.iter().find(|z| !self.policy.zones.contains(z)) {
+                Some(format!("zone {z:?} is not in policy.zones"))
+            } else if m.kind != ModelKind::Local && m.zones.is_empty() {
+                Some("a remote model needs the zones where it processes data".to_owned())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(Error::Invalid {
+                    key: "models",
+                    reason: format!("models.{id}: {reason}"),
+                });
+            }
+        }
         Ok(self)
     }
+}
+
+fn valid_zone(z: &str) -> bool {
+    (1..=32).contains(&z.len())
+        && z.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
 }
 
 #[cfg(test)]
@@ -348,6 +591,13 @@ mod tests {
                 ("kafka.bootstrap_servers=nohost", "kafka.bootstrap_servers"),
                 ("registry.url=ftp://x", "registry.url"),
                 ("postgres.url=postgresql://u:secret@h/db", "postgres.url"),
+                ("models.x.kind=openai", "models.x: base_url is required"),
+                (
+                    "models.triad-local.zones=[\"MARS\"]",
+                    "models.triad-local: zone \"MARS\"",
+                ),
+                ("policy.zones=[\"us east\"]", "policy.zones"),
+                ("executor.max_in_flight=0", "executor.max_in_flight"),
             ] {
                 let sources = Sources {
                     file: None,

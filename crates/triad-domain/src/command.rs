@@ -30,6 +30,7 @@ pub enum InboxBody {
     SubmitWorkflow(SubmitWorkflow),
     CancelWorkflow(CancelWorkflow),
     TaskResultReported(TaskResultReported),
+    TaskTimerFired(TaskTimerFired),
 }
 
 impl InboxBody {
@@ -39,6 +40,7 @@ impl InboxBody {
             Self::SubmitWorkflow(_) => "SubmitWorkflow",
             Self::CancelWorkflow(_) => "CancelWorkflow",
             Self::TaskResultReported(_) => "TaskResultReported",
+            Self::TaskTimerFired(_) => "TaskTimerFired",
         }
     }
 }
@@ -80,7 +82,7 @@ pub enum TaskOutcome {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResultReported {
     pub task_id: String,
     pub attempt: i32,
@@ -96,4 +98,50 @@ pub struct TaskResultReported {
     pub output_tokens: i64,
     pub cost_micros: i64,
     pub latency_ms: i64,
+    /// How the router chose, and every model call of the attempt (v2).
+    #[serde(default)]
+    pub routing: Option<RoutingDecision>,
+}
+
+/// The router's decision and the model calls behind one attempt's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutingDecision {
+    pub model_id: String,
+    pub score: f64,
+    pub reason: String,
+    pub alternatives: Vec<String>,
+    pub calls: Vec<ModelCall>,
+}
+
+/// One call to a model: real spend whether or not its result is used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCall {
+    pub model_id: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micros: i64,
+    pub latency_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimerKind {
+    /// The task's SLA passed without a result.
+    #[serde(rename = "DEADLINE")]
+    Deadline,
+    /// No executor of the zone was alive to pick the task up.
+    #[serde(rename = "UNCLAIMED")]
+    Unclaimed,
+}
+
+/// A timer of a dispatched attempt expired. Its command id derives from (attempt, kind), so
+/// a timer fired twice is one input applied once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskTimerFired {
+    pub task_id: String,
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub kind: TimerKind,
+    pub zone: String,
 }

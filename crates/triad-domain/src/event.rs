@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{TaskSpec, TimestampMicros};
+use crate::{RoutingDecision, TaskSpec, TimestampMicros};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowEvent {
@@ -46,6 +46,8 @@ pub enum EventBody {
     WorkflowCompleted(WorkflowCompleted),
     WorkflowFailed(WorkflowFailed),
     WorkflowCancelled(WorkflowCancelled),
+    TaskRouted(TaskRouted),
+    TaskResultDiscarded(TaskResultDiscarded),
 }
 
 impl EventBody {
@@ -62,6 +64,8 @@ impl EventBody {
             Self::WorkflowCompleted(_) => "WorkflowCompleted",
             Self::WorkflowFailed(_) => "WorkflowFailed",
             Self::WorkflowCancelled(_) => "WorkflowCancelled",
+            Self::TaskRouted(_) => "TaskRouted",
+            Self::TaskResultDiscarded(_) => "TaskResultDiscarded",
         }
     }
 }
@@ -117,6 +121,9 @@ pub struct TaskFailed {
     pub attempt_id: String,
     pub error: String,
     pub retryable: bool,
+    /// Set when no executor of this zone picked the attempt up (v2).
+    #[serde(default)]
+    pub unavailable_zone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,4 +148,25 @@ pub struct WorkflowFailed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowCancelled {
     pub reason: Option<String>,
+}
+
+/// The router's decision for an attempt, recorded from the executor's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRouted {
+    pub task_id: String,
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub executor_zone: String,
+    pub decision: RoutingDecision,
+}
+
+/// A result for an attempt no longer in flight (a duplicate delivery, late after a timeout
+/// or a cancellation). Its spend is recorded here and never billed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResultDiscarded {
+    pub task_id: String,
+    pub attempt_id: String,
+    pub model_id: String,
+    pub cost_micros: i64,
+    pub reason: String,
 }

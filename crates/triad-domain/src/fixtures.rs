@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use serde_bytes::ByteBuf;
 
 use crate::{
-    CancelWorkflow, Causation, CommandMetadata, DeadLetter, DeadLetterHeader, EventBody,
-    EventMetadata, InboxBody, InboxRecord, SubmitWorkflow, TaskCompleted, TaskDispatched,
-    TaskFailed, TaskOutcome, TaskResultReported, TaskScheduled, TaskSkipped, TaskSpec,
-    WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed,
-    WorkflowRejected, derive_event_id,
+    BreakerState, BreakerTransition, CancelWorkflow, Causation, CommandMetadata, ControlAction,
+    ControlRecord, DeadLetter, DeadLetterHeader, EventBody, EventMetadata, ExecutorStatus,
+    Heartbeat, InboxBody, InboxRecord, ModelCall, RoutingDecision, StatusBody, SubmitWorkflow,
+    TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded,
+    TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired,
+    TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent,
+    WorkflowFailed, WorkflowRejected, derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -61,7 +63,7 @@ fn command_meta(n: u32) -> CommandMetadata {
         workflow_id: WORKFLOW_ID.to_owned(),
         issued_at: EPOCH_2026_MICROS + i64::from(n),
         actor: Some("demo".to_owned()),
-        schema_version: 1,
+        schema_version: crate::INBOX_SCHEMA_VERSION,
     }
 }
 
@@ -94,8 +96,110 @@ pub fn inbox_records() -> Vec<InboxRecord> {
                 output_tokens: 7,
                 cost_micros: 0,
                 latency_ms: 3,
+                routing: Some(routing_decision()),
             }),
         },
+        InboxRecord {
+            meta: command_meta(4),
+            body: InboxBody::TaskTimerFired(TaskTimerFired {
+                task_id: "answer".to_owned(),
+                attempt: 1,
+                attempt_id: "answer#1".to_owned(),
+                kind: TimerKind::Deadline,
+                zone: "US-EAST".to_owned(),
+            }),
+        },
+    ]
+}
+
+/// A router decision with one failed call and a fallback.
+pub fn routing_decision() -> RoutingDecision {
+    RoutingDecision {
+        model_id: "triad-local".to_owned(),
+        score: 0.75,
+        reason: "fallback after aetherai-v1 failed".to_owned(),
+        alternatives: vec!["aetherai-v1".to_owned()],
+        calls: vec![
+            ModelCall {
+                model_id: "aetherai-v1".to_owned(),
+                ok: false,
+                error: Some("HTTP 503: overloaded".to_owned()),
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_micros: 0,
+                latency_ms: 40,
+            },
+            ModelCall {
+                model_id: "triad-local".to_owned(),
+                ok: true,
+                error: None,
+                input_tokens: 12,
+                output_tokens: 7,
+                cost_micros: 0,
+                latency_ms: 3,
+            },
+        ],
+    }
+}
+
+/// A task request for the first task of the research workflow.
+pub fn task_request() -> TaskRequest {
+    let wf = research_workflow();
+    let task = &wf.tasks[1];
+    TaskRequest {
+        workflow_id: WORKFLOW_ID.to_owned(),
+        dispatched_event_id: "6f1c2b1e-0000-5000-8000-000000000004".to_owned(),
+        issued_at: EPOCH_2026_MICROS,
+        task_id: task.id.clone(),
+        attempt: 1,
+        attempt_id: format!("{WORKFLOW_ID}/{}#1", task.id),
+        zone: "US-EAST".to_owned(),
+        allowed_zones: vec!["US-EAST".to_owned()],
+        prompt: task.prompt.clone(),
+        inputs: BTreeMap::from([(
+            "generate_questions".to_owned(),
+            ByteBuf::from(b"1. Who holds the keys?".to_vec()),
+        )]),
+        model_hint: None,
+        specialties: vec!["reasoning".to_owned()],
+        max_tokens: task.max_tokens,
+        timeout_ms: task.timeout_ms,
+        schema_version: 1,
+    }
+}
+
+pub fn control_record() -> ControlRecord {
+    ControlRecord {
+        workflow_id: WORKFLOW_ID.to_owned(),
+        action: ControlAction::Cancel,
+        reason: Some("user request".to_owned()),
+        event_id: "6f1c2b1e-0000-5000-8000-000000000009".to_owned(),
+        issued_at: EPOCH_2026_MICROS,
+        schema_version: 1,
+    }
+}
+
+/// One status record of every body variant.
+pub fn executor_statuses() -> Vec<ExecutorStatus> {
+    let status = |body| ExecutorStatus {
+        zone: "US-EAST".to_owned(),
+        executor_id: "US-EAST-0".to_owned(),
+        occurred_at: EPOCH_2026_MICROS,
+        body,
+        schema_version: 1,
+    };
+    vec![
+        status(StatusBody::Heartbeat(Heartbeat {
+            in_flight: 3,
+            capacity: 256,
+            models: vec!["triad-local".to_owned()],
+        })),
+        status(StatusBody::BreakerTransition(BreakerTransition {
+            model_id: "aetherai-v1".to_owned(),
+            from_state: BreakerState::Closed,
+            to_state: BreakerState::Open,
+            reason: "3 failures within 60 s".to_owned(),
+        })),
     ]
 }
 
@@ -142,6 +246,7 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             attempt_id: "answer#1".to_owned(),
             error: "model timed out".to_owned(),
             retryable: true,
+            unavailable_zone: None,
         }),
         EventBody::TaskSkipped(TaskSkipped {
             task_id: "answer".to_owned(),
@@ -157,6 +262,20 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             failed_task: Some("answer".to_owned()),
         }),
         EventBody::WorkflowCancelled(WorkflowCancelled { reason: None }),
+        EventBody::TaskRouted(TaskRouted {
+            task_id: "generate_questions".to_owned(),
+            attempt: 1,
+            attempt_id: "generate_questions#1".to_owned(),
+            executor_zone: "US-EAST".to_owned(),
+            decision: routing_decision(),
+        }),
+        EventBody::TaskResultDiscarded(TaskResultDiscarded {
+            task_id: "generate_questions".to_owned(),
+            attempt_id: "generate_questions#1".to_owned(),
+            model_id: "triad-local".to_owned(),
+            cost_micros: 42,
+            reason: "duplicate result of a completed attempt".to_owned(),
+        }),
     ];
     bodies
         .into_iter()
@@ -176,7 +295,7 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
                     workflow_id: WORKFLOW_ID.to_owned(),
                     causation,
                     sequence: i64::from(index) + 1,
-                    schema_version: 1,
+                    schema_version: crate::EVENT_SCHEMA_VERSION,
                 },
                 body,
             }

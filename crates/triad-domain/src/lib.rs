@@ -5,22 +5,34 @@
 //! source of truth); `triad-codec` checks the two agree, field by field, in its tests.
 
 pub mod command;
+pub mod control;
 pub mod dead_letter;
 pub mod event;
 pub mod fixtures;
 pub mod ids;
+pub mod task;
 
 pub use command::{
-    CancelWorkflow, CommandMetadata, InboxBody, InboxRecord, SubmitWorkflow, TaskOutcome,
-    TaskResultReported, TaskSpec,
+    CancelWorkflow, CommandMetadata, InboxBody, InboxRecord, ModelCall, RoutingDecision,
+    SubmitWorkflow, TaskOutcome, TaskResultReported, TaskSpec, TaskTimerFired, TimerKind,
+};
+pub use control::{
+    BreakerState, BreakerTransition, ControlAction, ControlRecord, ExecutorStatus, Heartbeat,
+    StatusBody,
 };
 pub use dead_letter::{DeadLetter, DeadLetterHeader};
 pub use event::{
-    Causation, EventBody, EventMetadata, TaskCompleted, TaskDispatched, TaskFailed, TaskScheduled,
-    TaskSkipped, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent,
-    WorkflowFailed, WorkflowRejected,
+    Causation, EventBody, EventMetadata, TaskCompleted, TaskDispatched, TaskFailed,
+    TaskResultDiscarded, TaskRouted, TaskScheduled, TaskSkipped, WorkflowAccepted,
+    WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected,
 };
 pub use ids::{derive_event_id, new_command_id};
+pub use task::TaskRequest;
 
 /// Microseconds since the Unix epoch (Avro `timestamp-micros`).
 pub type TimestampMicros = i64;
+
+/// The version of `io.triad.v1.InboxRecord` this code writes (`schemas/history`).
+pub const INBOX_SCHEMA_VERSION: i32 = 2;
+/// The version of `io.triad.v1.WorkflowEvent` this code writes.
+pub const EVENT_SCHEMA_VERSION: i32 = 2;

@@ -15,6 +15,8 @@ pub const WORKFLOW_INBOX: &str = "triad.workflow-inbox";
 pub const WORKFLOW_EVENTS: &str = "triad.workflow-events";
 pub const CONTROL: &str = "triad.control";
 pub const DLQ: &str = "triad.dlq";
+pub const TASKS_PREFIX: &str = "triad.tasks.";
+pub const EXECUTOR_STATUS: &str = "triad.executor-status";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -25,6 +27,8 @@ pub struct Names {
     pub events: String,
     pub control: String,
     pub dlq: String,
+    pub executor_status: String,
+    prefix: String,
 }
 
 impl Names {
@@ -35,7 +39,14 @@ impl Names {
             events: format!("{p}{WORKFLOW_EVENTS}"),
             control: format!("{p}{CONTROL}"),
             dlq: format!("{p}{DLQ}"),
+            executor_status: format!("{p}{EXECUTOR_STATUS}"),
+            prefix: p.clone(),
         }
+    }
+
+    /// The work queue of `zone`.
+    pub fn tasks(&self, zone: &str) -> String {
+        format!("{}{TASKS_PREFIX}{zone}", self.prefix)
     }
 }
 
@@ -82,10 +93,19 @@ impl TopicSpec {
 
 /// Every topic of the spine. Per-workflow topics share one partition count so a workflow's
 /// inbox partition and event partition have the same number.
-pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str) -> Vec<TopicSpec> {
+pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) -> Vec<TopicSpec> {
     let p = kafka.partitions;
     let names = Names::new(kafka);
-    vec![
+    let tasks: Vec<TopicSpec> = zones
+        .iter()
+        .map(|z| TopicSpec {
+            name: names.tasks(z),
+            partitions: p,
+            retention: Retention::Bounded { ms: 7 * DAY_MS },
+            purpose: "task requests for the executors of one zone, key = workflow id",
+        })
+        .collect();
+    let mut specs = vec![
         TopicSpec {
             name: names.inbox,
             partitions: p,
@@ -116,7 +136,15 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str) -> Vec<TopicSpec> {
             retention: Retention::Compacted,
             purpose: "schema registry state",
         },
-    ]
+        TopicSpec {
+            name: names.executor_status,
+            partitions: 1,
+            retention: Retention::Bounded { ms: DAY_MS },
+            purpose: "executor heartbeats and circuit-breaker transitions",
+        },
+    ];
+    specs.extend(tasks);
+    specs
 }
 
 /// What `ensure` did or would do for one topic.
@@ -242,7 +270,7 @@ mod tests {
 
     #[test]
     fn plan_refuses_to_change_partition_counts() {
-        let specs = catalogue(&KafkaConfig::default(), "_schemas");
+        let specs = catalogue(&KafkaConfig::default(), "_schemas", &["US-EAST".to_owned()]);
         let existing = HashMap::from([(WORKFLOW_EVENTS.to_owned(), 3)]);
         let err = plan(&specs, &existing).unwrap_err();
         assert!(
@@ -260,7 +288,7 @@ mod tests {
 
     #[test]
     fn plan_creates_missing_and_keeps_existing() {
-        let specs = catalogue(&KafkaConfig::default(), "_schemas");
+        let specs = catalogue(&KafkaConfig::default(), "_schemas", &["US-EAST".to_owned()]);
         let existing = HashMap::from([(WORKFLOW_EVENTS.to_owned(), 6)]);
         let steps = plan(&specs, &existing).unwrap();
         assert_eq!(steps.len(), specs.len());
@@ -279,7 +307,7 @@ mod tests {
 
     #[test]
     fn event_store_never_expires_and_registry_is_compacted() {
-        let specs = catalogue(&KafkaConfig::default(), "_schemas");
+        let specs = catalogue(&KafkaConfig::default(), "_schemas", &["US-EAST".to_owned()]);
         let by_name = |n: &str| specs.iter().find(|s| s.name == n).unwrap().clone();
         assert_eq!(by_name(WORKFLOW_EVENTS).retention, Retention::Forever);
         assert!(

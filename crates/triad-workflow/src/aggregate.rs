@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use triad_domain::{
     Causation, EventBody, EventMetadata, InboxBody, InboxRecord, SubmitWorkflow, TaskCompleted,
-    TaskDispatched, TaskFailed, TaskOutcome, TaskResultReported, TaskScheduled, TaskSkipped,
+    TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported,
+    TaskRouted, TaskScheduled, TaskSkipped, TaskTimerFired, TimerKind, TimestampMicros,
     WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed,
     WorkflowRejected, derive_event_id,
 };
@@ -50,10 +51,21 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskStatus {
     Pending,
-    Dispatched { attempt: i32, attempt_id: String },
+    Dispatched(Dispatch),
     Completed { output: Vec<u8> },
     Failed,
     Skipped,
+}
+
+/// The attempt of a task in flight: what the outbox re-publishes and the timers watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub zone: String,
+    /// The `TaskDispatched` event's id and time (from its input, never from a clock).
+    pub event_id: String,
+    pub dispatched_at: TimestampMicros,
 }
 
 /// The state of one workflow, folded from its events.
@@ -67,6 +79,10 @@ pub struct WorkflowState {
     pub tasks: BTreeMap<String, TaskStatus>,
     pub total_cost_micros: i64,
     pub models_used: BTreeSet<String>,
+    /// Failures that used up retry budget, per task (zone failovers do not).
+    pub failures: BTreeMap<String, i32>,
+    /// Zones in which no executor picked a task up, per task: later attempts avoid them.
+    pub unavailable: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Where an input record sits in the log: it names the events it causes.
@@ -110,9 +126,11 @@ pub fn attempt_id(workflow_id: &str, task: &str, attempt: i32) -> String {
 }
 
 impl WorkflowState {
-    /// Folds one event body into the state.
-    pub fn apply_body(&mut self, body: &EventBody) {
-        match body {
+    /// Folds one stored event into the state.
+    pub fn apply(&mut self, event: &WorkflowEvent) {
+        self.workflow_id.clone_from(&event.meta.workflow_id);
+        self.sequence = event.meta.sequence;
+        match &event.body {
             EventBody::WorkflowAccepted(a) => {
                 let w = from_command(&SubmitWorkflow {
                     name: a.name.clone(),
@@ -129,14 +147,19 @@ impl WorkflowState {
                 self.status = Status::Running;
             }
             EventBody::WorkflowRejected(_) => self.status = Status::Rejected,
-            EventBody::TaskScheduled(_) => {}
+            EventBody::TaskScheduled(_)
+            | EventBody::TaskRouted(_)
+            | EventBody::TaskResultDiscarded(_) => {}
             EventBody::TaskDispatched(d) => {
                 self.tasks.insert(
                     d.task_id.clone(),
-                    TaskStatus::Dispatched {
+                    TaskStatus::Dispatched(Dispatch {
                         attempt: d.attempt,
                         attempt_id: d.attempt_id.clone(),
-                    },
+                        zone: d.zone.clone(),
+                        event_id: event.meta.event_id.clone(),
+                        dispatched_at: event.meta.occurred_at,
+                    }),
                 );
             }
             EventBody::TaskCompleted(c) => {
@@ -150,6 +173,15 @@ impl WorkflowState {
                 self.models_used.insert(c.model_id.clone());
             }
             EventBody::TaskFailed(f) => {
+                match &f.unavailable_zone {
+                    Some(zone) => {
+                        self.unavailable
+                            .entry(f.task_id.clone())
+                            .or_default()
+                            .insert(zone.clone());
+                    }
+                    None => *self.failures.entry(f.task_id.clone()).or_default() += 1,
+                }
                 if !f.retryable {
                     self.tasks.insert(f.task_id.clone(), TaskStatus::Failed);
                 }
@@ -163,11 +195,12 @@ impl WorkflowState {
         }
     }
 
-    /// Folds a stored event (body and sequence).
-    pub fn apply(&mut self, event: &WorkflowEvent) {
-        self.workflow_id.clone_from(&event.meta.workflow_id);
-        self.apply_body(&event.body);
-        self.sequence = event.meta.sequence;
+    /// The attempt of `task` in flight, if any.
+    pub fn dispatch(&self, task: &str) -> Option<&Dispatch> {
+        match self.tasks.get(task) {
+            Some(TaskStatus::Dispatched(d)) => Some(d),
+            _ => None,
+        }
     }
 
     fn task(&self, id: &str) -> Option<&Task> {
@@ -200,21 +233,21 @@ pub fn process(
     };
     let mut out = Vec::new();
     let mut emit = |state: &mut WorkflowState, body: EventBody| {
-        state.apply_body(&body);
-        state.sequence += 1;
         let index = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        out.push(WorkflowEvent {
+        let event = WorkflowEvent {
             meta: EventMetadata {
                 event_id: derive_event_id(&causation, index),
                 event_type: body.type_name().to_owned(),
                 occurred_at: record.meta.issued_at,
                 workflow_id: record.meta.workflow_id.clone(),
                 causation: causation.clone(),
-                sequence: state.sequence,
-                schema_version: 1,
+                sequence: state.sequence + 1,
+                schema_version: triad_domain::EVENT_SCHEMA_VERSION,
             },
             body,
-        });
+        };
+        state.apply(&event);
+        out.push(event);
     };
     let wf_id = record.meta.workflow_id.as_str();
     state.workflow_id = wf_id.to_owned();
@@ -266,37 +299,92 @@ pub fn process(
             }
         }
         InboxBody::TaskResultReported(r) => {
-            if state.status != Status::Running {
-                return out;
+            let bodies = match discard_reason(state, r) {
+                Some(reason) => vec![EventBody::TaskResultDiscarded(TaskResultDiscarded {
+                    task_id: r.task_id.clone(),
+                    attempt_id: r.attempt_id.clone(),
+                    model_id: r.model_id.clone(),
+                    cost_micros: r.cost_micros,
+                    reason,
+                })],
+                None => on_result(state, r, policy),
+            };
+            for body in bodies {
+                emit(state, body);
             }
-            // Only the result of the attempt in flight counts; stale or repeated results of
-            // an at-least-once executor are ignored.
-            let current = matches!(
-                state.tasks.get(&r.task_id),
-                Some(TaskStatus::Dispatched { attempt_id, .. }) if *attempt_id == r.attempt_id
-            );
+            advance(state, policy, &mut emit);
+        }
+        InboxBody::TaskTimerFired(t) => {
+            // A timer of an attempt that already finished (or a repeat) decides nothing.
+            let current = state.status == Status::Running
+                && state.dispatch(&t.task_id).map(|d| d.attempt_id.as_str())
+                    == Some(t.attempt_id.as_str());
             if !current {
                 return out;
             }
-            for body in on_result(state, r, policy) {
+            for body in on_timer(state, t, policy) {
                 emit(state, body);
             }
-            if state.status == Status::Running {
-                for body in dispatch_ready(state, wf_id, policy) {
-                    emit(state, body);
-                }
-                if let Some(done) = finished(state) {
-                    emit(state, done);
-                }
-            }
+            advance(state, policy, &mut emit);
         }
     }
     out
 }
 
+/// After a task finished: dispatch what became ready, then finish the workflow if all done.
+fn advance(
+    state: &mut WorkflowState,
+    policy: &Policy,
+    emit: &mut impl FnMut(&mut WorkflowState, EventBody),
+) {
+    if state.status != Status::Running {
+        return;
+    }
+    let wf_id = state.workflow_id.clone();
+    for body in dispatch_ready(state, &wf_id, policy) {
+        emit(state, body);
+    }
+    if let Some(done) = finished(state) {
+        emit(state, done);
+    }
+}
+
+/// Why a result must not be applied, if it must not: only the result of the attempt in
+/// flight counts. Stale, repeated or late results of at-least-once executors are recorded
+/// (their model calls were real spend) but never applied or billed.
+fn discard_reason(state: &WorkflowState, r: &TaskResultReported) -> Option<String> {
+    match state.status {
+        Status::Running => {}
+        // Nothing was accepted under this id: there is no workflow to record against.
+        Status::New | Status::Rejected => return Some("no such workflow".to_owned()),
+        Status::Cancelled => return Some("the workflow was cancelled".to_owned()),
+        Status::Completed | Status::Failed => {
+            return Some("the workflow had already finished".to_owned());
+        }
+    }
+    match state.tasks.get(&r.task_id) {
+        Some(TaskStatus::Dispatched(d)) if d.attempt_id == r.attempt_id => None,
+        Some(TaskStatus::Completed { .. }) => {
+            Some("duplicate result: the task had already completed".to_owned())
+        }
+        None => Some(format!("the workflow has no task {}", r.task_id)),
+        Some(_) => Some(format!("attempt {} is no longer in flight", r.attempt_id)),
+    }
+}
+
 fn on_result(state: &WorkflowState, r: &TaskResultReported, policy: &Policy) -> Vec<EventBody> {
+    let mut out = Vec::new();
+    if let Some(decision) = &r.routing {
+        out.push(EventBody::TaskRouted(TaskRouted {
+            task_id: r.task_id.clone(),
+            attempt: r.attempt,
+            attempt_id: r.attempt_id.clone(),
+            executor_zone: r.executor_zone.clone(),
+            decision: decision.clone(),
+        }));
+    }
     match r.outcome {
-        TaskOutcome::Succeeded => vec![EventBody::TaskCompleted(TaskCompleted {
+        TaskOutcome::Succeeded => out.push(EventBody::TaskCompleted(TaskCompleted {
             task_id: r.task_id.clone(),
             attempt: r.attempt,
             attempt_id: r.attempt_id.clone(),
@@ -307,53 +395,108 @@ fn on_result(state: &WorkflowState, r: &TaskResultReported, policy: &Policy) -> 
             output_tokens: r.output_tokens,
             cost_micros: r.cost_micros,
             latency_ms: r.latency_ms,
-        })],
+        })),
         TaskOutcome::Failed => {
-            let max = state.task(&r.task_id).map_or(1, |t| t.retry.max_attempts);
             let error = r
                 .error
                 .clone()
                 .unwrap_or_else(|| "unknown error".to_owned());
-            let retry = r.retryable && r.attempt < max;
-            let mut out = vec![EventBody::TaskFailed(TaskFailed {
-                task_id: r.task_id.clone(),
-                attempt: r.attempt,
-                attempt_id: r.attempt_id.clone(),
-                error: error.clone(),
-                retryable: retry,
-            })];
-            if retry {
-                out.push(EventBody::TaskScheduled(TaskScheduled {
-                    task_id: r.task_id.clone(),
-                    attempt: r.attempt + 1,
-                }));
-                if let Some(task) = state.task(&r.task_id) {
-                    out.push(dispatch_with(
-                        &state.workflow_id,
-                        state,
-                        task,
-                        r.attempt + 1,
-                        policy,
-                    ));
-                }
-            } else {
-                for skipped in downstream(state, &r.task_id) {
-                    out.push(EventBody::TaskSkipped(TaskSkipped {
-                        task_id: skipped,
-                        reason: format!("dependency {} failed", r.task_id),
-                    }));
-                }
-                out.push(EventBody::WorkflowFailed(WorkflowFailed {
-                    reason: format!(
-                        "task {} failed after {} attempt(s): {error}",
-                        r.task_id, r.attempt
-                    ),
-                    failed_task: Some(r.task_id.clone()),
-                }));
-            }
-            out
+            out.extend(fail_attempt(
+                state,
+                &r.task_id,
+                r.attempt,
+                &error,
+                r.retryable,
+                None,
+                policy,
+            ));
         }
     }
+    out
+}
+
+fn on_timer(state: &WorkflowState, t: &TaskTimerFired, policy: &Policy) -> Vec<EventBody> {
+    match t.kind {
+        TimerKind::Deadline => {
+            let timeout = state.task(&t.task_id).map_or(0, |task| task.timeout_ms);
+            let error = format!("no result within the task's timeout of {timeout} ms");
+            fail_attempt(state, &t.task_id, t.attempt, &error, true, None, policy)
+        }
+        TimerKind::Unclaimed => {
+            let error = format!("no executor of zone {} picked the task up", t.zone);
+            fail_attempt(
+                state,
+                &t.task_id,
+                t.attempt,
+                &error,
+                true,
+                Some(&t.zone),
+                policy,
+            )
+        }
+    }
+}
+
+/// The events of a failed attempt: a retry (with backoff left to the executor) while the
+/// budget lasts, a move to another allowed zone when the zone was unavailable, otherwise the
+/// task fails, its dependents are skipped and the workflow fails.
+fn fail_attempt(
+    state: &WorkflowState,
+    task_id: &str,
+    attempt: i32,
+    error: &str,
+    retryable: bool,
+    unavailable_zone: Option<&str>,
+    policy: &Policy,
+) -> Vec<EventBody> {
+    let Some(task) = state.task(task_id) else {
+        return vec![];
+    };
+    let failures =
+        state.failures.get(task_id).copied().unwrap_or(0) + i32::from(unavailable_zone.is_none());
+    let mut avoid = state.unavailable.get(task_id).cloned().unwrap_or_default();
+    if let Some(z) = unavailable_zone {
+        avoid.insert(z.to_owned());
+    }
+    let next_zone = pick_zone(state, task, policy, &avoid);
+    let (retry, error) = match (retryable && failures < task.retry.max_attempts, &next_zone) {
+        (true, Some(_)) => (true, error.to_owned()),
+        (true, None) => (
+            false,
+            format!(
+                "{error}; no other allowed zone is available (tried {})",
+                avoid.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        (false, _) => (false, error.to_owned()),
+    };
+    let mut out = vec![EventBody::TaskFailed(TaskFailed {
+        task_id: task_id.to_owned(),
+        attempt,
+        attempt_id: attempt_id(&state.workflow_id, task_id, attempt),
+        error: error.clone(),
+        retryable: retry,
+        unavailable_zone: unavailable_zone.map(str::to_owned),
+    })];
+    if let (true, Some(zone)) = (retry, next_zone) {
+        out.push(EventBody::TaskScheduled(TaskScheduled {
+            task_id: task_id.to_owned(),
+            attempt: attempt + 1,
+        }));
+        out.push(dispatch_to(&state.workflow_id, task, attempt + 1, zone));
+        return out;
+    }
+    for skipped in downstream(state, task_id) {
+        out.push(EventBody::TaskSkipped(TaskSkipped {
+            task_id: skipped,
+            reason: format!("dependency {task_id} failed"),
+        }));
+    }
+    out.push(EventBody::WorkflowFailed(WorkflowFailed {
+        reason: format!("task {task_id} failed after {attempt} attempt(s): {error}"),
+        failed_task: Some(task_id.to_owned()),
+    }));
+    out
 }
 
 /// Every task that depends, directly or not, on `failed` and has not finished.
@@ -395,22 +538,15 @@ fn dispatch_ready(state: &WorkflowState, wf_id: &str, policy: &Policy) -> Vec<Ev
                 task_id: t.id.clone(),
                 attempt: 1,
             }));
-            out.push(dispatch_with(wf_id, state, t, 1, policy));
+            let zone = pick_zone(state, t, policy, &BTreeSet::new()).unwrap_or_default();
+            out.push(dispatch_to(wf_id, t, 1, zone));
         }
     }
     out
 }
 
-/// The zone and model of an attempt. Until the router lands this is deterministic and
-/// simple: the first allowed zone (groups expanded, sorted) and the task's model hint or the
-/// policy's default model.
-fn dispatch_with(
-    wf_id: &str,
-    state: &WorkflowState,
-    task: &Task,
-    attempt: i32,
-    policy: &Policy,
-) -> EventBody {
+/// The task's allowed zones with groups expanded, sorted.
+pub fn allowed_zones(state: &WorkflowState, task: &Task, policy: &Policy) -> BTreeSet<String> {
     let names = if task.zones.is_empty() {
         state
             .workflow
@@ -420,23 +556,83 @@ fn dispatch_with(
     } else {
         task.zones.clone()
     };
-    let zones: BTreeSet<&str> = names
+    names
         .iter()
         .flat_map(|n| match policy.groups.iter().find(|(g, _)| g == n) {
-            Some((_, zs)) => zs.iter().map(String::as_str).collect::<Vec<_>>(),
-            None => vec![n.as_str()],
+            Some((_, zs)) => zs.clone(),
+            None => vec![n.clone()],
         })
-        .collect();
+        .collect()
+}
+
+/// The zone whose queue gets an attempt: the first allowed zone (sorted) not known to be
+/// unavailable. The model is chosen inside the zone by its executors' router, which sees
+/// live health; the processor decides only what must replay identically.
+fn pick_zone(
+    state: &WorkflowState,
+    task: &Task,
+    policy: &Policy,
+    avoid: &BTreeSet<String>,
+) -> Option<String> {
+    allowed_zones(state, task, policy)
+        .into_iter()
+        .find(|z| !avoid.contains(z))
+}
+
+fn dispatch_to(wf_id: &str, task: &Task, attempt: i32, zone: String) -> EventBody {
     EventBody::TaskDispatched(TaskDispatched {
         task_id: task.id.clone(),
         attempt,
         attempt_id: attempt_id(wf_id, &task.id, attempt),
-        zone: zones.first().map(|z| (*z).to_owned()).unwrap_or_default(),
-        model_id: task
-            .model
-            .clone()
-            .unwrap_or_else(|| policy.default_model.clone()),
+        zone,
+        model_id: task.model.clone().unwrap_or_default(),
     })
+}
+
+/// The work request for the attempt of `task_id` in flight: what the processor publishes to
+/// `triad.tasks.<zone>` after the `TaskDispatched` event, and again on recovery.
+pub fn task_request(state: &WorkflowState, task_id: &str, policy: &Policy) -> Option<TaskRequest> {
+    let d = state.dispatch(task_id)?;
+    let task = state.task(task_id)?;
+    let inputs = task
+        .depends_on
+        .iter()
+        .filter_map(|dep| match state.tasks.get(dep) {
+            Some(TaskStatus::Completed { output }) => {
+                Some((dep.clone(), serde_bytes::ByteBuf::from(output.clone())))
+            }
+            _ => None,
+        })
+        .collect();
+    Some(TaskRequest {
+        workflow_id: state.workflow_id.clone(),
+        dispatched_event_id: d.event_id.clone(),
+        issued_at: d.dispatched_at,
+        task_id: task_id.to_owned(),
+        attempt: d.attempt,
+        attempt_id: d.attempt_id.clone(),
+        zone: d.zone.clone(),
+        allowed_zones: allowed_zones(state, task, policy).into_iter().collect(),
+        prompt: task.prompt.clone().into_bytes(),
+        inputs,
+        model_hint: task.model.clone(),
+        specialties: task.specialties.clone(),
+        max_tokens: task.max_tokens,
+        timeout_ms: task.timeout_ms,
+        schema_version: 1,
+    })
+}
+
+/// The requests of every attempt in flight (the outbox rule: re-published on recovery).
+pub fn pending_requests(state: &WorkflowState, policy: &Policy) -> Vec<TaskRequest> {
+    if state.status != Status::Running {
+        return vec![];
+    }
+    state
+        .tasks
+        .keys()
+        .filter_map(|t| task_request(state, t, policy))
+        .collect()
 }
 
 /// `WorkflowCompleted` once every task completed: outputs of the leaf tasks (those nothing

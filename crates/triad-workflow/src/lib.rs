@@ -19,5 +19,5 @@ mod validate;
 
 pub use dag::{depth, ready};
 pub use model::{RetryPolicy, Task, Workflow};
-pub use template::{Reference, references};
+pub use template::{Reference, fill, references};
 pub use validate::{Context, Limits, ValidationError, ValidationErrors};

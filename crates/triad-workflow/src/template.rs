@@ -43,9 +43,56 @@ pub fn references(template: &str) -> Vec<Reference> {
     out
 }
 
+/// Fills a template: each `{id.output}` becomes `output(id)` (a reference with no output is
+/// an error naming it), `{{` and `}}` become literal braces, other text stays as it is. Runs
+/// in the executor, inside the zone, where the outputs may be opened.
+pub fn fill<'a>(
+    template: &str,
+    output: impl Fn(&str) -> Option<&'a str>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        if tail.starts_with('{')
+            && let Some(end) = tail.find('}')
+            && let Some(task) = tail[1..end].strip_suffix(".output")
+            && !task.is_empty()
+            && task.chars().all(is_id_char)
+        {
+            let value = output(task)
+                .ok_or_else(|| format!("no output of task {task} to fill {{{task}.output}}"))?;
+            out.push_str(value);
+            rest = &tail[end + 1..];
+            continue;
+        }
+        out.push_str(&tail[..1]);
+        rest = &tail[1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fill_replaces_references_and_unescapes_braces() {
+        let filled = fill("Answer: {q.output} {{q.output}} {x} }}", |t| {
+            (t == "q").then_some("Why?")
+        })
+        .unwrap();
+        assert_eq!(filled, "Answer: Why? {q.output} {x} }");
+        let e = fill("{missing.output}", |_| None).unwrap_err();
+        assert!(e.contains("missing"), "{e}");
+    }
 
     #[test]
     fn finds_output_references_only() {

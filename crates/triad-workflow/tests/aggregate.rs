@@ -3,9 +3,11 @@
 
 use triad_domain::{
     CancelWorkflow, CommandMetadata, EventBody, InboxBody, InboxRecord, TaskOutcome,
-    TaskResultReported, WorkflowEvent,
+    TaskResultReported, TaskTimerFired, TimerKind, WorkflowEvent, fixtures,
 };
-use triad_workflow::aggregate::{Input, Policy, Status, WorkflowState, attempt_id, process};
+use triad_workflow::aggregate::{
+    Input, Policy, Status, WorkflowState, attempt_id, pending_requests, process, task_request,
+};
 use triad_workflow::{Limits, Task, Workflow};
 
 const WF: &str = "wf-1";
@@ -73,6 +75,7 @@ fn result(n: i64, task: &str, attempt: i32, outcome: TaskOutcome, retryable: boo
             output_tokens: 5,
             cost_micros: 100,
             latency_ms: 7,
+            routing: None,
         }),
     )
 }
@@ -91,6 +94,38 @@ fn run(records: &[InboxRecord]) -> (Vec<WorkflowEvent>, WorkflowState) {
         all.extend(process(&mut state, &input, &policy()));
     }
     (all, state)
+}
+
+/// What the workflow bills: the cost of completed tasks.
+fn state_cost(events: &[WorkflowEvent]) -> i64 {
+    let mut state = WorkflowState::default();
+    for e in events {
+        state.apply(e);
+    }
+    state.total_cost_micros
+}
+
+fn timer(n: i64, task: &str, attempt: i32, kind: TimerKind, zone: &str) -> InboxRecord {
+    record(
+        n,
+        InboxBody::TaskTimerFired(TaskTimerFired {
+            task_id: task.into(),
+            attempt,
+            attempt_id: attempt_id(WF, task, attempt),
+            kind,
+            zone: zone.into(),
+        }),
+    )
+}
+
+fn dispatched(events: &[WorkflowEvent]) -> Vec<(String, i32, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::TaskDispatched(d) => Some((d.task_id.clone(), d.attempt, d.zone.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn types(events: &[WorkflowEvent]) -> Vec<&str> {
@@ -116,10 +151,8 @@ fn submission_accepts_and_dispatches_the_roots() {
     let EventBody::TaskDispatched(d) = &events[2].body else {
         panic!()
     };
-    assert_eq!(
-        (d.zone.as_str(), d.model_id.as_str()),
-        ("US-CENTRAL", "triad-local")
-    );
+    // The first allowed zone (CONUS expanded, sorted); no hint, so the zone's router picks.
+    assert_eq!((d.zone.as_str(), d.model_id.as_str()), ("US-CENTRAL", ""));
     assert_eq!(d.attempt_id, "wf-1/generate_questions#1");
     assert_eq!(state.status, Status::Running);
 }
@@ -168,7 +201,7 @@ fn the_workflow_runs_to_completion_with_leaf_outputs() {
 }
 
 #[test]
-fn duplicate_submissions_and_stale_results_produce_nothing() {
+fn duplicate_submissions_do_nothing_and_stale_results_are_recorded_not_applied() {
     let (events, _) = run(&[
         submit(1),
         submit(2),
@@ -177,7 +210,8 @@ fn duplicate_submissions_and_stale_results_produce_nothing() {
         result(5, "generate_questions", 1, TaskOutcome::Succeeded, false),
         result(6, "generate_questions", 1, TaskOutcome::Succeeded, false),
     ]);
-    // Only the submission and the one current result made events.
+    // The second submission made nothing; one result completed the task.
+    assert!(events.iter().all(|e| e.meta.causation.offset != 1));
     assert_eq!(
         events
             .iter()
@@ -185,11 +219,30 @@ fn duplicate_submissions_and_stale_results_produce_nothing() {
             .count(),
         1
     );
-    assert!(
-        events
-            .iter()
-            .all(|e| e.meta.causation.offset == 0 || e.meta.causation.offset == 4)
+    // Every other result is recorded as discarded, with its spend and why.
+    let discarded: Vec<(i64, &str, i64)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::TaskResultDiscarded(d) => {
+                Some((e.meta.causation.offset, d.reason.as_str(), d.cost_micros))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        discarded,
+        [
+            (
+                2,
+                "attempt wf-1/generate_questions#7 is no longer in flight",
+                100
+            ),
+            (3, "attempt wf-1/answer#1 is no longer in flight", 100),
+            (5, "duplicate result: the task had already completed", 100),
+        ]
     );
+    // Discarded spend is never billed.
+    assert_eq!(state_cost(&events), 100);
 }
 
 #[test]
@@ -254,7 +307,7 @@ fn an_invalid_workflow_is_rejected_naming_the_field() {
 }
 
 #[test]
-fn cancellation_stops_the_workflow_and_later_results_are_ignored() {
+fn cancellation_stops_the_workflow_and_later_results_are_discarded() {
     let (events, state) = run(&[
         submit(1),
         record(
@@ -275,9 +328,14 @@ fn cancellation_stops_the_workflow_and_later_results_are_ignored() {
             "WorkflowAccepted",
             "TaskScheduled",
             "TaskDispatched",
-            "WorkflowCancelled"
+            "WorkflowCancelled",
+            "TaskResultDiscarded"
         ]
     );
+    let EventBody::TaskResultDiscarded(d) = &events[4].body else {
+        panic!()
+    };
+    assert_eq!(d.reason, "the workflow was cancelled");
     assert_eq!(state.status, Status::Cancelled);
 }
 
@@ -293,4 +351,165 @@ fn state_rebuilt_from_the_events_equals_the_live_state() {
         rebuilt.apply(e);
     }
     assert_eq!(rebuilt, live);
+}
+
+#[test]
+fn a_routing_decision_is_recorded_before_the_outcome() {
+    let mut r = result(2, "generate_questions", 1, TaskOutcome::Succeeded, false);
+    if let InboxBody::TaskResultReported(t) = &mut r.body {
+        t.routing = Some(fixtures::routing_decision());
+    }
+    let (events, _) = run(&[submit(1), r]);
+    assert_eq!(types(&events[3..5]), ["TaskRouted", "TaskCompleted"]);
+    let EventBody::TaskRouted(routed) = &events[3].body else {
+        panic!()
+    };
+    assert_eq!(routed.decision, fixtures::routing_decision());
+    assert_eq!(routed.executor_zone, "US-CENTRAL");
+}
+
+#[test]
+fn a_deadline_retries_in_the_same_zone_and_uses_the_budget() {
+    let (events, state) = run(&[
+        submit(1),
+        timer(
+            2,
+            "generate_questions",
+            1,
+            TimerKind::Deadline,
+            "US-CENTRAL",
+        ),
+        timer(
+            3,
+            "generate_questions",
+            2,
+            TimerKind::Deadline,
+            "US-CENTRAL",
+        ),
+    ]);
+    assert_eq!(
+        dispatched(&events),
+        [
+            ("generate_questions".into(), 1, "US-CENTRAL".into()),
+            ("generate_questions".into(), 2, "US-CENTRAL".into()),
+        ]
+    );
+    // max_attempts(2): the second deadline fails the task and the workflow.
+    let EventBody::WorkflowFailed(f) = &events.last().unwrap().body else {
+        panic!("{:?}", types(&events))
+    };
+    assert!(
+        f.reason.contains("no result within the task's timeout"),
+        "{}",
+        f.reason
+    );
+    assert_eq!(state.status, Status::Failed);
+}
+
+#[test]
+fn an_unclaimed_zone_moves_the_task_to_the_next_allowed_zone_without_using_the_budget() {
+    let (events, state) = run(&[
+        submit(1),
+        timer(
+            2,
+            "generate_questions",
+            1,
+            TimerKind::Unclaimed,
+            "US-CENTRAL",
+        ),
+        timer(3, "generate_questions", 2, TimerKind::Unclaimed, "US-EAST"),
+        result(4, "generate_questions", 3, TaskOutcome::Failed, true),
+        result(5, "generate_questions", 4, TaskOutcome::Succeeded, false),
+    ]);
+    assert_eq!(
+        dispatched(&events)
+            .into_iter()
+            .filter(|(t, ..)| t == "generate_questions")
+            .collect::<Vec<_>>(),
+        [
+            ("generate_questions".into(), 1, "US-CENTRAL".into()),
+            ("generate_questions".into(), 2, "US-EAST".into()),
+            ("generate_questions".into(), 3, "US-WEST".into()),
+            // The model failure (budget 2) retries in the zone that works.
+            ("generate_questions".into(), 4, "US-WEST".into()),
+        ]
+    );
+    assert_eq!(state.failures["generate_questions"], 1);
+    assert_eq!(state.unavailable["generate_questions"].len(), 2);
+    assert_eq!(state.status, Status::Running);
+}
+
+#[test]
+fn no_available_zone_fails_the_task_with_the_zones_tried() {
+    let (events, state) = run(&[
+        submit(1),
+        timer(
+            2,
+            "generate_questions",
+            1,
+            TimerKind::Unclaimed,
+            "US-CENTRAL",
+        ),
+        timer(3, "generate_questions", 2, TimerKind::Unclaimed, "US-EAST"),
+        timer(4, "generate_questions", 3, TimerKind::Unclaimed, "US-WEST"),
+    ]);
+    assert_eq!(
+        types(&events[events.len() - 3..]),
+        ["TaskFailed", "TaskSkipped", "WorkflowFailed"]
+    );
+    let EventBody::WorkflowFailed(f) = &events.last().unwrap().body else {
+        panic!()
+    };
+    assert!(
+        f.reason
+            .contains("no other allowed zone is available (tried US-CENTRAL, US-EAST, US-WEST)"),
+        "{}",
+        f.reason
+    );
+    assert_eq!(state.status, Status::Failed);
+}
+
+#[test]
+fn a_timer_of_a_finished_attempt_decides_nothing() {
+    let (events, _) = run(&[
+        submit(1),
+        result(2, "generate_questions", 1, TaskOutcome::Succeeded, false),
+        timer(
+            3,
+            "generate_questions",
+            1,
+            TimerKind::Deadline,
+            "US-CENTRAL",
+        ),
+    ]);
+    assert!(events.iter().all(|e| e.meta.causation.offset != 2));
+}
+
+#[test]
+fn the_request_of_a_dispatched_task_carries_its_dependencies_outputs() {
+    let (events, state) = run(&[
+        submit(1),
+        result(2, "generate_questions", 1, TaskOutcome::Succeeded, false),
+    ]);
+    let request = task_request(&state, "answer", &policy()).unwrap();
+    let dispatched = events
+        .iter()
+        .rev()
+        .find(|e| e.meta.event_type == "TaskDispatched")
+        .unwrap();
+    assert_eq!(request.dispatched_event_id, dispatched.meta.event_id);
+    assert_eq!(request.issued_at, dispatched.meta.occurred_at);
+    assert_eq!(request.attempt_id, "wf-1/answer#1");
+    assert_eq!(request.prompt, b"Answer: {generate_questions.output}");
+    assert_eq!(
+        request.inputs["generate_questions"].as_ref(),
+        b"out of generate_questions"
+    );
+    assert_eq!(request.allowed_zones, ["US-CENTRAL", "US-EAST", "US-WEST"]);
+    // The outbox after a restart: the state folded from the log yields the same request.
+    let mut rebuilt = WorkflowState::default();
+    for e in &events {
+        rebuilt.apply(e);
+    }
+    assert_eq!(pending_requests(&rebuilt, &policy()), [request]);
 }

@@ -1,0 +1,64 @@
+//! Records of the broadcast topic `triad.control` (schema `io.triad.v1.ControlRecord`) and of
+//! `triad.executor-status` (schema `io.triad.v1.ExecutorStatus`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::TimestampMicros;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlAction {
+    #[serde(rename = "CANCEL")]
+    Cancel,
+}
+
+/// A message every executor reads: e.g. abort the in-flight calls of a cancelled workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRecord {
+    pub workflow_id: String,
+    pub action: ControlAction,
+    pub reason: Option<String>,
+    pub event_id: String,
+    pub issued_at: TimestampMicros,
+    pub schema_version: i32,
+}
+
+/// Liveness and circuit-breaker transitions of one executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorStatus {
+    pub zone: String,
+    pub executor_id: String,
+    pub occurred_at: TimestampMicros,
+    pub body: StatusBody,
+    pub schema_version: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatusBody {
+    Heartbeat(Heartbeat),
+    BreakerTransition(BreakerTransition),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub in_flight: i32,
+    pub capacity: i32,
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BreakerState {
+    #[serde(rename = "CLOSED")]
+    Closed,
+    #[serde(rename = "OPEN")]
+    Open,
+    #[serde(rename = "HALF_OPEN")]
+    HalfOpen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerTransition {
+    pub model_id: String,
+    pub from_state: BreakerState,
+    pub to_state: BreakerState,
+    pub reason: String,
+}
