@@ -1,104 +1,165 @@
-//! `triad demo`: at this stage of the build, the event spine end to end — a workflow command
-//! is encoded with its registered Avro schema, published to the inbox, read back from Kafka
-//! and decoded. Later issues grow this into the full workflow demo.
+//! `triad demo`: the whole flow on the embedded defaults. It starts the processor and an
+//! executor per zone in this process, submits the seed's research workflow (fan-out to two
+//! tasks, fan-in to a report) on the embedded model, prints each event as it is written to
+//! the event store, and finishes with the outputs, cost and models used.
 
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use rdkafka::message::{Headers, Message};
+use anyhow::{Context, Result, bail};
+use tokio_util::sync::CancellationToken;
 use triad_codec::Codec;
 use triad_config::Config;
-use triad_domain::{CommandMetadata, InboxBody, InboxRecord, fixtures, new_command_id};
-use triad_kafka::produce::{Producer, TRACEPARENT, new_traceparent};
-use triad_kafka::topics::{self, Names, WORKFLOW_INBOX};
+use triad_domain::{EventBody, fixtures};
+use triad_kafka::produce::Producer;
+use triad_kafka::topics;
+use triad_workflow::Workflow;
 
-pub async fn run(config: &Config, codec: Arc<Codec>) -> Result<()> {
-    println!("TRIAD demo — the event spine");
+use crate::client;
+
+/// The demo's workflow, also at `examples/research.json`.
+pub const RESEARCH: &str = include_str!("../../../examples/research.json");
+
+pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Result<()> {
+    println!("TRIAD demo — the research workflow on the embedded model");
     println!("1. topics ({})", config.kafka.bootstrap_servers);
     let specs = topics::catalogue(&config.kafka, &config.registry.topic, &config.policy.zones);
     for step in topics::ensure(&config.kafka, &specs, false).await? {
         println!("   {step}");
     }
-
-    let workflow_id = format!("wf-{}", uuid::Uuid::new_v4());
-    let record = InboxRecord {
-        meta: CommandMetadata {
-            command_id: new_command_id(),
-            idempotency_key: format!("demo-{workflow_id}"),
-            workflow_id: workflow_id.clone(),
-            issued_at: triad_kafka::now_micros(),
-            actor: Some("demo".to_owned()),
-            schema_version: triad_domain::INBOX_SCHEMA_VERSION,
-        },
-        body: InboxBody::SubmitWorkflow(fixtures::research_workflow()),
+    let cancel = CancellationToken::new();
+    let workers = if start_workers {
+        println!(
+            "2. workers: the processor and executors for {} in this process",
+            config.policy.zones.join(", ")
+        );
+        Some(crate::workers::spawn_all(config, codec.clone(), &cancel)?)
+    } else {
+        println!("2. workers: using the running `triad process` / `triad execute` instances");
+        None
     };
-    let inbox = Names::new(&config.kafka).inbox;
-    let schema_id = codec.schema_id::<InboxRecord>(&inbox).await?;
-    let bytes = codec.encode(&inbox, &record).await?;
-    println!(
-        "2. encoded SubmitWorkflow {workflow_id}: {} bytes, schema id {schema_id} (subject {}, registry {})",
-        bytes.len(),
-        Codec::value_subject(&inbox),
-        config.registry.url
-    );
+    let workflow = Workflow::from_json(RESEARCH).context("examples/research.json")?;
+    let result = run_workflow(config, &codec, &workflow).await;
+    if let Some(set) = workers {
+        cancel.cancel();
+        crate::workers::join(set).await?;
+    }
+    result
+}
 
+async fn run_workflow(config: &Config, codec: &Codec, workflow: &Workflow) -> Result<()> {
     let producer = Producer::new(&config.kafka)?;
-    let traceparent = new_traceparent();
-    let delivered = producer
-        .send(
-            &inbox,
-            Some(workflow_id.as_bytes()),
-            Some(&bytes),
-            &[(TRACEPARENT, Some(traceparent.as_bytes()))],
-        )
-        .await?;
+    let started = Instant::now();
+    let submitted =
+        client::submit(&config.kafka, codec, &producer, workflow.to_command(), None).await?;
     println!(
-        "3. published to {inbox} partition {} offset {} (acks=all, key = workflow id)",
-        delivered.partition, delivered.offset
+        "3. submitted {} ({} tasks, zones {:?}) to partition {}",
+        submitted.workflow_id,
+        workflow.tasks.len(),
+        workflow.zones,
+        submitted.partition
     );
-
-    let message = triad_kafka::consume::read_at(
+    println!("4. events, as the event store records them:");
+    let events = client::follow(
         &config.kafka,
-        &inbox,
-        delivered.partition,
-        delivered.offset,
-        Duration::from_secs(30),
+        codec,
+        &submitted,
+        Duration::from_secs(120),
+        |e| {
+            println!("   {}", client::describe(e));
+        },
     )
     .await?;
-    let decoded: InboxRecord = codec.decode(message.payload()).await?;
-    if decoded != record {
-        bail!("the record read back differs from the one published:\n{decoded:?}\n{record:?}");
-    }
-    let header = message
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == TRACEPARENT))
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default();
-    println!("4. read back and decoded (identical to what was sent):");
-    println!(
-        "   command   {} (idempotency key {})",
-        decoded.meta.command_id, decoded.meta.idempotency_key
-    );
-    println!("   traceparent {header}");
-    if let InboxBody::SubmitWorkflow(w) = &decoded.body {
-        println!("   workflow  {:?}, zones {:?}", w.name, w.default_zones);
-        for t in &w.tasks {
-            let deps = if t.depends_on.is_empty() {
-                String::new()
-            } else {
-                format!(" after {:?}", t.depends_on)
-            };
+    let elapsed = started.elapsed();
+    match events.last().map(|e| &e.body) {
+        Some(EventBody::WorkflowCompleted(done)) => {
+            println!("5. completed in {} ms:", elapsed.as_millis());
+            for (task, output) in &done.outputs {
+                println!("   output of {task}:");
+                for line in String::from_utf8_lossy(output).lines() {
+                    println!("     {line}");
+                }
+            }
             println!(
-                "   task      {}{deps}: {:?}",
-                t.id,
-                String::from_utf8_lossy(&t.prompt)
+                "   cost {} µcredits; models used: {}",
+                done.total_cost_micros,
+                done.models_used.join(", ")
             );
+            println!("demo ok");
+            Ok(())
         }
+        Some(EventBody::WorkflowFailed(f)) => bail!("the workflow failed: {}", f.reason),
+        Some(EventBody::WorkflowRejected(r)) => bail!("the workflow was rejected: {}", r.reason),
+        _ => bail!("the workflow ended without completing"),
     }
-    println!("demo ok");
-    Ok(())
+}
+
+/// Reads a workflow document: JSON, or YAML by extension (`.yaml`/`.yml`); `-` is stdin.
+pub fn read_workflow(file: &Path) -> Result<Workflow> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    let parsed = if yaml {
+        Workflow::from_yaml(&text).map_err(|e| anyhow::anyhow!("{e}"))
+    } else {
+        Workflow::from_json(&text).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    parsed.with_context(|| format!("{} is not a valid workflow document", file.display()))
+}
+
+/// `triad submit`: validates locally first (errors name the field), then submits and
+/// follows the events unless told not to.
+pub async fn submit_file(
+    config: &Config,
+    codec: Arc<Codec>,
+    file: &Path,
+    key: Option<String>,
+    wait: bool,
+    timeout: u64,
+) -> Result<()> {
+    let workflow = read_workflow(file)?;
+    let catalogue = crate::workers::catalogue(config)?;
+    let policy = triad_processor::policy_from(&config.policy, &catalogue.ids());
+    let ctx = triad_workflow::Context {
+        zones: &policy.zones,
+        groups: &policy.groups,
+        models: policy.models.as_deref(),
+        limits: policy.limits,
+    };
+    if let Err(errors) = workflow.validate(&ctx) {
+        bail!("{} is invalid:\n{errors}", file.display());
+    }
+    let producer = Producer::new(&config.kafka)?;
+    let submitted =
+        client::submit(&config.kafka, &codec, &producer, workflow.to_command(), key).await?;
+    println!(
+        "submitted {} (partition {})",
+        submitted.workflow_id, submitted.partition
+    );
+    if !wait {
+        return Ok(());
+    }
+    let events = client::follow(
+        &config.kafka,
+        &codec,
+        &submitted,
+        Duration::from_secs(timeout),
+        |e| println!("{}", client::describe(e)),
+    )
+    .await?;
+    match events.last().map(|e| &e.body) {
+        Some(EventBody::WorkflowCompleted(done)) => {
+            for (task, output) in &done.outputs {
+                println!("output of {task}:\n{}", String::from_utf8_lossy(output));
+            }
+            Ok(())
+        }
+        _ => bail!("workflow {} did not complete", submitted.workflow_id),
+    }
 }
 
 /// Publishes every fixture to prefixed copies of the spine topics and prints the topics.
@@ -106,7 +167,7 @@ pub async fn publish_fixtures(config: &Config, codec: Arc<Codec>, prefix: &str) 
     if prefix.is_empty() {
         bail!("--topic-prefix must not be empty: fixtures never go into the live topics");
     }
-    let inbox = format!("{prefix}{WORKFLOW_INBOX}");
+    let inbox = format!("{prefix}{}", topics::WORKFLOW_INBOX);
     let events = format!("{prefix}{}", topics::WORKFLOW_EVENTS);
     let dlq = format!("{prefix}{}", topics::DLQ);
     let tasks = format!("{prefix}{}US-EAST", topics::TASKS_PREFIX);

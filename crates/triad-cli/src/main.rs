@@ -1,7 +1,9 @@
 //! `triad`: the one binary. Each subcommand is a thin shell over a library crate.
 
 mod bench;
+mod client;
 mod demo;
+mod workers;
 
 use std::sync::Arc;
 
@@ -32,15 +34,45 @@ struct Cli {
 enum Command {
     /// Run the development schema registry (Confluent REST API, state in a compacted topic).
     Registry,
-    /// Run the workflow processor (inbox -> aggregate -> event store).
+    /// Run the workflow processor (inbox -> aggregate -> event store, task requests).
     Process,
+    /// Run the executor of one zone (task requests -> models -> results).
+    Execute {
+        /// The zone this executor serves (one of policy.zones).
+        #[arg(long)]
+        zone: String,
+        /// Distinguishes executors of the same zone (static group membership).
+        #[arg(long, default_value_t = 0)]
+        instance: u32,
+    },
+    /// Run the processor and one executor per zone in this one process (development).
+    Dev,
+    /// Submit a workflow document (JSON or YAML) and follow its events until it finishes.
+    Submit {
+        /// The workflow document; `-` reads standard input.
+        file: std::path::PathBuf,
+        /// Idempotency key (default: derived from the new workflow id).
+        #[arg(long)]
+        key: Option<String>,
+        /// Return after submitting instead of following the events.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to follow, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Manage the topic catalogue.
     Topics {
         #[command(subcommand)]
         command: TopicsCommand,
     },
-    /// Publish a sample workflow command and read it back decoded from Kafka.
-    Demo,
+    /// The end-to-end demo: start the workers in this process, run the seed's research
+    /// workflow on the embedded model and print its events, outputs, cost and models.
+    Demo {
+        /// Use workers that are already running instead of starting them here.
+        #[arg(long)]
+        external_workers: bool,
+    },
     /// Inspect and redrive dead letters.
     Dlq {
         #[command(subcommand)]
@@ -85,8 +117,15 @@ enum DlqCommand {
     },
 }
 
-fn init_tracing(config: &Config, service: bool) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter).with_context(|| {
+fn init_tracing(config: &Config, service: bool, quiet: bool) -> Result<()> {
+    // The demo prints its own story; the in-process workers log only problems unless the
+    // operator chose a filter.
+    let directive = if quiet && config.log.filter == triad_config::LogConfig::default().filter {
+        "warn"
+    } else {
+        config.log.filter.as_str()
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(directive).with_context(|| {
         format!(
             "configuration key log.filter: invalid filter {:?}",
             config.log.filter
@@ -154,7 +193,11 @@ async fn main() -> Result<()> {
     })?;
     init_tracing(
         &config,
-        matches!(cli.command, Command::Registry | Command::Process),
+        matches!(
+            cli.command,
+            Command::Registry | Command::Process | Command::Execute { .. } | Command::Dev
+        ),
+        matches!(cli.command, Command::Demo { .. }),
     )?;
     match cli.command {
         Command::Registry => {
@@ -173,15 +216,33 @@ async fn main() -> Result<()> {
             triad_registry::server::serve(&options, listener, shutdown_token()).await?;
         }
         Command::Process => {
-            let catalogue =
-                triad_models::Catalogue::from_config(&config.models, |v| std::env::var(v).ok())?;
-            let options = triad_processor::Options {
-                kafka: config.kafka.clone(),
-                policy: triad_processor::policy_from(&config.policy, &catalogue.ids()),
-                timing: config.processor.clone(),
-            };
+            let catalogue = workers::catalogue(&config)?;
+            let options = workers::processor_options(&config, &catalogue);
             triad_processor::run(&options, codec(&config)?, shutdown_token()).await?;
         }
+        Command::Execute { zone, instance } => {
+            let catalogue = workers::catalogue(&config)?;
+            let options = workers::executor_options(&config, &zone, instance);
+            triad_executor::run(
+                &options,
+                codec(&config)?,
+                catalogue,
+                &config.policy.zones,
+                shutdown_token(),
+            )
+            .await?;
+        }
+        Command::Dev => {
+            let cancel = shutdown_token();
+            let set = workers::spawn_all(&config, codec(&config)?, &cancel)?;
+            workers::join(set).await?;
+        }
+        Command::Submit {
+            file,
+            key,
+            no_wait,
+            timeout,
+        } => demo::submit_file(&config, codec(&config)?, &file, key, !no_wait, timeout).await?,
         Command::Topics {
             command: TopicsCommand::Ensure { dry_run },
         } => {
@@ -198,7 +259,9 @@ async fn main() -> Result<()> {
                 println!("  {step}");
             }
         }
-        Command::Demo => demo::run(&config, codec(&config)?).await?,
+        Command::Demo { external_workers } => {
+            demo::run(&config, codec(&config)?, !external_workers).await?;
+        }
         Command::Dlq { command } => dlq(&config, command).await?,
         Command::PublishFixtures { topic_prefix } => {
             demo::publish_fixtures(&config, codec(&config)?, &topic_prefix).await?;

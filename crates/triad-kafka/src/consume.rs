@@ -34,6 +34,8 @@ pub enum Outcome {
     Done,
     /// The bytes are bad; retrying cannot help.
     Undecodable { kind: &'static str, reason: String },
+    /// Given up on during shutdown: not done, its offset must not be stored.
+    Abandoned,
 }
 
 /// The group consumer's context: on revoke it flushes the producer whose writes belong to
@@ -41,7 +43,17 @@ pub enum Outcome {
 /// exactly after the last completed record and sees every write that preceded it.
 #[derive(Debug, Default)]
 pub struct GroupContext {
+    group: String,
     flush_on_revoke: Option<crate::produce::Producer>,
+}
+
+impl GroupContext {
+    pub fn new(group: &str, flush_on_revoke: Option<crate::produce::Producer>) -> Self {
+        Self {
+            group: group.to_owned(),
+            flush_on_revoke,
+        }
+    }
 }
 
 impl rdkafka::client::ClientContext for GroupContext {}
@@ -57,18 +69,18 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
                 if let Some(producer) = &self.flush_on_revoke
                     && let Err(error) = producer.flush(Duration::from_secs(10))
                 {
-                    tracing::error!(%error, "flushing the producer on revoke failed");
+                    tracing::error!(%error, messaging.consumer.group.name = %self.group, "flushing the producer on revoke failed");
                 }
                 if let Err(error) = commit(consumer) {
-                    tracing::warn!(%error, "committing offsets on revoke failed");
+                    tracing::warn!(%error, messaging.consumer.group.name = %self.group, "committing offsets on revoke failed");
                 }
-                tracing::info!(partitions = partitions.count(), "partitions revoked");
+                tracing::info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions revoked");
             }
             rdkafka::consumer::Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = partitions.count(), "partitions assigned");
+                tracing::info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions assigned");
             }
             rdkafka::consumer::Rebalance::Error(error) => {
-                tracing::warn!(%error, "rebalance error");
+                tracing::warn!(%error, messaging.consumer.group.name = %self.group, "rebalance error");
             }
         }
     }
@@ -119,7 +131,7 @@ where
         config.set("group.instance.id", id);
     }
     let consumer: StreamConsumer<GroupContext> =
-        config.create_with_context(GroupContext { flush_on_revoke })?;
+        config.create_with_context(GroupContext::new(group, flush_on_revoke))?;
     consumer.subscribe(topics)?;
     let mut stream = consumer.stream();
     let result = loop {
@@ -155,6 +167,9 @@ where
                 }
             }
         };
+        if let Outcome::Abandoned = outcome {
+            break Ok(());
+        }
         if let Outcome::Undecodable { kind, reason } = outcome {
             match (policy, dlq) {
                 (OnUndecodable::DeadLetter, Some(dlq)) => {
@@ -184,6 +199,11 @@ where
 }
 
 fn commit_and_close(consumer: &StreamConsumer<GroupContext>) -> Result<()> {
+    commit(consumer)
+}
+
+/// Commits the stored offsets now (shutdown of a pool).
+pub fn commit_now(consumer: &StreamConsumer<GroupContext>) -> Result<()> {
     commit(consumer)
 }
 

@@ -6,6 +6,7 @@ pub mod client;
 pub mod consume;
 pub mod dlq;
 mod error;
+pub mod pool;
 pub mod produce;
 pub mod topics;
 

@@ -17,6 +17,9 @@ pub struct Anthropic {
     model: String,
     key: Secret,
     client: reqwest::Client,
+    /// The model's own per-call limit (`models.<id>.timeout_ms`); a call gets the shorter of
+    /// this and what is left of the task's timeout.
+    timeout: Duration,
 }
 
 #[derive(Serialize)]
@@ -66,6 +69,7 @@ impl Anthropic {
             model,
             key,
             client: http::client(timeout)?,
+            timeout,
         })
     }
 }
@@ -91,7 +95,7 @@ impl ModelAdapter for Anthropic {
             .post(&self.url)
             .header("x-api-key", self.key.expose())
             .header("anthropic-version", ANTHROPIC_VERSION)
-            .timeout(request.timeout)
+            .timeout(request.timeout.min(self.timeout))
             .json(&body)
             .send()
             .await

@@ -96,15 +96,18 @@ pub fn respond(prompt: &str) -> Result<String, String> {
     ))
 }
 
+/// The first 24 words, list numbering dropped, with the total word count.
 fn summary(text: &str) -> String {
-    let first = text
-        .split_inclusive(['.', '!', '?'])
-        .next()
-        .unwrap_or(text)
-        .trim();
-    let short: Vec<&str> = first.split_whitespace().take(24).collect();
-    let ellipsis = if words(first) > 24 { " …" } else { "" };
-    format!("{}{ellipsis}", short.join(" "))
+    let kept: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| !(w.ends_with('.') && w[..w.len() - 1].chars().all(|c| c.is_ascii_digit())))
+        .collect();
+    let ellipsis = if kept.len() > 24 { " …" } else { "" };
+    format!(
+        "{}{ellipsis} ({} words)",
+        kept.iter().take(24).copied().collect::<Vec<_>>().join(" "),
+        words(text)
+    )
 }
 
 /// "Generate N questions about T" → N numbered questions about T.
@@ -356,6 +359,9 @@ mod tests {
         let a = respond(&format!("Answer: {q}")).unwrap();
         assert_eq!(a.lines().count(), 3);
         assert!(a.starts_with("1. On \""), "{a}");
+        let s = respond(&format!("Summarize: {a}")).unwrap();
+        assert!(s.starts_with("On \"data sovereignty"), "{s}");
+        assert!(s.ends_with(" words)"), "{s}");
     }
 
     #[tokio::test]

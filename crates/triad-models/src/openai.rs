@@ -16,6 +16,9 @@ pub struct OpenAiCompatible {
     model: String,
     key: Option<Secret>,
     client: reqwest::Client,
+    /// The model's own per-call limit (`models.<id>.timeout_ms`); a call gets the shorter of
+    /// this and what is left of the task's timeout.
+    timeout: Duration,
 }
 
 #[derive(Serialize)]
@@ -73,6 +76,7 @@ impl OpenAiCompatible {
             model,
             key,
             client: http::client(timeout)?,
+            timeout,
         })
     }
 
@@ -102,7 +106,7 @@ impl ModelAdapter for OpenAiCompatible {
         };
         let response = self
             .authorized(self.client.post(&self.url))
-            .timeout(request.timeout)
+            .timeout(request.timeout.min(self.timeout))
             .json(&body)
             .send()
             .await

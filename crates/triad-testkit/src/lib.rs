@@ -169,6 +169,18 @@ async fn serve(
             return Ok(());
         };
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if path == "/v1/models" {
+            // Health checks see a healthy provider; they are not scripted or recorded.
+            let payload =
+                json!({"object": "list", "data": [{"id": "fake", "object": "model"}]}).to_string();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                payload.len()
+            );
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(payload.as_bytes()).await?;
+            continue;
+        }
         let behaviour = {
             let mut s = state.lock().unwrap();
             s.requests.push(Recorded {

@@ -154,6 +154,12 @@ impl Workflow {
         serde_json::from_str(text)
     }
 
+    /// Parses the YAML document form (the same fields as JSON); errors name the line,
+    /// column and field.
+    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml_ng::Error> {
+        serde_yaml_ng::from_str(text)
+    }
+
     /// The command body this workflow is submitted as. Prompts travel as bytes (sealed by
     /// the sovereignty kernel once it is on).
     pub fn to_command(&self) -> SubmitWorkflow {

@@ -1,0 +1,180 @@
+//! Submitting a workflow and following its events: what `triad submit` and `triad demo` do
+//! (the API issue puts the same behind GraphQL and REST).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use triad_codec::Codec;
+use triad_config::KafkaConfig;
+use triad_domain::{
+    CommandMetadata, EventBody, InboxBody, InboxRecord, SubmitWorkflow, WorkflowEvent,
+};
+use triad_kafka::produce::{Producer, partition_for};
+use triad_kafka::topics::Names;
+
+/// Where a submitted workflow's events will appear.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub workflow_id: String,
+    pub partition: i32,
+    /// The event-store offset from which to read: nothing of this workflow precedes it.
+    pub from: i64,
+}
+
+/// Publishes `SubmitWorkflow` for `workflow` under a fresh id; idempotency key `key`.
+pub async fn submit(
+    kafka: &KafkaConfig,
+    codec: &Codec,
+    producer: &Producer,
+    workflow: SubmitWorkflow,
+    key: Option<String>,
+) -> Result<Submitted> {
+    let names = Names::new(kafka);
+    let workflow_id = format!("wf-{}", uuid::Uuid::new_v4());
+    let partition = partition_for(workflow_id.as_bytes(), kafka.partitions);
+    // The end of the workflow's event partition before it exists: its events come later.
+    let consumer: StreamConsumer = triad_kafka::client::reader_config(kafka).create()?;
+    let (_, from) = consumer
+        .fetch_watermarks(&names.events, partition, Duration::from_secs(10))
+        .with_context(|| format!("reading the end of {}", names.events))?;
+    let record = InboxRecord {
+        meta: CommandMetadata {
+            command_id: triad_domain::new_command_id(),
+            idempotency_key: key.unwrap_or_else(|| format!("submit:{workflow_id}")),
+            workflow_id: workflow_id.clone(),
+            issued_at: triad_kafka::now_micros(),
+            actor: Some("cli".to_owned()),
+            schema_version: triad_domain::INBOX_SCHEMA_VERSION,
+        },
+        body: InboxBody::SubmitWorkflow(workflow),
+    };
+    let delivered = producer
+        .send_record(codec, &names.inbox, None, &workflow_id, &record)
+        .await?;
+    if delivered.partition != partition {
+        bail!(
+            "the inbox record landed on partition {} but murmur2 says {partition}: is \
+             kafka.partitions ({}) the topics' partition count?",
+            delivered.partition,
+            kafka.partitions
+        );
+    }
+    Ok(Submitted {
+        workflow_id,
+        partition,
+        from,
+    })
+}
+
+/// True for the event that ends a workflow.
+pub fn is_final(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::WorkflowCompleted(_)
+            | EventBody::WorkflowFailed(_)
+            | EventBody::WorkflowCancelled(_)
+            | EventBody::WorkflowRejected(_)
+    )
+}
+
+/// Calls `on_event` for each event of the workflow, in order, until its final event or
+/// `timeout`. Byte-identical copies (a repaired crash) are shown once.
+pub async fn follow(
+    kafka: &KafkaConfig,
+    codec: &Codec,
+    submitted: &Submitted,
+    timeout: Duration,
+    mut on_event: impl FnMut(&WorkflowEvent),
+) -> Result<Vec<WorkflowEvent>> {
+    let names = Names::new(kafka);
+    let consumer: StreamConsumer = triad_kafka::client::reader_config(kafka)
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(
+        &names.events,
+        submitted.partition,
+        Offset::Offset(submitted.from),
+    )?;
+    consumer.assign(&assignment)?;
+    let mut stream = consumer.stream();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events: Vec<WorkflowEvent> = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "workflow {} did not finish within {timeout:?} (are `triad process` and the \
+                     zone executors running?)",
+                    submitted.workflow_id
+                )
+            })?;
+        let Some(message) = next else {
+            bail!("the event stream ended");
+        };
+        let message = message?;
+        let event: WorkflowEvent = codec.decode(message.payload()).await?;
+        if event.meta.workflow_id != submitted.workflow_id
+            || events
+                .iter()
+                .any(|e| e.meta.sequence >= event.meta.sequence)
+        {
+            continue;
+        }
+        on_event(&event);
+        let done = is_final(&event.body);
+        events.push(event);
+        if done {
+            return Ok(events);
+        }
+    }
+}
+
+/// One line describing an event for a terminal.
+pub fn describe(e: &WorkflowEvent) -> String {
+    let text = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let one_line = s.replace('\n', " ⏎ ");
+        if one_line.chars().count() > 100 {
+            format!("{}…", one_line.chars().take(100).collect::<String>())
+        } else {
+            one_line
+        }
+    };
+    let detail = match &e.body {
+        EventBody::WorkflowAccepted(a) => format!("{} ({} tasks)", a.name, a.tasks.len()),
+        EventBody::WorkflowRejected(r) => r.reason.clone(),
+        EventBody::TaskScheduled(s) => format!("{} attempt {}", s.task_id, s.attempt),
+        EventBody::TaskDispatched(d) => format!("{} → zone {}", d.task_id, d.zone),
+        EventBody::TaskRouted(r) => format!(
+            "{} → {} (score {:.3}, {}; {} call(s))",
+            r.task_id,
+            r.decision.model_id,
+            r.decision.score,
+            r.decision.reason,
+            r.decision.calls.len()
+        ),
+        EventBody::TaskCompleted(c) => format!(
+            "{} by {} in {} ms: {}",
+            c.task_id,
+            c.model_id,
+            c.latency_ms,
+            text(&c.output)
+        ),
+        EventBody::TaskFailed(f) => format!("{} attempt {}: {}", f.task_id, f.attempt, f.error),
+        EventBody::TaskSkipped(s) => format!("{}: {}", s.task_id, s.reason),
+        EventBody::TaskResultDiscarded(d) => format!("{}: {}", d.task_id, d.reason),
+        EventBody::WorkflowCompleted(c) => format!(
+            "cost {} µcredits, models {:?}",
+            c.total_cost_micros, c.models_used
+        ),
+        EventBody::WorkflowFailed(f) => f.reason.clone(),
+        EventBody::WorkflowCancelled(c) => c.reason.clone().unwrap_or_default(),
+    };
+    format!("#{:<3} {:<20} {detail}", e.meta.sequence, e.meta.event_type)
+}

@@ -1,0 +1,215 @@
+//! Shared by the integration tests of the `triad` binary: an isolated installation (own
+//! topic prefix and consumer groups) on the running stack, child processes of the real
+//! binary, submitting workflows and collecting the event store.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use triad_codec::{Codec, CodecOptions};
+use triad_config::KafkaConfig;
+use triad_domain::{
+    CommandMetadata, EventBody, InboxBody, InboxRecord, SubmitWorkflow, WorkflowEvent,
+};
+use triad_kafka::produce::Producer;
+use triad_kafka::topics::Names;
+
+pub struct Env {
+    pub prefix: String,
+    pub group: String,
+    pub partitions: i32,
+    pub kafka: KafkaConfig,
+    pub names: Names,
+    pub codec: Arc<Codec>,
+    pub producer: Producer,
+    pub config_file: Option<PathBuf>,
+    pub extra_env: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+impl Env {
+    /// A fresh installation: topics created under a unique prefix.
+    pub async fn new(partitions: i32) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("it-{id}.");
+        let kafka = KafkaConfig {
+            topic_prefix: prefix.clone(),
+            group_prefix: format!("it-{id}"),
+            partitions,
+            ..KafkaConfig::default()
+        };
+        let dir = std::env::temp_dir().join(format!("triad-it-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = Self {
+            prefix,
+            group: kafka.group_prefix.clone(),
+            partitions,
+            names: Names::new(&kafka),
+            codec: Arc::new(
+                Codec::new(&CodecOptions {
+                    registry_url: "http://127.0.0.1:8081".into(),
+                    max_allocation_bytes: 16 << 20,
+                })
+                .unwrap(),
+            ),
+            producer: Producer::new(&kafka).unwrap(),
+            kafka,
+            config_file: None,
+            extra_env: vec![],
+            dir,
+        };
+        let status = env.triad(&["topics", "ensure"]).status().unwrap();
+        assert!(status.success(), "topics ensure failed");
+        env
+    }
+
+    pub fn with_config(mut self, toml: &str) -> Self {
+        let path = self.dir.join("triad.toml");
+        std::fs::write(&path, toml).unwrap();
+        self.config_file = Some(path);
+        self
+    }
+
+    pub fn triad(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_triad"));
+        if let Some(f) = &self.config_file {
+            c.arg("--config").arg(f);
+        }
+        c.args(args)
+            .env("TRIAD_KAFKA__TOPIC_PREFIX", &self.prefix)
+            .env("TRIAD_KAFKA__GROUP_PREFIX", &self.group)
+            .env("TRIAD_KAFKA__PARTITIONS", self.partitions.to_string())
+            .env("TRIAD_LOG__FILTER", "warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        c
+    }
+
+    /// A worker process whose stderr goes to a log file in the test's directory.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Child {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        self.triad(args).stderr(log).spawn().unwrap()
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    pub async fn submit(&self, workflow_id: &str, workflow: SubmitWorkflow) {
+        let record = InboxRecord {
+            meta: CommandMetadata {
+                command_id: uuid::Uuid::new_v4().to_string(),
+                idempotency_key: format!("it:{workflow_id}"),
+                workflow_id: workflow_id.to_owned(),
+                issued_at: triad_kafka::now_micros(),
+                actor: Some("integration-test".into()),
+                schema_version: triad_domain::INBOX_SCHEMA_VERSION,
+            },
+            body: InboxBody::SubmitWorkflow(workflow),
+        };
+        let delivered = self
+            .producer
+            .send_record(&self.codec, &self.names.inbox, None, workflow_id, &record)
+            .await
+            .unwrap();
+        assert_eq!(
+            delivered.partition,
+            triad_kafka::produce::partition_for(workflow_id.as_bytes(), self.partitions),
+            "the pinned partitioner and partition_for disagree"
+        );
+    }
+
+    /// Reads `topic` from the beginning, decoding every record, until `done` holds for
+    /// what was read (or `timeout`, which fails the test with `what`).
+    pub async fn read_until<T: triad_codec::AvroRecord>(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&[T]) -> bool,
+    ) -> Vec<T> {
+        let consumer: StreamConsumer = triad_kafka::client::consumer_config(
+            &self.kafka,
+            &format!("{}-observer-{}", self.group, uuid::Uuid::new_v4()),
+        )
+        .create()
+        .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut stream = consumer.stream();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while !done(&out) {
+            let m = tokio::time::timeout_at(deadline, stream.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "timed out waiting for {what} on {topic} after {} records",
+                        out.len()
+                    )
+                })
+                .unwrap()
+                .unwrap();
+            out.push(self.codec.decode::<T>(m.payload()).await.unwrap());
+        }
+        out
+    }
+
+    /// The event store until every one of `workflows` has a final event.
+    pub async fn events_until_finished(
+        &self,
+        workflows: &[String],
+        timeout: Duration,
+    ) -> Vec<WorkflowEvent> {
+        self.read_until(
+            &self.names.events,
+            timeout,
+            "every workflow to finish",
+            |events: &[WorkflowEvent]| {
+                let finished: std::collections::HashSet<&str> = events
+                    .iter()
+                    .filter(|e| is_final(&e.body))
+                    .map(|e| e.meta.workflow_id.as_str())
+                    .collect();
+                workflows.iter().all(|w| finished.contains(w.as_str()))
+            },
+        )
+        .await
+    }
+}
+
+pub fn is_final(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::WorkflowCompleted(_)
+            | EventBody::WorkflowFailed(_)
+            | EventBody::WorkflowCancelled(_)
+            | EventBody::WorkflowRejected(_)
+    )
+}
+
+/// Events grouped by workflow, in log order.
+pub fn by_workflow(events: &[WorkflowEvent]) -> BTreeMap<String, Vec<WorkflowEvent>> {
+    let mut out: BTreeMap<String, Vec<WorkflowEvent>> = BTreeMap::new();
+    for e in events {
+        out.entry(e.meta.workflow_id.clone())
+            .or_default()
+            .push(e.clone());
+    }
+    out
+}
+
+pub fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

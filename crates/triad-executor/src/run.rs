@@ -1,0 +1,681 @@
+//! The executor loop (crate docs).
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Message, OwnedMessage};
+use tokio_util::sync::CancellationToken;
+use triad_codec::Codec;
+use triad_config::{ExecutorConfig, KafkaConfig};
+use triad_domain::{
+    BreakerState, BreakerTransition, CommandMetadata, ExecutorStatus, Heartbeat, InboxBody,
+    InboxRecord, ModelCall, RoutingDecision, StatusBody, TaskOutcome, TaskRequest,
+    TaskResultReported,
+};
+use triad_kafka::consume::{Group, OnUndecodable, Outcome};
+use triad_kafka::dlq::DeadLetterWriter;
+use triad_kafka::produce::Producer;
+use triad_kafka::topics::Names;
+use triad_models::{Catalogue, Health, ModelError, ModelRequest};
+use triad_router::{Breaker, BreakerConfig, ModelInfo, Needs, Permit, Transition, backoff, rank};
+
+use crate::Result;
+use crate::control::{self, Cancellations};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub kafka: KafkaConfig,
+    pub zone: String,
+    /// Distinguishes executors of one zone (static group membership, status records).
+    pub instance: u32,
+    pub config: ExecutorConfig,
+}
+
+/// How many finished attempt ids an executor remembers to skip re-deliveries.
+const RECENT_ATTEMPTS: usize = 100_000;
+
+/// Attempts running or recently finished here.
+#[derive(Debug, Default)]
+struct Attempts {
+    running: HashSet<String>,
+    recent: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Attempts {
+    /// Claims `id`; false when it is running or finished here already.
+    fn claim(&mut self, id: &str) -> bool {
+        if self.running.contains(id) || self.recent.contains(id) {
+            return false;
+        }
+        self.running.insert(id.to_owned());
+        true
+    }
+
+    fn finish(&mut self, id: &str) {
+        self.running.remove(id);
+        self.recent.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        while self.order.len() > RECENT_ATTEMPTS {
+            if let Some(old) = self.order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    /// Forgets a claim whose work did not finish (shutdown), so a re-delivery runs it.
+    fn abandon(&mut self, id: &str) {
+        self.running.remove(id);
+    }
+}
+
+struct Executor {
+    options: Options,
+    names: Names,
+    executor_id: String,
+    codec: Arc<Codec>,
+    producer: Producer,
+    catalogue: Catalogue,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    health: Mutex<HashMap<String, bool>>,
+    attempts: Mutex<Attempts>,
+    cancellations: Arc<Cancellations>,
+    started: Instant,
+    in_flight: std::sync::atomic::AtomicI32,
+    stop: CancellationToken,
+}
+
+/// The outcome of trying the ranked models for one attempt.
+struct Tried {
+    outcome: std::result::Result<(String, triad_models::ModelResponse, i64), String>,
+    retryable: bool,
+    calls: Vec<ModelCall>,
+    score: f64,
+    reason: String,
+    alternatives: Vec<String>,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Executor {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    async fn publish_transition(&self, model: &str, t: Transition) {
+        tracing::warn!(model, from = ?t.from, to = ?t.to, reason = %t.reason, "circuit breaker transition");
+        let status = ExecutorStatus {
+            zone: self.options.zone.clone(),
+            executor_id: self.executor_id.clone(),
+            occurred_at: triad_kafka::now_micros(),
+            body: StatusBody::BreakerTransition(BreakerTransition {
+                model_id: model.to_owned(),
+                from_state: t.from,
+                to_state: t.to,
+                reason: t.reason,
+            }),
+            schema_version: 1,
+        };
+        if let Err(error) = self
+            .producer
+            .send_record(
+                &self.codec,
+                &self.names.executor_status,
+                None,
+                &self.executor_id,
+                &status,
+            )
+            .await
+        {
+            tracing::warn!(%error, "publishing a breaker transition failed");
+        }
+    }
+
+    fn model_infos(&self) -> Vec<ModelInfo> {
+        let now = self.now();
+        let breakers = self.breakers.lock().ok();
+        let health = self.health.lock().ok();
+        self.catalogue
+            .models
+            .iter()
+            .map(|(id, m)| {
+                let f = m.capabilities();
+                ModelInfo {
+                    id: id.clone(),
+                    zones: f.zones.clone(),
+                    specialties: f.specialties.clone(),
+                    latency_p50_ms: f.latency_p50_ms,
+                    input_micros_per_1k: f.input_micros_per_1k,
+                    output_micros_per_1k: f.output_micros_per_1k,
+                    max_context: f.max_context,
+                    healthy: health
+                        .as_ref()
+                        .and_then(|h| h.get(id).copied())
+                        .unwrap_or(true),
+                    breaker: breakers
+                        .as_ref()
+                        .and_then(|b| b.get(id).map(|b| b.state(now)))
+                        .unwrap_or(BreakerState::Closed),
+                }
+            })
+            .collect()
+    }
+
+    fn permit(&self, model: &str) -> Permit {
+        let now = self.now();
+        let config = BreakerConfig {
+            failures: self.options.config.breaker_failures,
+            window: Duration::from_millis(self.options.config.breaker_window_ms),
+            cooldown: Duration::from_millis(self.options.config.breaker_cooldown_ms),
+        };
+        self.breakers.lock().map_or(Permit::Call, |mut b| {
+            b.entry(model.to_owned())
+                .or_insert_with(|| Breaker::new(config))
+                .permit(now)
+        })
+    }
+
+    fn record(&self, model: &str, ok: bool) -> Option<Transition> {
+        let now = self.now();
+        let mut breakers = self.breakers.lock().ok()?;
+        let b = breakers.get_mut(model)?;
+        if ok {
+            b.on_success(now)
+        } else {
+            b.on_failure(now)
+        }
+    }
+
+    /// Calls the ranked models best first until one answers (crate docs, step 3).
+    async fn try_models(
+        &self,
+        request: &TaskRequest,
+        prompt: &str,
+        abort: &CancellationToken,
+    ) -> Tried {
+        let deadline = Instant::now()
+            + Duration::from_millis(u64::try_from(request.timeout_ms.max(1)).unwrap_or(60_000));
+        let needs = Needs {
+            executor_zone: self.options.zone.clone(),
+            allowed_zones: request
+                .allowed_zones
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>(),
+            specialties: request.specialties.clone(),
+            hint: request.model_hint.clone().filter(|h| !h.is_empty()),
+            prompt_tokens: u32::try_from(prompt.split_whitespace().count()).unwrap_or(u32::MAX),
+            max_tokens: u32::try_from(request.max_tokens.max(1)).unwrap_or(1),
+        };
+        let ranking = rank(&self.model_infos(), &needs);
+        let mut tried = Tried {
+            outcome: Err(String::new()),
+            retryable: false,
+            calls: vec![],
+            score: ranking.eligible.first().map_or(0.0, |r| r.score),
+            reason: ranking.reason.to_owned(),
+            alternatives: ranking
+                .eligible
+                .iter()
+                .skip(1)
+                .map(|r| r.id.clone())
+                .collect(),
+        };
+        if ranking.eligible.is_empty() {
+            // Open breakers and unhealthy models recover; zones and specialties do not.
+            tried.retryable = ranking
+                .rejected
+                .iter()
+                .any(|(_, why)| why.contains("breaker") || why == "unhealthy");
+            tried.outcome = Err(ranking.explain_none());
+            return tried;
+        }
+        let mut errors = Vec::new();
+        for (position, ranked) in ranking.eligible.iter().enumerate() {
+            let Some(model) = self.catalogue.models.get(&ranked.id) else {
+                continue;
+            };
+            let mut retry = 0u32;
+            loop {
+                let permit = self.permit(&ranked.id);
+                if let Permit::Probe(Some(t)) = &permit {
+                    self.publish_transition(&ranked.id, t.clone()).await;
+                }
+                if permit == Permit::Rejected {
+                    errors.push(format!("{}: circuit breaker open", ranked.id));
+                    tried.retryable = true;
+                    break;
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    errors.push(format!("{}: the task's timeout passed", ranked.id));
+                    tried.retryable = true;
+                    break;
+                }
+                let call = ModelRequest {
+                    prompt: prompt.to_owned(),
+                    max_tokens: needs.max_tokens,
+                    timeout: remaining,
+                };
+                let started = Instant::now();
+                let result = tokio::select! {
+                    r = model.invoke(&call) => r,
+                    () = abort.cancelled() => Err(ModelError::fatal("cancelled: the workflow was cancelled")),
+                    () = tokio::time::sleep(remaining) => Err(ModelError::retryable(format!("{}: no answer within the task's timeout", ranked.id))),
+                };
+                let latency = millis(started.elapsed());
+                match result {
+                    Ok(response) => {
+                        let cost = model
+                            .capabilities()
+                            .cost_micros(response.input_tokens, response.output_tokens);
+                        tried.calls.push(ModelCall {
+                            model_id: ranked.id.clone(),
+                            ok: true,
+                            error: None,
+                            input_tokens: response.input_tokens,
+                            output_tokens: response.output_tokens,
+                            cost_micros: cost,
+                            latency_ms: latency,
+                        });
+                        if let Some(t) = self.record(&ranked.id, true) {
+                            self.publish_transition(&ranked.id, t).await;
+                        }
+                        tried.score = ranked.score;
+                        if position > 0 {
+                            tried.reason = format!("fallback after {}", errors.join("; "));
+                            tried.alternatives = ranking
+                                .eligible
+                                .iter()
+                                .filter(|r| r.id != ranked.id)
+                                .map(|r| r.id.clone())
+                                .collect();
+                        }
+                        tried.outcome = Ok((ranked.id.clone(), response, cost));
+                        return tried;
+                    }
+                    Err(e) => {
+                        tried.calls.push(ModelCall {
+                            model_id: ranked.id.clone(),
+                            ok: false,
+                            error: Some(e.message.clone()),
+                            input_tokens: 0,
+                            output_tokens: 0,
+                            cost_micros: 0,
+                            latency_ms: latency,
+                        });
+                        if abort.is_cancelled() {
+                            tried.outcome = Err(e.message);
+                            tried.retryable = false;
+                            return tried;
+                        }
+                        if let Some(t) = self.record(&ranked.id, false) {
+                            self.publish_transition(&ranked.id, t).await;
+                        }
+                        tried.retryable |= e.retryable;
+                        retry += 1;
+                        if !e.retryable || retry >= self.options.config.retries_per_model {
+                            errors.push(e.message);
+                            break;
+                        }
+                        let delay = backoff(
+                            retry - 1,
+                            Duration::from_millis(self.options.config.retry_base_ms),
+                            Duration::from_millis(self.options.config.retry_max_ms),
+                            rand::random::<f64>(),
+                            e.retry_after,
+                        );
+                        if delay >= deadline.saturating_duration_since(Instant::now()) {
+                            errors.push(format!(
+                                "{} (retry after {delay:?} would pass the timeout)",
+                                e.message
+                            ));
+                            break;
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = abort.cancelled() => {}
+                        }
+                    }
+                }
+            }
+        }
+        tried.outcome = Err(format!(
+            "every eligible model failed: {}",
+            errors.join("; ")
+        ));
+        tried
+    }
+
+    async fn handle(&self, message: OwnedMessage) -> std::result::Result<Outcome, crate::Error> {
+        let request: TaskRequest = match self.codec.decode(message.payload()).await {
+            Ok(r) => r,
+            Err(e) if e.is_undecodable() => {
+                return Ok(Outcome::Undecodable {
+                    kind: "decode",
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let claimed = self
+            .attempts
+            .lock()
+            .is_ok_and(|mut a| a.claim(&request.attempt_id));
+        if !claimed {
+            tracing::debug!(attempt.id = %request.attempt_id, "attempt already handled here; skipped");
+            return Ok(Outcome::Done);
+        }
+        if self.cancellations.is_cancelled(&request.workflow_id) {
+            tracing::info!(workflow.id = %request.workflow_id, attempt.id = %request.attempt_id, "workflow cancelled; request skipped");
+            self.finish(&request.attempt_id);
+            return Ok(Outcome::Done);
+        }
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = self.execute(&request).await;
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let record = InboxRecord {
+            meta: CommandMetadata {
+                command_id: triad_domain::new_command_id(),
+                idempotency_key: format!("result:{}", request.attempt_id),
+                workflow_id: request.workflow_id.clone(),
+                issued_at: triad_kafka::now_micros(),
+                actor: Some(format!("executor/{}", self.executor_id)),
+                schema_version: triad_domain::INBOX_SCHEMA_VERSION,
+            },
+            body: InboxBody::TaskResultReported(result),
+        };
+        match self
+            .producer
+            .send_record(
+                &self.codec,
+                &self.names.inbox,
+                None,
+                &request.workflow_id,
+                &record,
+            )
+            .await
+        {
+            Ok(_) => {
+                self.finish(&request.attempt_id);
+                Ok(Outcome::Done)
+            }
+            Err(e) => {
+                // Not reported: let a re-delivery (or the retry of this record) run it again.
+                if let Ok(mut a) = self.attempts.lock() {
+                    a.abandon(&request.attempt_id);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn finish(&self, attempt_id: &str) {
+        if let Ok(mut a) = self.attempts.lock() {
+            a.finish(attempt_id);
+        }
+    }
+
+    async fn execute(&self, request: &TaskRequest) -> TaskResultReported {
+        let started = Instant::now();
+        let mut result = TaskResultReported {
+            task_id: request.task_id.clone(),
+            attempt: request.attempt,
+            attempt_id: request.attempt_id.clone(),
+            model_id: String::new(),
+            executor_zone: self.options.zone.clone(),
+            outcome: TaskOutcome::Failed,
+            output: None,
+            error: None,
+            retryable: false,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_micros: 0,
+            latency_ms: 0,
+            routing: None,
+        };
+        if request.zone != self.options.zone {
+            result.error = Some(format!(
+                "executor of zone {} received a task for zone {}; refused",
+                self.options.zone, request.zone
+            ));
+            return result;
+        }
+        let template = String::from_utf8_lossy(&request.prompt);
+        let inputs: HashMap<&str, String> = request
+            .inputs
+            .iter()
+            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        let prompt = match triad_workflow::fill(&template, |t| inputs.get(t).map(String::as_str)) {
+            Ok(p) => p,
+            Err(e) => {
+                result.error = Some(e);
+                return result;
+            }
+        };
+        let abort = self.cancellations.token(&request.workflow_id);
+        let abort = {
+            let child = abort.clone();
+            let stop = self.stop.clone();
+            // Shutting down aborts calls too; the request is then re-delivered elsewhere.
+            tokio::spawn({
+                let child = child.clone();
+                async move {
+                    tokio::select! {
+                        () = stop.cancelled() => child.cancel(),
+                        () = child.cancelled() => {}
+                    }
+                }
+            });
+            child
+        };
+        let tried = self.try_models(request, &prompt, &abort).await;
+        self.cancellations.release(&request.workflow_id);
+        abort.cancel();
+        result.latency_ms = millis(started.elapsed());
+        let routing = |model_id: &str| RoutingDecision {
+            model_id: model_id.to_owned(),
+            score: tried.score,
+            reason: tried.reason.clone(),
+            alternatives: tried.alternatives.clone(),
+            calls: tried.calls.clone(),
+        };
+        match &tried.outcome {
+            Ok((model, response, cost)) => {
+                tracing::info!(attempt.id = %request.attempt_id, model = %model, latency_ms = result.latency_ms, "task completed");
+                result.model_id.clone_from(model);
+                result.outcome = TaskOutcome::Succeeded;
+                result.output = Some(response.output.clone().into_bytes());
+                result.input_tokens = response.input_tokens;
+                result.output_tokens = response.output_tokens;
+                result.cost_micros = *cost;
+                result.routing = Some(routing(model));
+            }
+            Err(error) => {
+                tracing::warn!(attempt.id = %request.attempt_id, %error, "task failed");
+                let last = tried
+                    .calls
+                    .last()
+                    .map(|c| c.model_id.clone())
+                    .unwrap_or_default();
+                result.model_id.clone_from(&last);
+                result.error = Some(error.clone());
+                result.retryable = tried.retryable;
+                if !tried.calls.is_empty() {
+                    result.routing = Some(routing(&last));
+                }
+            }
+        }
+        result
+    }
+
+    async fn heartbeat(&self) {
+        let status = ExecutorStatus {
+            zone: self.options.zone.clone(),
+            executor_id: self.executor_id.clone(),
+            occurred_at: triad_kafka::now_micros(),
+            body: StatusBody::Heartbeat(Heartbeat {
+                in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                capacity: i32::try_from(self.options.config.max_in_flight).unwrap_or(i32::MAX),
+                models: self.catalogue.ids(),
+            }),
+            schema_version: 1,
+        };
+        if let Err(error) = self
+            .producer
+            .send_record(
+                &self.codec,
+                &self.names.executor_status,
+                None,
+                &self.executor_id,
+                &status,
+            )
+            .await
+        {
+            tracing::warn!(%error, "heartbeat failed");
+        }
+    }
+
+    async fn check_health(&self) {
+        for (id, model) in &self.catalogue.models {
+            let healthy = match model.health().await {
+                Health::Healthy => true,
+                Health::Unhealthy(why) => {
+                    tracing::warn!(model = %id, reason = %why, "model unhealthy");
+                    false
+                }
+            };
+            if let Ok(mut h) = self.health.lock() {
+                h.insert(id.clone(), healthy);
+            }
+        }
+    }
+}
+
+/// Runs the executor of `options.zone` until `cancel`, then drains the work in flight.
+pub async fn run(
+    options: &Options,
+    codec: Arc<Codec>,
+    catalogue: Catalogue,
+    zones: &[String],
+    cancel: CancellationToken,
+) -> Result<()> {
+    if !zones.contains(&options.zone) {
+        return Err(crate::Error::UnknownZone {
+            zone: options.zone.clone(),
+            known: zones.join(", "),
+        });
+    }
+    let names = Names::new(&options.kafka);
+    let producer = Producer::new(&options.kafka)?;
+    let executor_id = format!("{}-{}", options.zone, options.instance);
+    let executor = Arc::new(Executor {
+        options: options.clone(),
+        names: names.clone(),
+        executor_id: executor_id.clone(),
+        codec: codec.clone(),
+        producer: producer.clone(),
+        catalogue,
+        breakers: Mutex::new(HashMap::new()),
+        health: Mutex::new(HashMap::new()),
+        attempts: Mutex::new(Attempts::default()),
+        cancellations: Arc::new(Cancellations::default()),
+        started: Instant::now(),
+        in_flight: std::sync::atomic::AtomicI32::new(0),
+        stop: cancel.clone(),
+    });
+    let background = cancel.child_token();
+    let control_task = tokio::spawn(control::follow(
+        options.kafka.clone(),
+        names.control.clone(),
+        codec.clone(),
+        executor.cancellations.clone(),
+        background.clone(),
+    ));
+    let beat = {
+        let executor = executor.clone();
+        let stop = background.clone();
+        let every = Duration::from_millis(options.config.heartbeat_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut n: u64 = 0;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                executor.heartbeat().await;
+                // Health checks are slower than heartbeats: every 15th beat (30 s by default).
+                if n.is_multiple_of(15) {
+                    executor.check_health().await;
+                }
+                n += 1;
+            }
+        })
+    };
+    let topic = names.tasks(&options.zone);
+    let group = format!("{}-executor-{}", options.kafka.group_prefix, options.zone);
+    let dlq = DeadLetterWriter::new(producer.clone(), codec, &names.dlq);
+    tracing::info!(
+        zone = %options.zone,
+        messaging.consumer.group.name = %group,
+        messaging.destination.name = %topic,
+        max_in_flight = options.config.max_in_flight,
+        models = ?executor.catalogue.ids(),
+        "executor starting"
+    );
+    let handler = {
+        let executor = executor.clone();
+        move |m: OwnedMessage| {
+            let executor = executor.clone();
+            async move { executor.handle(m).await }
+        }
+    };
+    let topics = [topic.as_str()];
+    let result = triad_kafka::pool::run_pool(
+        Group {
+            kafka: &options.kafka,
+            name: &group,
+            topics: &topics,
+            on_undecodable: OnUndecodable::DeadLetter,
+            dlq: Some(&dlq),
+            flush_on_revoke: Some(producer.clone()),
+            instance_id: Some(format!("{group}-{}", options.instance)),
+        },
+        options.config.max_in_flight,
+        cancel,
+        handler,
+    )
+    .await;
+    background.cancel();
+    let _ = beat.await;
+    if let Ok(Err(error)) = control_task.await {
+        tracing::warn!(%error, "the control reader stopped");
+    }
+    result?;
+    producer.flush(Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_are_claimed_once_and_abandoned_claims_run_again() {
+        let mut a = Attempts::default();
+        assert!(a.claim("wf/t#1"));
+        assert!(!a.claim("wf/t#1"), "running");
+        a.finish("wf/t#1");
+        assert!(!a.claim("wf/t#1"), "finished here");
+        assert!(a.claim("wf/t#2"));
+        a.abandon("wf/t#2");
+        assert!(a.claim("wf/t#2"));
+    }
+}

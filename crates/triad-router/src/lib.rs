@@ -1,0 +1,291 @@
+//! The router's decisions, free of I/O so they can be tested exhaustively: which models may
+//! run a task ([`rank`]), the per-model circuit breaker ([`Breaker`]) and retry delays
+//! ([`backoff`]). Time is passed in, never read.
+//!
+//! ## The score (docs/routing.md)
+//! A model is *eligible* when all its zones lie inside the task's allowed zones (a model
+//! that runs inside the executor counts as the executor's zone), it is healthy, its breaker
+//! lets calls through, the prompt plus `max_tokens` fits its context window, and it has
+//! every specialty the task requires. Eligible models are ranked by
+//!
+//! ```text
+//! score = 0.5 · specialty + 0.3 · latency + 0.2 · cost
+//! specialty = 1                      (requirements are a filter; the weight rewards fit:)
+//!           + 0.1 · |extra specialties matching the task's| capped so the score stays ≤ 1
+//! latency   = 1000 / (1000 + p50 ms)
+//! cost      = 1000 / (1000 + expected cost in micro-credits)
+//! ```
+//! A model hint is respected when the hinted model is eligible (reason `"hint"`); ties go
+//! to the lower model id so the order is deterministic.
+
+pub mod breaker;
+
+pub use breaker::{Breaker, BreakerConfig, Permit, Transition};
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use triad_domain::BreakerState;
+
+/// What the router knows about a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub id: String,
+    /// Where it processes data; empty means inside the executor.
+    pub zones: Vec<String>,
+    pub specialties: Vec<String>,
+    pub latency_p50_ms: u64,
+    pub input_micros_per_1k: i64,
+    pub output_micros_per_1k: i64,
+    pub max_context: u32,
+    pub healthy: bool,
+    pub breaker: BreakerState,
+}
+
+/// What a task asks of a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needs {
+    pub executor_zone: String,
+    pub allowed_zones: BTreeSet<String>,
+    pub specialties: Vec<String>,
+    pub hint: Option<String>,
+    pub prompt_tokens: u32,
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    pub id: String,
+    pub score: f64,
+}
+
+/// The router's answer: eligible models best first, and why each other model was not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranking {
+    pub eligible: Vec<Ranked>,
+    pub rejected: Vec<(String, String)>,
+    /// Why the first model leads: `"hint"` or `"best score"`.
+    pub reason: &'static str,
+}
+
+impl Ranking {
+    /// A one-line summary of why nothing is eligible, naming each model's reason.
+    pub fn explain_none(&self) -> String {
+        let reasons: Vec<String> = self
+            .rejected
+            .iter()
+            .map(|(id, why)| format!("{id}: {why}"))
+            .collect();
+        format!("no eligible model ({})", reasons.join("; "))
+    }
+}
+
+fn ineligible(m: &ModelInfo, needs: &Needs) -> Option<String> {
+    let zones: Vec<&str> = if m.zones.is_empty() {
+        vec![needs.executor_zone.as_str()]
+    } else {
+        m.zones.iter().map(String::as_str).collect()
+    };
+    if let Some(z) = zones.iter().find(|z| !needs.allowed_zones.contains(**z)) {
+        return Some(format!("processes data in {z}, outside the task's zones"));
+    }
+    if !m.healthy {
+        return Some("unhealthy".to_owned());
+    }
+    if m.breaker == BreakerState::Open {
+        return Some("circuit breaker open".to_owned());
+    }
+    let need = u64::from(needs.prompt_tokens) + u64::from(needs.max_tokens);
+    if need > u64::from(m.max_context) {
+        return Some(format!(
+            "context window {} < {need} tokens needed",
+            m.max_context
+        ));
+    }
+    if let Some(s) = needs
+        .specialties
+        .iter()
+        .find(|s| !m.specialties.contains(s))
+    {
+        return Some(format!("lacks specialty {s}"));
+    }
+    None
+}
+
+/// The expected cost of the task on `m`, in micro-credits.
+pub fn expected_cost(m: &ModelInfo, needs: &Needs) -> f64 {
+    (f64::from(needs.prompt_tokens) * m.input_micros_per_1k as f64
+        + f64::from(needs.max_tokens) * m.output_micros_per_1k as f64)
+        / 1000.0
+}
+
+/// The documented score of an eligible model (module docs).
+pub fn score(m: &ModelInfo, needs: &Needs) -> f64 {
+    let extra = m
+        .specialties
+        .iter()
+        .filter(|s| needs.specialties.contains(s))
+        .count()
+        .saturating_sub(needs.specialties.len());
+    let specialty = (1.0 + 0.1 * extra as f64).min(1.0);
+    let latency = 1000.0 / (1000.0 + m.latency_p50_ms as f64);
+    let cost = 1000.0 / (1000.0 + expected_cost(m, needs).max(0.0));
+    0.5 * specialty + 0.3 * latency + 0.2 * cost
+}
+
+/// Ranks `models` for a task (module docs).
+pub fn rank(models: &[ModelInfo], needs: &Needs) -> Ranking {
+    let mut eligible = Vec::new();
+    let mut rejected = Vec::new();
+    for m in models {
+        match ineligible(m, needs) {
+            Some(why) => rejected.push((m.id.clone(), why)),
+            None => eligible.push(Ranked {
+                id: m.id.clone(),
+                score: score(m, needs),
+            }),
+        }
+    }
+    eligible.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+    let mut reason = "best score";
+    if let Some(hint) = &needs.hint
+        && let Some(i) = eligible.iter().position(|r| &r.id == hint)
+    {
+        let hinted = eligible.remove(i);
+        eligible.insert(0, hinted);
+        reason = "hint";
+    }
+    Ranking {
+        eligible,
+        rejected,
+        reason,
+    }
+}
+
+/// Exponential backoff with full jitter (AWS architecture blog): a delay drawn uniformly
+/// from `[0, min(max, base · 2^retry)]`, using `unit` ∈ [0, 1) as the random draw. A
+/// provider's `Retry-After` is a floor: it is honoured even when longer than the cap.
+pub fn backoff(
+    retry: u32,
+    base: Duration,
+    max: Duration,
+    unit: f64,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let cap = base
+        .checked_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
+        .unwrap_or(max)
+        .min(max);
+    let jittered = cap.mul_f64(unit.clamp(0.0, 1.0));
+    match retry_after {
+        Some(r) => jittered.max(r),
+        None => jittered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(id: &str, zones: &[&str], p50: u64, price: i64) -> ModelInfo {
+        ModelInfo {
+            id: id.into(),
+            zones: zones.iter().map(|z| (*z).to_owned()).collect(),
+            specialties: vec!["reasoning".into()],
+            latency_p50_ms: p50,
+            input_micros_per_1k: price,
+            output_micros_per_1k: price,
+            max_context: 8192,
+            healthy: true,
+            breaker: BreakerState::Closed,
+        }
+    }
+
+    fn needs(allowed: &[&str]) -> Needs {
+        Needs {
+            executor_zone: "US-EAST".into(),
+            allowed_zones: allowed.iter().map(|z| (*z).to_owned()).collect(),
+            specialties: vec![],
+            hint: None,
+            prompt_tokens: 100,
+            max_tokens: 100,
+        }
+    }
+
+    #[test]
+    fn zones_outside_the_task_are_never_eligible() {
+        let models = [
+            model("eu", &["EU-WEST"], 10, 0),
+            model("us", &["US-EAST"], 10, 0),
+            model("both", &["US-EAST", "EU-WEST"], 10, 0),
+            model("local", &[], 10, 0),
+        ];
+        let r = rank(&models, &needs(&["US-EAST"]));
+        let ids: Vec<&str> = r.eligible.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["local", "us"]);
+        assert_eq!(r.rejected.len(), 2);
+        assert!(r.rejected[0].1.contains("EU-WEST"), "{:?}", r.rejected);
+    }
+
+    #[test]
+    fn faster_and_cheaper_rank_first_and_hints_win_when_eligible() {
+        let models = [
+            model("slow", &["US-EAST"], 2000, 0),
+            model("pricey", &["US-EAST"], 50, 30_000),
+            model("fast", &["US-EAST"], 50, 0),
+        ];
+        let mut n = needs(&["US-EAST"]);
+        let r = rank(&models, &n);
+        assert_eq!(r.eligible[0].id, "fast");
+        assert_eq!(r.reason, "best score");
+        assert!(r.eligible[0].score > r.eligible[1].score);
+        n.hint = Some("slow".into());
+        let r = rank(&models, &n);
+        assert_eq!((r.eligible[0].id.as_str(), r.reason), ("slow", "hint"));
+        n.hint = Some("nowhere".into());
+        assert_eq!(rank(&models, &n).reason, "best score");
+    }
+
+    #[test]
+    fn breakers_health_context_and_specialties_filter() {
+        let mut open = model("open", &["US-EAST"], 10, 0);
+        open.breaker = BreakerState::Open;
+        let mut half = model("half", &["US-EAST"], 10, 0);
+        half.breaker = BreakerState::HalfOpen;
+        let mut sick = model("sick", &["US-EAST"], 10, 0);
+        sick.healthy = false;
+        let mut small = model("small", &["US-EAST"], 10, 0);
+        small.max_context = 150;
+        let mut n = needs(&["US-EAST"]);
+        n.specialties = vec!["reasoning".into()];
+        let mut plain = model("plain", &["US-EAST"], 10, 0);
+        plain.specialties.clear();
+        let r = rank(&[open, half, sick, small, plain], &n);
+        assert_eq!(
+            r.eligible.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["half"]
+        );
+        let why = r.explain_none();
+        for expected in [
+            "breaker open",
+            "unhealthy",
+            "context window 150",
+            "lacks specialty reasoning",
+        ] {
+            assert!(why.contains(expected), "{why}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_capped_jittered_and_honours_retry_after() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        assert_eq!(backoff(0, base, max, 0.5, None), Duration::from_millis(50));
+        assert_eq!(backoff(3, base, max, 0.5, None), Duration::from_millis(400));
+        assert_eq!(backoff(30, base, max, 1.0, None), max);
+        assert_eq!(backoff(0, base, max, 0.0, None), Duration::ZERO);
+        assert_eq!(
+            backoff(0, base, max, 0.5, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+    }
+}
