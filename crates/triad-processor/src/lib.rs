@@ -369,6 +369,12 @@ async fn run_timers(processor: Arc<Processor>, liveness: Arc<Liveness>, cancel: 
         let (fired, next) = processor.timers.take_due(now);
         for timer in fired {
             if timer.kind == TimerKind::Unclaimed && liveness.alive(&timer.zone) {
+                // The zone is alive (or the processor has not been up long enough to tell):
+                // look again later, as long as the attempt is in flight.
+                let again = i64::try_from(processor.timing.unclaimed_after_ms)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000);
+                processor.timers.rearm(timer, now.saturating_add(again));
                 continue;
             }
             if let Err(error) = fire(&processor, &timer).await {

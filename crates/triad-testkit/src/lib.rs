@@ -70,6 +70,7 @@ pub struct FakeProvider {
     pub addr: SocketAddr,
     pub flavor: Flavor,
     state: Arc<Mutex<State>>,
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 impl FakeProvider {
@@ -77,12 +78,13 @@ impl FakeProvider {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let s = state.clone();
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (s, a) = (state.clone(), arrived.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let s = s.clone();
+                let (s, a) = (s.clone(), a.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, flavor, s).await;
+                    let _ = serve(stream, flavor, s, a).await;
                 });
             }
         });
@@ -90,7 +92,24 @@ impl FakeProvider {
             addr,
             flavor,
             state,
+            arrived,
         }
+    }
+
+    /// Waits until at least `n` requests arrived (woken by each arrival, no polling).
+    pub async fn wait_for_requests(&self, n: usize, timeout: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.arrived.notified();
+                if self.requests().len() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {n} requests within {timeout:?}"));
     }
 
     pub fn base_url(&self) -> String {
@@ -163,6 +182,7 @@ async fn serve(
     mut stream: TcpStream,
     flavor: Flavor,
     state: Arc<Mutex<State>>,
+    arrived: Arc<tokio::sync::Notify>,
 ) -> std::io::Result<()> {
     loop {
         let Some((path, headers, body)) = read_request(&mut stream).await? else {
@@ -193,6 +213,7 @@ async fn serve(
                 .or_else(|| s.default.clone())
                 .unwrap_or(Behaviour::Answer(None))
         };
+        arrived.notify_waiters();
         let (status, extra, payload) = match behaviour {
             Behaviour::Answer(text) => {
                 let text = text.unwrap_or_else(|| format!("answer: {}", prompt_of(&body)));

@@ -103,16 +103,31 @@ impl Env {
     }
 
     pub async fn submit(&self, workflow_id: &str, workflow: SubmitWorkflow) {
+        self.command(workflow_id, InboxBody::SubmitWorkflow(workflow))
+            .await;
+    }
+
+    pub async fn cancel(&self, workflow_id: &str, reason: &str) {
+        self.command(
+            workflow_id,
+            InboxBody::CancelWorkflow(triad_domain::CancelWorkflow {
+                reason: Some(reason.to_owned()),
+            }),
+        )
+        .await;
+    }
+
+    pub async fn command(&self, workflow_id: &str, body: InboxBody) {
         let record = InboxRecord {
             meta: CommandMetadata {
                 command_id: uuid::Uuid::new_v4().to_string(),
-                idempotency_key: format!("it:{workflow_id}"),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
                 workflow_id: workflow_id.to_owned(),
                 issued_at: triad_kafka::now_micros(),
                 actor: Some("integration-test".into()),
                 schema_version: triad_domain::INBOX_SCHEMA_VERSION,
             },
-            body: InboxBody::SubmitWorkflow(workflow),
+            body,
         };
         let delivered = self
             .producer
