@@ -129,8 +129,8 @@ output_micros_per_1k = 2000
     while finished.len() < WORKFLOWS {
         // Submissions in waves of 10, so acceptances happen throughout the run.
         if submitted < WORKFLOWS && (submitted == 0 || finished.len() + 10 >= submitted) {
-            for n in submitted..(submitted + 10).min(WORKFLOWS) {
-                env.submit(&ids[n], research(n).to_command()).await;
+            for (n, id) in ids.iter().enumerate().skip(submitted).take(10) {
+                env.submit(id, research(n).to_command()).await;
             }
             submitted = (submitted + 10).min(WORKFLOWS);
         }
