@@ -15,6 +15,11 @@ use triad_kafka::topics::{Retention, TopicSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Measure the whole flow (orchestration overhead) instead of the event spine.
+    #[arg(long)]
+    pub flow: bool,
+    #[command(flatten)]
+    pub flow_args: crate::bench_flow::FlowArgs,
     /// Events per measured pass.
     #[arg(long, default_value_t = 20_000)]
     count: usize,
@@ -98,6 +103,9 @@ mod futures_unordered {
 }
 
 pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> {
+    if args.flow {
+        return crate::bench_flow::run(config, codec, &args.flow_args).await;
+    }
     let topic = format!("triad.bench-{}", uuid::Uuid::new_v4().simple());
     let spec = TopicSpec {
         name: topic.clone(),

@@ -1,6 +1,7 @@
 //! `triad`: the one binary. Each subcommand is a thin shell over a library crate.
 
 mod bench;
+mod bench_flow;
 mod client;
 mod demo;
 mod workers;
@@ -88,7 +89,8 @@ enum Command {
     },
     /// Print the effective configuration (every layer applied) as TOML.
     Config,
-    /// Measure CPU per event of Avro encode + produce against raw produce (see docs/benchmarks.md).
+    /// Measure CPU per event of Avro encode + produce against raw produce, or with --flow the
+    /// orchestration overhead per task against raw broker hops (see docs/benchmarks.md).
     Bench(bench::Args),
 }
 
@@ -197,7 +199,7 @@ async fn main() -> Result<()> {
             cli.command,
             Command::Registry | Command::Process | Command::Execute { .. } | Command::Dev
         ),
-        matches!(cli.command, Command::Demo { .. }),
+        matches!(cli.command, Command::Demo { .. } | Command::Bench(_)),
     )?;
     match cli.command {
         Command::Registry => {

@@ -233,6 +233,10 @@ pub struct KafkaConfig {
     /// Prepended to every TRIAD topic name (not `_schemas`), so several installations or
     /// test runs can share one cluster.
     pub topic_prefix: String,
+    /// How long a fetch may wait at the broker for data. Every hop of a task waits for it
+    /// when a partition is idle, and Tansu 0.6 holds an empty fetch for the whole time
+    /// instead of answering when data arrives, so the default is low (librdkafka's is 500).
+    pub fetch_wait_max_ms: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,6 +307,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             group_prefix: "triad".to_owned(),
             topic_prefix: String::new(),
+            fetch_wait_max_ms: 10,
         }
     }
 }

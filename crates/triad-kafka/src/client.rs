@@ -31,7 +31,8 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000");
+        .set("session.timeout.ms", "10000")
+        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
     c
 }
 
@@ -45,6 +46,7 @@ pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
     c
 }

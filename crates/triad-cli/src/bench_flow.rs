@@ -1,0 +1,414 @@
+//! `triad bench --flow`: what orchestration adds to the broker. On a fresh topic prefix it
+//! runs the processor and a US-EAST executor in this process (instant embedded model), and
+//! measures in the same run:
+//!
+//! - latency: single-task workflows submitted at fixed arrival rates, from the submit call to
+//!   the `TaskCompleted` event seen by a consumer, next to the raw rdkafka produce→consume
+//!   round trip of a 1 KiB record at the same rate × the hops a task needs;
+//! - throughput: a burst of workflows until all completed, next to the raw broker's message
+//!   rate (produce + consume of 1 KiB records) ÷ the messages one workflow needs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use triad_codec::Codec;
+use triad_config::Config;
+use triad_domain::{CommandMetadata, EventBody, InboxBody, InboxRecord, WorkflowEvent};
+use triad_kafka::produce::Producer;
+use triad_kafka::topics::{Names, Retention, TopicSpec};
+use triad_workflow::{Task, Workflow};
+
+/// Produce→consume hops on a task's critical path: submit → processor; task request →
+/// executor; result → processor; `TaskCompleted` → observer.
+pub const HOPS_PER_TASK: f64 = 4.0;
+/// Records a single-task workflow writes: submit, Accepted, Scheduled, Dispatched, request,
+/// result, Routed, Completed, WorkflowCompleted.
+pub const MESSAGES_PER_WORKFLOW: f64 = 9.0;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FlowArgs {
+    /// Arrival rates (workflows/s) for the latency runs.
+    #[arg(long, value_delimiter = ',', default_value = "10,25")]
+    pub rates: Vec<u32>,
+    /// Seconds per latency run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Workflows in the throughput burst.
+    #[arg(long, default_value_t = 500)]
+    pub burst: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A consumer of every partition of `topic` from its current end. The end is read first and
+/// assigned as an explicit offset: `Offset::End` would resolve at the first fetch and skip
+/// what was produced in between.
+fn tail(config: &Config, topic: &str, partitions: i32) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = triad_kafka::client::reader_config(&config.kafka)
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Raw produce→consume round trips of 1 KiB records at `rate`/s for `seconds`.
+async fn raw_latency(
+    config: &Config,
+    producer: &Producer,
+    topic: &str,
+    rate: u32,
+    seconds: u64,
+) -> Result<Vec<Duration>> {
+    let consumer = tail(config, topic, 1)?;
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let n = u64::from(rate) * seconds;
+    let payload = vec![b'x'; 1024];
+    let receiver = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut stream = consumer.stream();
+            let mut out = Vec::new();
+            while (out.len() as u64) < n {
+                let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(Duration::from_secs(30), stream.next()).await
+                else {
+                    break;
+                };
+                let at = Instant::now();
+                let id = m
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .and_then(|k| k.parse().ok());
+                if let Some(id) = id
+                    && let Some(t) = sent.lock().await.remove(&id)
+                {
+                    out.push(at - t);
+                }
+            }
+            out
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    let mut sends = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        tick.tick().await;
+        sent.lock().await.insert(i, Instant::now());
+        let (producer, payload, topic) = (producer.clone(), payload.clone(), topic.to_owned());
+        sends.push(async move {
+            producer
+                .send(&topic, Some(i.to_string().as_bytes()), Some(&payload), &[])
+                .await
+        });
+        while let Some(r) = futures::FutureExt::now_or_never(sends.next()).flatten() {
+            r?;
+        }
+    }
+    while let Some(r) = sends.next().await {
+        r?;
+    }
+    let mut out = receiver.await?;
+    out.sort();
+    Ok(out)
+}
+
+fn single_task(n: usize) -> Workflow {
+    Workflow::new("bench")
+        .zones(["US-EAST"])
+        .task(Task::new("t", format!("What is {n}+1?")))
+}
+
+fn submit_record(id: &str, n: usize) -> InboxRecord {
+    InboxRecord {
+        meta: CommandMetadata {
+            command_id: triad_domain::new_command_id(),
+            idempotency_key: id.to_owned(),
+            workflow_id: id.to_owned(),
+            issued_at: triad_kafka::now_micros(),
+            actor: Some("bench".into()),
+            schema_version: triad_domain::INBOX_SCHEMA_VERSION,
+        },
+        body: InboxBody::SubmitWorkflow(single_task(n).to_command()),
+    }
+}
+
+/// Watches the event store and reports when each workflow's task completed / it finished.
+fn observe(
+    config: &Config,
+    codec: Arc<Codec>,
+    names: &Names,
+    want: usize,
+    on: fn(&EventBody) -> bool,
+) -> Result<tokio::task::JoinHandle<HashMap<String, Instant>>> {
+    let consumer = tail(config, &names.events, config.kafka.partitions)?;
+    Ok(tokio::spawn(async move {
+        let mut stream = consumer.stream();
+        let mut seen = HashMap::new();
+        while seen.len() < want {
+            let Ok(Some(Ok(m))) =
+                tokio::time::timeout(Duration::from_secs(60), stream.next()).await
+            else {
+                break;
+            };
+            let at = Instant::now();
+            if let Ok(e) = codec.decode::<WorkflowEvent>(m.payload()).await
+                && on(&e.body)
+            {
+                seen.entry(e.meta.workflow_id).or_insert(at);
+            }
+        }
+        seen
+    }))
+}
+
+async fn flow_latency(
+    config: &Config,
+    codec: &Arc<Codec>,
+    producer: &Producer,
+    names: &Names,
+    tag: &str,
+    rate: u32,
+    seconds: u64,
+) -> Result<Vec<Duration>> {
+    let n = (u64::from(rate) * seconds) as usize;
+    let watcher = observe(config, codec.clone(), names, n, |b| {
+        matches!(b, EventBody::TaskCompleted(_))
+    })?;
+    let mut submitted = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    let mut sends = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        tick.tick().await;
+        let id = format!("wf-{tag}-{i}");
+        submitted.insert(id.clone(), Instant::now());
+        let (producer, codec, topic) = (producer.clone(), codec.clone(), names.inbox.clone());
+        sends.push(async move {
+            let r = submit_record(&id, i);
+            producer.send_record(&codec, &topic, None, &id, &r).await
+        });
+        while let Some(r) = futures::FutureExt::now_or_never(sends.next()).flatten() {
+            r?;
+        }
+    }
+    while let Some(r) = sends.next().await {
+        r?;
+    }
+    let done = watcher.await?;
+    if done.len() < n {
+        bail!("only {} of {n} workflows completed at {rate}/s", done.len());
+    }
+    let mut out: Vec<Duration> = done
+        .iter()
+        .filter_map(|(id, at)| submitted.get(id).map(|t| *at - *t))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Produces and consumes `count` 1 KiB records as fast as the broker takes them, on a
+/// fresh topic read from its beginning.
+async fn raw_rate(config: &Config, producer: &Producer, topic: &str, count: usize) -> Result<f64> {
+    let consumer: StreamConsumer = triad_kafka::client::reader_config(&config.kafka)
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut stream = consumer.stream();
+        let mut got = 0;
+        while got < count {
+            match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+                Ok(Some(Ok(_))) => got += 1,
+                Ok(Some(Err(error))) => tracing::warn!(%error, "raw consumer"),
+                _ => break,
+            }
+        }
+        got
+    });
+    let payload = vec![b'x'; 1024];
+    let mut sends = futures::stream::FuturesUnordered::new();
+    for i in 0..count {
+        let (producer, payload, topic) = (producer.clone(), payload.clone(), topic.to_owned());
+        sends.push(async move {
+            producer
+                .send(&topic, Some(i.to_string().as_bytes()), Some(&payload), &[])
+                .await
+        });
+        if sends.len() >= 1000
+            && let Some(r) = sends.next().await
+        {
+            r?;
+        }
+    }
+    while let Some(r) = sends.next().await {
+        r?;
+    }
+    let got = receiver.await?;
+    Ok(got as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn flow_rate(
+    config: &Config,
+    codec: &Arc<Codec>,
+    producer: &Producer,
+    names: &Names,
+    burst: usize,
+) -> Result<f64> {
+    let watcher = observe(config, codec.clone(), names, burst, |b| {
+        matches!(b, EventBody::WorkflowCompleted(_))
+    })?;
+    let started = Instant::now();
+    let mut sends = futures::stream::FuturesUnordered::new();
+    for i in 0..burst {
+        let id = format!("wf-burst-{i}");
+        let (producer, codec, topic) = (producer.clone(), codec.clone(), names.inbox.clone());
+        sends.push(async move {
+            let r = submit_record(&id, i);
+            producer.send_record(&codec, &topic, None, &id, &r).await
+        });
+    }
+    while let Some(r) = sends.next().await {
+        r?;
+    }
+    let done = watcher.await?;
+    if done.len() < burst {
+        bail!("only {} of {burst} burst workflows completed", done.len());
+    }
+    Ok(burst as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<()> {
+    let mut config = config.clone();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    config.kafka.topic_prefix = format!("bench-{id}.");
+    config.kafka.group_prefix = format!("bench-{id}");
+    config.policy.zones = vec!["US-EAST".to_owned()];
+    config.policy.groups.clear();
+    config.log.filter = "warn".to_owned();
+    let names = Names::new(&config.kafka);
+    let mut specs =
+        triad_kafka::topics::catalogue(&config.kafka, &config.registry.topic, &config.policy.zones);
+    let raw_topic = format!("{}triad.bench-raw", config.kafka.topic_prefix);
+    let rate_topic = format!("{}triad.bench-rate", config.kafka.topic_prefix);
+    for name in [&raw_topic, &rate_topic] {
+        specs.push(TopicSpec {
+            name: name.clone(),
+            partitions: 1,
+            retention: Retention::Bounded { ms: 3_600_000 },
+            purpose: "raw baseline",
+        });
+    }
+    triad_kafka::topics::ensure(&config.kafka, &specs, false).await?;
+    println!(
+        "bench --flow: prefix {}, {} partitions, embedded model, processor + US-EAST executor in this process",
+        config.kafka.topic_prefix, config.kafka.partitions
+    );
+
+    let cancel = CancellationToken::new();
+    let catalogue = crate::workers::catalogue(&config)?;
+    let mut workers = tokio::task::JoinSet::new();
+    {
+        let options = crate::workers::processor_options(&config, &catalogue);
+        let (c, t) = (codec.clone(), cancel.clone());
+        workers.spawn(async move {
+            triad_processor::run(&options, c, t)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        let options = crate::workers::executor_options(&config, "US-EAST", 0);
+        let (c, t, zones) = (codec.clone(), cancel.clone(), config.policy.zones.clone());
+        workers.spawn(async move {
+            triad_executor::run(&options, c, catalogue, &zones, t)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    let producer = Producer::new(&config.kafka)?;
+    // Warm-up: groups assigned, schemas registered, one workflow end to end.
+    println!("warming up (group assignment, schema registration)…");
+    let warm = flow_latency(&config, &codec, &producer, &names, "warm", 5, 2)
+        .await
+        .context("warm-up")?;
+    println!(
+        "warm-up ok ({} workflows, p50 {:.1} ms)",
+        warm.len(),
+        ms(percentile(&warm, 0.5))
+    );
+    let _ = raw_latency(&config, &producer, &raw_topic, 50, 1).await?;
+
+    println!();
+    println!(
+        "| arrival rate | raw hop p50 / p99 ms | raw × {HOPS_PER_TASK} p50 / p99 ms | TRIAD submit→TaskCompleted p50 / p99 ms | ratio p50 | ratio p99 |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for rate in &args.rates {
+        let raw = raw_latency(&config, &producer, &raw_topic, *rate, args.seconds).await?;
+        let flow = flow_latency(
+            &config,
+            &codec,
+            &producer,
+            &names,
+            &format!("r{rate}"),
+            *rate,
+            args.seconds,
+        )
+        .await?;
+        let (r50, r99) = (ms(percentile(&raw, 0.5)), ms(percentile(&raw, 0.99)));
+        let (f50, f99) = (ms(percentile(&flow, 0.5)), ms(percentile(&flow, 0.99)));
+        println!(
+            "| {rate}/s | {r50:.1} / {r99:.1} | {:.1} / {:.1} | {f50:.1} / {f99:.1} | {:.2} | {:.2} |",
+            r50 * HOPS_PER_TASK,
+            r99 * HOPS_PER_TASK,
+            f50 / (r50 * HOPS_PER_TASK),
+            f99 / (r99 * HOPS_PER_TASK)
+        );
+    }
+    let raw_msgs = raw_rate(
+        &config,
+        &producer,
+        &rate_topic,
+        args.burst * MESSAGES_PER_WORKFLOW as usize,
+    )
+    .await?;
+    let flow = flow_rate(&config, &codec, &producer, &names, args.burst).await?;
+    let bound = raw_msgs / MESSAGES_PER_WORKFLOW;
+    println!();
+    println!(
+        "| raw broker msg/s (1 KiB, produce+consume) | bound = ÷ {MESSAGES_PER_WORKFLOW} msgs/workflow | TRIAD workflows/s (burst of {}) | ratio |",
+        args.burst
+    );
+    println!("| ---: | ---: | ---: | ---: |");
+    println!(
+        "| {raw_msgs:.0} | {bound:.0} | {flow:.1} | {:.3} |",
+        flow / bound
+    );
+    cancel.cancel();
+    while let Some(r) = workers.join_next().await {
+        r??;
+    }
+    Ok(())
+}
