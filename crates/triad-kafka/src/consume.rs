@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -28,7 +29,6 @@ pub enum OnUndecodable {
 }
 
 /// The result of handling one record.
-#[derive(Debug)]
 pub enum Outcome {
     /// The work is committed; the offset may be stored.
     Done,
@@ -36,6 +36,29 @@ pub enum Outcome {
     Undecodable { kind: &'static str, reason: String },
     /// Given up on during shutdown: not done, its offset must not be stored.
     Abandoned,
+    /// Decided, with writes in flight: the offset is stored when the future completes
+    /// (in input order). An error stops the consumer: in-memory state already moved on, so
+    /// the process must restart and recover from the log.
+    Deferred(Pending),
+}
+
+/// The completion of a deferred record's writes.
+pub type Pending =
+    std::pin::Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send + 'static>>;
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Done => f.write_str("Done"),
+            Self::Undecodable { kind, reason } => f
+                .debug_struct("Undecodable")
+                .field("kind", kind)
+                .field("reason", reason)
+                .finish(),
+            Self::Abandoned => f.write_str("Abandoned"),
+            Self::Deferred(_) => f.write_str("Deferred"),
+        }
+    }
 }
 
 /// The group consumer's context: on revoke it flushes the producer whose writes belong to
@@ -134,16 +157,26 @@ where
         config.create_with_context(GroupContext::new(group, flush_on_revoke))?;
     consumer.subscribe(topics)?;
     let mut stream = consumer.stream();
+    // Deferred completions, in input order: an offset is stored only when its record's
+    // writes and those of every record before it are acknowledged.
+    let mut pending: FuturesOrdered<Completion> = FuturesOrdered::new();
     let result = loop {
         let message = tokio::select! {
             () = cancel.cancelled() => break Ok(()),
-            m = stream.next() => m,
+            Some((topic, partition, offset, done)) = pending.next(), if !pending.is_empty() => {
+                match done {
+                    Ok(()) => consumer.store_offset(&topic, partition, offset)?,
+                    Err(reason) => break Err(Error::Delivery { topic, partition, offset, reason }),
+                }
+                continue;
+            }
+            m = stream.next(), if pending.len() < MAX_PENDING => m,
         };
         let Some(message) = message else { break Ok(()) };
         let message = match message {
             Ok(m) => m.detach(),
             Err(error) => {
-                tracing::warn!(%error, "kafka consumer error");
+                tracing::warn!(%error, messaging.consumer.group.name = group, "kafka consumer error");
                 continue;
             }
         };
@@ -167,13 +200,14 @@ where
                 }
             }
         };
-        if let Outcome::Abandoned = outcome {
-            break Ok(());
-        }
-        if let Outcome::Undecodable { kind, reason } = outcome {
-            match (policy, dlq) {
+        let done: Pending = match outcome {
+            Outcome::Abandoned => break Ok(()),
+            Outcome::Deferred(future) => future,
+            Outcome::Done => Box::pin(std::future::ready(Ok(()))),
+            Outcome::Undecodable { kind, reason } => match (policy, dlq) {
                 (OnUndecodable::DeadLetter, Some(dlq)) => {
                     dlq.write(&message, group, kind, &reason).await?;
+                    Box::pin(std::future::ready(Ok(())))
                 }
                 _ => {
                     tracing::error!(
@@ -190,13 +224,29 @@ where
                         reason,
                     });
                 }
-            }
-        }
-        consumer.store_offset(message.topic(), message.partition(), message.offset())?;
+            },
+        };
+        let (topic, partition, offset) =
+            (message.topic().to_owned(), message.partition(), message.offset());
+        pending.push_back(Box::pin(async move { (topic, partition, offset, done.await) }));
     };
+    // Drain: what was decided gets its acknowledgements and its offsets stored.
+    while let Some((topic, partition, offset, done)) = pending.next().await {
+        if done.is_err() {
+            break;
+        }
+        consumer.store_offset(&topic, partition, offset)?;
+    }
     commit_and_close(&consumer)?;
     result
 }
+
+/// Records decided but not yet acknowledged, at most.
+const MAX_PENDING: usize = 1000;
+
+type Completion = std::pin::Pin<
+    Box<dyn Future<Output = (String, i32, i64, std::result::Result<(), String>)> + Send>,
+>;
 
 fn commit_and_close(consumer: &StreamConsumer<GroupContext>) -> Result<()> {
     commit(consumer)

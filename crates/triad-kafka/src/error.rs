@@ -29,6 +29,16 @@ pub enum Error {
         offset: i64,
         reason: String,
     },
+    #[error(
+        "writes for {topic}/{partition}@{offset} were not acknowledged: {reason}; stopping so \
+         the processor restarts and recovers from the log"
+    )]
+    Delivery {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, &'static str),
 }

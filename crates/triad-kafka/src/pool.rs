@@ -171,6 +171,17 @@ async fn complete(
 ) -> Result<()> {
     match outcome {
         Outcome::Done => {}
+        // The pool's handlers finish their writes before returning.
+        Outcome::Deferred(done) => {
+            if let Err(reason) = done.await {
+                return Err(Error::Delivery {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    reason,
+                });
+            }
+        }
         // Not done: the offset must not pass it. The tracker keeps it pending.
         Outcome::Abandoned => return Ok(()),
         Outcome::Undecodable { kind, reason } => match dlq {

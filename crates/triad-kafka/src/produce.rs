@@ -113,6 +113,51 @@ impl Producer {
         }
     }
 
+    /// Hands a record to librdkafka now and returns a future of its acknowledgement, so a
+    /// caller can enqueue many records in order and wait for them later (the processor
+    /// pipelines inputs this way; the idempotent producer keeps their order per partition).
+    /// Waits only while librdkafka's queue is full.
+    pub async fn enqueue(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<impl std::future::Future<Output = Result<Delivered>> + Send + 'static> {
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+                .key(key)
+                .payload(payload);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            match self.inner.send_result(record) {
+                Ok(delivery) => {
+                    return Ok(async move {
+                        match delivery.await {
+                            Ok(Ok(d)) => Ok(Delivered {
+                                partition: d.partition,
+                                offset: d.offset,
+                            }),
+                            Ok(Err((error, _))) => Err(error.into()),
+                            // The producer was dropped before delivery.
+                            Err(_) => Err(crate::Error::Kafka(
+                                rdkafka::error::KafkaError::Canceled,
+                            )),
+                        }
+                    });
+                }
+                Err((rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ), _)) => {
+                    // Backpressure from librdkafka's local queue: give deliveries a moment.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+    }
+
     /// Encodes `record` as a value of `topic` with its registered schema and sends it with
     /// `key` (a workflow id), to `partition` when given; returns after the acknowledgement.
     pub async fn send_record<T: AvroRecord>(

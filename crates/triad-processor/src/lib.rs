@@ -295,8 +295,10 @@ impl Processor {
             Err(e) => return Err(e.into()),
         };
         let wf = record.meta.workflow_id.clone();
-        let (mut state, present) = match ps.repair.take().filter(|r| r.offset == o) {
-            Some(r) => (r.before, r.present),
+        // The repair is cleared only once the input's writes are enqueued: an error before
+        // (e.g. the registry is unreachable) retries the same record with the same repair.
+        let (mut state, present) = match ps.repair.as_ref().filter(|r| r.offset == o) {
+            Some(r) => (r.before.clone(), r.present.clone()),
             None => (
                 ps.workflows.get(&wf).cloned().unwrap_or_default(),
                 HashSet::new(),
@@ -316,7 +318,6 @@ impl Processor {
         {
             writes.push(self.encode(&self.names.events, Some(p), &wf, event).await?);
         }
-        self.send_all(writes).await?;
         // Side effects only after the events are in the log: a crash in between is repaired
         // by the outbox rule on recovery.
         let mut effects = Vec::new();
@@ -349,14 +350,46 @@ impl Processor {
                 _ => {}
             }
         }
-        self.send_all(effects).await?;
+        // Pipelining: the events are enqueued now, in input order, and the next input is
+        // decided without waiting for their acknowledgement; the offset is stored when they
+        // (and the effects after them) are acknowledged. A crash leaves a prefix of the
+        // enqueued events in the log, which recovery handles (module docs).
+        let mut acks = Vec::with_capacity(writes.len());
+        for w in &writes {
+            acks.push(
+                self.producer
+                    .enqueue(&w.topic, w.partition, w.key.as_bytes(), &w.bytes)
+                    .await?,
+            );
+        }
+        if ps.repair.as_ref().is_some_and(|r| r.offset == o) {
+            ps.repair = None;
+        }
         if !events.is_empty() {
             self.arm(&state);
             ps.last_input = o;
             tracing::debug!(workflow.id = %wf, events = events.len(), messaging.kafka.offset = o, "input applied");
         }
         ps.workflows.insert(wf, state);
-        Ok(Outcome::Done)
+        let producer = self.producer.clone();
+        Ok(Outcome::Deferred(Box::pin(async move {
+            for ack in acks {
+                ack.await.map_err(|e| e.to_string())?;
+            }
+            let mut effect_acks = Vec::with_capacity(effects.len());
+            for e in &effects {
+                effect_acks.push(
+                    producer
+                        .enqueue(&e.topic, e.partition, e.key.as_bytes(), &e.bytes)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            for ack in effect_acks {
+                ack.await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })))
     }
 }
 
