@@ -226,9 +226,14 @@ where
                 }
             },
         };
-        let (topic, partition, offset) =
-            (message.topic().to_owned(), message.partition(), message.offset());
-        pending.push_back(Box::pin(async move { (topic, partition, offset, done.await) }));
+        let (topic, partition, offset) = (
+            message.topic().to_owned(),
+            message.partition(),
+            message.offset(),
+        );
+        pending.push_back(Box::pin(
+            async move { (topic, partition, offset, done.await) },
+        ));
     };
     // Drain: what was decided gets its acknowledgements and its offsets stored.
     while let Some((topic, partition, offset, done)) = pending.next().await {

@@ -141,15 +141,18 @@ impl Producer {
                             }),
                             Ok(Err((error, _))) => Err(error.into()),
                             // The producer was dropped before delivery.
-                            Err(_) => Err(crate::Error::Kafka(
-                                rdkafka::error::KafkaError::Canceled,
-                            )),
+                            Err(_) => {
+                                Err(crate::Error::Kafka(rdkafka::error::KafkaError::Canceled))
+                            }
                         }
                     });
                 }
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
                     // Backpressure from librdkafka's local queue: give deliveries a moment.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }

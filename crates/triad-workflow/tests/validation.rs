@@ -256,3 +256,41 @@ fn to_command_carries_every_field() {
     assert_eq!(cmd.tasks[0].max_attempts, 3);
     assert_eq!(cmd.labels.get("team").map(String::as_str), Some("demo"));
 }
+
+#[test]
+fn yaml_and_json_documents_are_the_same_workflow() {
+    let json = r#"{"name": "research", "zones": ["CONUS"], "tasks": [
+        {"id": "generate_questions", "prompt": "Generate 3 questions"},
+        {"id": "answer", "prompt": "Answer: {generate_questions.output}", "depends_on": ["generate_questions"],
+         "retry": {"max_attempts": 2}}]}"#;
+    let yaml = "name: research\nzones: [CONUS]\ntasks:\n  - id: generate_questions\n    prompt: Generate 3 questions\n  - id: answer\n    prompt: \"Answer: {generate_questions.output}\"\n    depends_on: [generate_questions]\n    retry: {max_attempts: 2}\n";
+    assert_eq!(
+        Workflow::from_yaml(yaml).unwrap(),
+        Workflow::from_json(json).unwrap()
+    );
+    let e = Workflow::from_yaml("name: x\ntasks:\n  - id: a\n    prompt: p\n    colour: red\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("colour"), "{e}");
+}
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    for file in ["research.json", "two-plus-two.json"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(file);
+        let wf = Workflow::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let zones: Vec<String> = ["US-EAST", "US-WEST", "US-CENTRAL", "EU-WEST"]
+            .map(String::from)
+            .to_vec();
+        let groups = vec![("CONUS".to_owned(), zones[..3].to_vec())];
+        let ctx = Context {
+            zones: &zones,
+            groups: &groups,
+            models: None,
+            limits: Limits::default(),
+        };
+        wf.validate(&ctx).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}
