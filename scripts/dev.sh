@@ -154,6 +154,9 @@ spawn() {
 kafka_ready() { timeout 15 "$TRIAD_BIN" topics ensure --dry-run >/dev/null 2>&1; }
 start_tansu() {
   if kafka_ready; then say "Tansu (or another Kafka broker) already running on $KAFKA; reusing it"; return; fi
+  # A registry from before this broker holds producer state and schema ids of a log that is
+  # gone (memory storage): it must start again on the new broker's _schemas topic.
+  stop_proc registry
   local storage=memory://tansu/
   [ "$STACK_STORAGE" = sqlite ] && storage=sqlite://tansu.db
   spawn tansu tansu broker --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" \
