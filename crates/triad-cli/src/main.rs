@@ -36,7 +36,11 @@ enum Command {
     /// Run the development schema registry (Confluent REST API, state in a compacted topic).
     Registry,
     /// Run the workflow processor (inbox -> aggregate -> event store, task requests).
-    Process,
+    Process {
+        /// Distinguishes processors sharing the group (static membership id).
+        #[arg(long, default_value_t = 0)]
+        instance: u32,
+    },
     /// Run the executor of one zone (task requests -> models -> results).
     Execute {
         /// The zone this executor serves (one of policy.zones).
@@ -197,7 +201,7 @@ async fn main() -> Result<()> {
         &config,
         matches!(
             cli.command,
-            Command::Registry | Command::Process | Command::Execute { .. } | Command::Dev
+            Command::Registry | Command::Process { .. } | Command::Execute { .. } | Command::Dev
         ),
         matches!(cli.command, Command::Demo { .. } | Command::Bench(_)),
     )?;
@@ -217,9 +221,9 @@ async fn main() -> Result<()> {
             };
             triad_registry::server::serve(&options, listener, shutdown_token()).await?;
         }
-        Command::Process => {
+        Command::Process { instance } => {
             let catalogue = workers::catalogue(&config)?;
-            let options = workers::processor_options(&config, &catalogue);
+            let options = workers::processor_options(&config, &catalogue, instance);
             triad_processor::run(&options, codec(&config)?, shutdown_token()).await?;
         }
         Command::Execute { zone, instance } => {

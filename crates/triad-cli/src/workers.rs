@@ -16,11 +16,16 @@ pub fn catalogue(config: &Config) -> Result<Catalogue> {
     })?)
 }
 
-pub fn processor_options(config: &Config, catalogue: &Catalogue) -> triad_processor::Options {
+pub fn processor_options(
+    config: &Config,
+    catalogue: &Catalogue,
+    instance: u32,
+) -> triad_processor::Options {
     triad_processor::Options {
         kafka: config.kafka.clone(),
         policy: triad_processor::policy_from(&config.policy, &catalogue.ids()),
         timing: config.processor.clone(),
+        instance,
     }
 }
 
@@ -41,7 +46,7 @@ pub fn spawn_all(
 ) -> Result<JoinSet<Result<()>>> {
     let catalogue = catalogue(config)?;
     let mut set = JoinSet::new();
-    let options = processor_options(config, &catalogue);
+    let options = processor_options(config, &catalogue, 0);
     let (c, t) = (codec.clone(), cancel.clone());
     set.spawn(async move { Ok(triad_processor::run(&options, c, t).await?) });
     for zone in &config.policy.zones {

@@ -237,6 +237,10 @@ pub struct KafkaConfig {
     /// when a partition is idle, and Tansu 0.6 holds an empty fetch for the whole time
     /// instead of answering when data arrives, so the default is low (librdkafka's is 500).
     pub fetch_wait_max_ms: u32,
+    /// Join consumer groups with a static `group.instance.id` (`<group>-<instance>`), so a
+    /// restarted worker takes its partitions back at once (ADR 0007). Off for a worker that
+    /// should leave its group for good when it stops.
+    pub static_membership: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -308,6 +312,7 @@ impl Default for KafkaConfig {
             group_prefix: "triad".to_owned(),
             topic_prefix: String::new(),
             fetch_wait_max_ms: 10,
+            static_membership: true,
         }
     }
 }

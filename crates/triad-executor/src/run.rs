@@ -646,7 +646,11 @@ pub async fn run(
             on_undecodable: OnUndecodable::DeadLetter,
             dlq: Some(&dlq),
             flush_on_revoke: Some(producer.clone()),
-            instance_id: Some(format!("{group}-{}", options.instance)),
+            instance_id: options
+                .kafka
+                .static_membership
+                .then(|| format!("{group}-{}", options.instance)),
+            rebalances: None,
         },
         options.config.max_in_flight,
         cancel,

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -68,6 +70,7 @@ impl std::fmt::Debug for Outcome {
 pub struct GroupContext {
     group: String,
     flush_on_revoke: Option<crate::produce::Producer>,
+    rebalances: Option<Arc<AtomicU64>>,
 }
 
 impl GroupContext {
@@ -75,6 +78,7 @@ impl GroupContext {
         Self {
             group: group.to_owned(),
             flush_on_revoke,
+            rebalances: None,
         }
     }
 }
@@ -100,6 +104,9 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
                 tracing::info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions revoked");
             }
             rdkafka::consumer::Rebalance::Assign(partitions) => {
+                if let Some(r) = &self.rebalances {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
                 tracing::info!(messaging.consumer.group.name = %self.group, partitions = partitions.count(), "partitions assigned");
             }
             rdkafka::consumer::Rebalance::Error(error) => {
@@ -124,6 +131,10 @@ pub struct Group<'a> {
     /// Static group membership (`group.instance.id`, KIP-345): a restarted instance takes
     /// its partitions back at once instead of waiting out the dead member's session.
     pub instance_id: Option<String>,
+    /// Counts assignments: a stateful handler compares it with the count under which it
+    /// loaded a partition's state, and reloads after any rebalance (another owner may have
+    /// written meanwhile).
+    pub rebalances: Option<Arc<AtomicU64>>,
 }
 
 /// Runs `handler` over the records of `topics` in consumer group `group` until `cancel`.
@@ -148,13 +159,15 @@ where
         dlq,
         flush_on_revoke,
         instance_id,
+        rebalances,
     } = options;
     let mut config = crate::client::consumer_config(kafka, group);
     if let Some(id) = &instance_id {
         config.set("group.instance.id", id);
     }
-    let consumer: StreamConsumer<GroupContext> =
-        config.create_with_context(GroupContext::new(group, flush_on_revoke))?;
+    let mut context = GroupContext::new(group, flush_on_revoke);
+    context.rebalances = rebalances;
+    let consumer: StreamConsumer<GroupContext> = config.create_with_context(context)?;
     consumer.subscribe(topics)?;
     let mut stream = consumer.stream();
     // Deferred completions, in input order: an offset is stored only when its record's

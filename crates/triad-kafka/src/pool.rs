@@ -79,6 +79,7 @@ where
         dlq,
         flush_on_revoke,
         instance_id,
+        rebalances: _,
     } = options;
     let mut config = crate::client::consumer_config(kafka, group);
     if let Some(id) = &instance_id {

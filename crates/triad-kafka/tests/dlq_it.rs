@@ -90,6 +90,7 @@ async fn consume(
             dlq,
             flush_on_revoke: None,
             instance_id: None,
+            rebalances: None,
         },
         cancel.clone(),
         handler,

@@ -17,9 +17,9 @@
 //! Timers ([`timers`]) watch each attempt in flight: an SLA deadline, and an "unclaimed"
 //! check that moves the task to another zone when its zone shows no live executor.
 //!
-//! Known limits: a partition's in-memory state is kept after a revoke, so several instances
-//! trading partitions need the snapshot-based reload of ADR 0005; recovery folds the whole
-//! event-store partition until snapshots land.
+//! After any rebalance a partition's state is loaded again from the log before its next input
+//! (another instance may have owned it meanwhile). Known limit: recovery folds the whole
+//! event-store partition until the snapshots of ADR 0005 land.
 
 pub mod timers;
 
@@ -98,6 +98,8 @@ pub struct Options {
     pub kafka: KafkaConfig,
     pub policy: Policy,
     pub timing: ProcessorConfig,
+    /// Distinguishes processors sharing the group (static membership id).
+    pub instance: u32,
 }
 
 /// The input that may have been cut short by a crash: the state before it and the ids of
@@ -111,6 +113,8 @@ struct Repair {
 
 #[derive(Debug, Default)]
 struct PartitionState {
+    /// The assignment count (`Group::rebalances`) this state was loaded under.
+    generation: u64,
     workflows: HashMap<String, WorkflowState>,
     /// The highest inbox offset with events in the log, -1 when none.
     last_input: i64,
@@ -126,6 +130,7 @@ struct Processor {
     producer: Producer,
     partitions: Mutex<HashMap<i32, PartitionState>>,
     timers: Timers,
+    rebalances: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One encoded record waiting to be sent.
@@ -276,9 +281,26 @@ impl Processor {
     async fn handle(&self, m: OwnedMessage) -> Result<Outcome> {
         let (p, o) = (m.partition(), m.offset());
         let mut partitions = self.partitions.lock().await;
+        // After a rebalance the partition may have had another owner meanwhile: its state is
+        // loaded again from the log (the revoke flushed our own writes into it).
+        let generation = self.rebalances.load(std::sync::atomic::Ordering::SeqCst);
+        if partitions
+            .get(&p)
+            .is_some_and(|ps| ps.generation != generation)
+        {
+            tracing::info!(
+                messaging.destination.partition.id = p,
+                "rebalanced; reloading the partition's state"
+            );
+            partitions.remove(&p);
+        }
         let ps = match partitions.entry(p) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load(p).await?),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut loaded = self.load(p).await?;
+                loaded.generation = generation;
+                e.insert(loaded)
+            }
         };
         let repairing = ps.repair.as_ref().is_some_and(|r| r.offset == o);
         if o < ps.last_input || (o == ps.last_input && !repairing) {
@@ -523,6 +545,7 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         producer: producer.clone(),
         partitions: Mutex::new(HashMap::new()),
         timers: Timers::default(),
+        rebalances: Arc::default(),
     });
     let liveness = Arc::new(Liveness::new(Duration::from_millis(
         options.timing.liveness_ms,
@@ -558,7 +581,11 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         on_undecodable: OnUndecodable::DeadLetter,
         dlq: Some(&dlq),
         flush_on_revoke: Some(producer.clone()),
-        instance_id: Some(format!("{group}-0")),
+        instance_id: options
+            .kafka
+            .static_membership
+            .then(|| format!("{group}-{}", options.instance)),
+        rebalances: Some(processor.rebalances.clone()),
     };
     let result = triad_kafka::consume::run_group(group_options, cancel, handler).await;
     background.cancel();

@@ -1,0 +1,160 @@
+//! A second processor joins the group mid-run, takes partitions, and leaves again: its
+//! partitions go back to the first, which reloads their state from the log. Nothing is lost,
+//! nothing is applied twice, no two different events share a (workflow, sequence).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use support::{Env, kill};
+use triad_domain::{EventBody, WorkflowEvent};
+use triad_workflow::{Task, Workflow};
+
+fn research(n: usize) -> Workflow {
+    Workflow::new("research")
+        .zones(["US-EAST"])
+        .task(Task::new(
+            "q",
+            format!("Generate 3 questions about rebalance {n}"),
+        ))
+        .task(Task::new("a", "Answer: {q.output}").depends_on(["q"]))
+}
+
+/// Waits for a stderr line containing every one of `needles`.
+fn wait_for_line(rx: &Receiver<String>, needles: &[&str], what: &str) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no line for {what} within 60 s"));
+        if needles.iter().all(|n| line.contains(n)) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_joining_and_leaving_loses_and_doubles_nothing() {
+    let env = Env::new(3).await;
+    let mut first = env.spawn("processor-a", &["process"]);
+    let mut executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
+    let ids: Vec<String> = (0..45).map(|n| format!("wf-rebalance-{n:02}")).collect();
+    let finished = |events: &[WorkflowEvent], upto: usize| {
+        let done: HashSet<&str> = events
+            .iter()
+            .filter(|e| support::is_final(&e.body))
+            .map(|e| e.meta.workflow_id.as_str())
+            .collect();
+        ids[..upto].iter().all(|id| done.contains(id.as_str()))
+    };
+    for (n, id) in ids.iter().enumerate().take(15) {
+        env.submit(id, research(n).to_command()).await;
+    }
+    env.read_until(
+        &env.names.events,
+        Duration::from_secs(120),
+        "wave 1",
+        |e: &[WorkflowEvent]| finished(e, 15),
+    )
+    .await;
+
+    // A second, dynamic member joins (it leaves the group for good when it stops).
+    let mut second = env
+        .triad(&["process", "--instance", "1"])
+        .env("TRIAD_KAFKA__STATIC_MEMBERSHIP", "false")
+        .env("TRIAD_LOG__FILTER", "info,triad_processor=debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = second.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let assigned = wait_for_line(
+        &rx,
+        &["partitions assigned"],
+        "the second processor's assignment",
+    );
+    assert!(!assigned.contains("\"partitions\":0"), "{assigned}");
+    for (n, id) in ids.iter().enumerate().skip(15).take(15) {
+        env.submit(id, research(n).to_command()).await;
+    }
+    // The second processor does real work...
+    wait_for_line(
+        &rx,
+        &["input applied"],
+        "the second processor applying an input",
+    );
+    env.read_until(
+        &env.names.events,
+        Duration::from_secs(120),
+        "wave 2",
+        |e: &[WorkflowEvent]| finished(e, 30),
+    )
+    .await;
+    // ...then leaves; its partitions return to the first, which reloads them.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        second.wait().unwrap().success(),
+        "the second processor did not stop cleanly"
+    );
+    for (n, id) in ids.iter().enumerate().skip(30) {
+        env.submit(id, research(n).to_command()).await;
+    }
+    let events = env
+        .read_until(
+            &env.names.events,
+            Duration::from_secs(180),
+            "wave 3",
+            |e: &[WorkflowEvent]| finished(e, 45),
+        )
+        .await;
+    kill(&mut first);
+    kill(&mut executor);
+
+    let mut unique: BTreeMap<(String, i64), &WorkflowEvent> = BTreeMap::new();
+    for e in &events {
+        let key = (e.meta.workflow_id.clone(), e.meta.sequence);
+        match unique.get(&key) {
+            Some(seen) => assert_eq!(*seen, e, "two different events at {key:?}"),
+            None => {
+                unique.insert(key, e);
+            }
+        }
+    }
+    let mut per_workflow: BTreeMap<&str, Vec<&WorkflowEvent>> = BTreeMap::new();
+    for e in unique.values() {
+        per_workflow
+            .entry(e.meta.workflow_id.as_str())
+            .or_default()
+            .push(e);
+    }
+    assert_eq!(per_workflow.len(), ids.len());
+    for (wf, list) in per_workflow {
+        let seqs: Vec<i64> = list.iter().map(|e| e.meta.sequence).collect();
+        assert_eq!(seqs, (1..=list.len() as i64).collect::<Vec<_>>(), "{wf}");
+        let completed = list
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::TaskCompleted(_)))
+            .count();
+        assert_eq!(completed, 2, "{wf}");
+        assert!(
+            list.iter()
+                .any(|e| matches!(e.body, EventBody::WorkflowCompleted(_))),
+            "{wf}"
+        );
+    }
+}
