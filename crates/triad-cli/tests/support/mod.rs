@@ -36,9 +36,15 @@ pub struct Env {
 impl Env {
     /// A fresh installation: topics created under a unique prefix.
     pub async fn new(partitions: i32) -> Self {
+        Self::on_broker(partitions, &KafkaConfig::default().bootstrap_servers).await
+    }
+
+    /// Like [`Env::new`] on the broker at `bootstrap` (the registry stays the stack's).
+    pub async fn on_broker(partitions: i32, bootstrap: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("it-{id}.");
         let kafka = KafkaConfig {
+            bootstrap_servers: bootstrap.to_owned(),
             topic_prefix: prefix.clone(),
             group_prefix: format!("it-{id}"),
             partitions,
@@ -85,6 +91,10 @@ impl Env {
             .env("TRIAD_KAFKA__TOPIC_PREFIX", &self.prefix)
             .env("TRIAD_KAFKA__GROUP_PREFIX", &self.group)
             .env("TRIAD_KAFKA__PARTITIONS", self.partitions.to_string())
+            .env(
+                "TRIAD_KAFKA__BOOTSTRAP_SERVERS",
+                &self.kafka.bootstrap_servers,
+            )
             .env("TRIAD_LOG__FILTER", "warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -1,0 +1,174 @@
+//! The broker dies (SIGKILL) mid-run and comes back on its durable `sqlite://` storage: the
+//! workers reconnect, nothing acknowledged is lost, nothing is applied twice. The test runs
+//! its own Tansu on a free port (the stack's registry keeps serving schemas).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{Env, kill};
+use triad_domain::{EventBody, WorkflowEvent};
+use triad_workflow::{Task, Workflow};
+
+fn tansu_bin() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let installed = home.join(".cargo/bin/tansu");
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("tansu")
+    }
+}
+
+fn start_tansu(dir: &Path, port: u16) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .unwrap();
+    Command::new(tansu_bin())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the broker answers a metadata request (each try is a real request).
+fn wait_ready(bootstrap: &str) {
+    for _ in 0..60 {
+        let ok = Command::new(env!("CARGO_BIN_EXE_triad"))
+            .args(["topics", "ensure", "--dry-run"])
+            .env("TRIAD_KAFKA__BOOTSTRAP_SERVERS", bootstrap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if ok {
+            return;
+        }
+    }
+    panic!("the broker at {bootstrap} did not come up");
+}
+
+fn research(n: usize) -> Workflow {
+    Workflow::new("research")
+        .zones(["US-EAST"])
+        .task(Task::new(
+            "q",
+            format!("Generate 3 questions about durability {n}"),
+        ))
+        .task(Task::new("a", "Answer: {q.output}").depends_on(["q"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: after Tansu 0.6 restarts on sqlite storage the workers reconnect without \
+            errors but wave 2 never completes (with static or dynamic membership); under \
+            investigation, see docs/adr/0007"]
+async fn a_broker_restart_on_sqlite_loses_nothing_and_the_workers_reconnect() {
+    let dir = std::env::temp_dir().join(format!("triad-broker-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let mut broker = start_tansu(&dir, port);
+    wait_ready(&bootstrap);
+    let env = Env::on_broker(3, &bootstrap).await;
+    let mut processor = env.spawn("processor", &["process"]);
+    let mut executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
+    let ids: Vec<String> = (0..30).map(|n| format!("wf-durable-{n:02}")).collect();
+    let finished = |events: &[WorkflowEvent], upto: usize| {
+        let done: HashSet<&str> = events
+            .iter()
+            .filter(|e| support::is_final(&e.body))
+            .map(|e| e.meta.workflow_id.as_str())
+            .collect();
+        ids[..upto].iter().all(|id| done.contains(id.as_str()))
+    };
+    for (n, id) in ids.iter().enumerate().take(15) {
+        env.submit(id, research(n).to_command()).await;
+    }
+    let before = env
+        .read_until(
+            &env.names.events,
+            Duration::from_secs(120),
+            "wave 1",
+            |e: &[WorkflowEvent]| finished(e, 15),
+        )
+        .await;
+
+    // The broker dies and comes back on the same storage.
+    kill(&mut broker);
+    broker = start_tansu(&dir, port);
+    wait_ready(&bootstrap);
+    for (n, id) in ids.iter().enumerate().skip(15) {
+        env.submit(id, research(n).to_command()).await;
+    }
+    let events = env
+        .read_until(
+            &env.names.events,
+            Duration::from_secs(180),
+            "wave 2",
+            |e: &[WorkflowEvent]| finished(e, 30),
+        )
+        .await;
+    kill(&mut processor);
+    kill(&mut executor);
+    kill(&mut broker);
+
+    // Every event acknowledged before the crash is still there, in place.
+    assert!(events.len() >= before.len());
+    assert_eq!(
+        &events[..before.len()],
+        &before[..],
+        "the log changed across the restart"
+    );
+    let mut unique: BTreeMap<(String, i64), &WorkflowEvent> = BTreeMap::new();
+    for e in &events {
+        let key = (e.meta.workflow_id.clone(), e.meta.sequence);
+        match unique.get(&key) {
+            Some(seen) => assert_eq!(*seen, e, "two different events at {key:?}"),
+            None => {
+                unique.insert(key, e);
+            }
+        }
+    }
+    let mut per_workflow: BTreeMap<&str, Vec<&WorkflowEvent>> = BTreeMap::new();
+    for e in unique.values() {
+        per_workflow
+            .entry(e.meta.workflow_id.as_str())
+            .or_default()
+            .push(e);
+    }
+    assert_eq!(per_workflow.len(), ids.len());
+    for (wf, list) in per_workflow {
+        let seqs: Vec<i64> = list.iter().map(|e| e.meta.sequence).collect();
+        assert_eq!(seqs, (1..=list.len() as i64).collect::<Vec<_>>(), "{wf}");
+        let completed = list
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::TaskCompleted(_)))
+            .count();
+        assert_eq!(completed, 2, "{wf}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
