@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::process::Child;
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use support::{Env, kill};
 use triad_domain::{EventBody, WorkflowEvent};
-use triad_workflow::{Task, Workflow};
 
 const WORKFLOWS: usize = 40;
 const TASKS: usize = 4;
@@ -40,27 +39,6 @@ fn trigger(phase: Phase, body: &EventBody) -> bool {
         Phase::Dispatching | Phase::Executing => matches!(body, EventBody::TaskDispatched(_)),
         Phase::Completing => matches!(body, EventBody::TaskCompleted(_)),
     }
-}
-
-fn research(n: usize) -> Workflow {
-    Workflow::new("research")
-        .zones(["US-EAST"])
-        .task(Task::new(
-            "generate_questions",
-            format!("Generate 3 questions about crash {n}"),
-        ))
-        .task(
-            Task::new("answer", "Answer: {generate_questions.output}")
-                .depends_on(["generate_questions"]),
-        )
-        .task(
-            Task::new("measure", "Count words: {generate_questions.output}")
-                .depends_on(["generate_questions"]),
-        )
-        .task(
-            Task::new("report", "Summarize: {answer.output} {measure.output}")
-                .depends_on(["answer", "measure"]),
-        )
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -130,7 +108,11 @@ output_micros_per_1k = 2000
         // Submissions in waves of 10, so acceptances happen throughout the run.
         if submitted < WORKFLOWS && (submitted == 0 || finished.len() + 10 >= submitted) {
             for (n, id) in ids.iter().enumerate().skip(submitted).take(10) {
-                env.submit(id, research(n).to_command()).await;
+                env.submit(
+                    id,
+                    support::research(&format!("crash {n}"), true).to_command(),
+                )
+                .await;
             }
             submitted = (submitted + 10).min(WORKFLOWS);
         }
@@ -218,33 +200,11 @@ output_micros_per_1k = 2000
     }
     assert!(zombie_state >= 2, "the zombie never woke up (seed {seed})");
 
-    // Copies (a repair racing a dead owner's write, a zombie) must be byte-identical.
-    let mut unique: BTreeMap<(String, i64), WorkflowEvent> = BTreeMap::new();
-    for e in &events {
-        let key = (e.meta.workflow_id.clone(), e.meta.sequence);
-        match unique.get(&key) {
-            Some(first) => assert_eq!(first, e, "two different events at {key:?} (seed {seed})"),
-            None => {
-                unique.insert(key, e.clone());
-            }
-        }
-    }
-    let mut per_workflow: BTreeMap<&str, Vec<&WorkflowEvent>> = BTreeMap::new();
-    for e in unique.values() {
-        per_workflow
-            .entry(e.meta.workflow_id.as_str())
-            .or_default()
-            .push(e);
-    }
+    // Copies (a repair racing a dead owner's write, a zombie) must be byte-identical, and
+    // nothing is lost: gap-free from 1.
+    let per_workflow = support::distinct_gap_free(&events, &format!("seed {seed}"));
     assert_eq!(per_workflow.len(), WORKFLOWS);
     for (wf, list) in &per_workflow {
-        // Nothing lost: gap-free from 1, ending in completion.
-        let seqs: Vec<i64> = list.iter().map(|e| e.meta.sequence).collect();
-        assert_eq!(
-            seqs,
-            (1..=list.len() as i64).collect::<Vec<_>>(),
-            "{wf} (seed {seed})"
-        );
         // Completed once; only discarded late results (recorded spend) may follow.
         let finals: Vec<&EventBody> = list
             .iter()

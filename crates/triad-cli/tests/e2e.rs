@@ -13,28 +13,6 @@ use triad_domain::{BreakerState, EventBody, ExecutorStatus, StatusBody, Workflow
 use triad_testkit::{Behaviour, FakeProvider, Flavor};
 use triad_workflow::{Task, Workflow};
 
-fn research(n: usize) -> Workflow {
-    Workflow::new("research")
-        .zones(["US-EAST"])
-        .label("n", n.to_string())
-        .task(Task::new(
-            "generate_questions",
-            format!("Generate 3 questions about topic {n}"),
-        ))
-        .task(
-            Task::new("answer", "Answer: {generate_questions.output}")
-                .depends_on(["generate_questions"]),
-        )
-        .task(
-            Task::new("measure", "Count words: {generate_questions.output}")
-                .depends_on(["generate_questions"]),
-        )
-        .task(
-            Task::new("report", "Summarize: {answer.output} / {measure.output}")
-                .depends_on(["answer", "measure"]),
-        )
-}
-
 fn output(events: &[WorkflowEvent], task: &str) -> Option<String> {
     events.iter().find_map(|e| match &e.body {
         EventBody::WorkflowCompleted(done) => done
@@ -62,7 +40,11 @@ async fn two_plus_two_and_a_hundred_concurrent_workflows_complete() {
         let id = format!("wf-{n:03}");
         let env = &env;
         async move {
-            env.submit(&id, research(n).to_command()).await;
+            env.submit(
+                &id,
+                support::research(&format!("topic {n}"), true).to_command(),
+            )
+            .await;
             id
         }
     });

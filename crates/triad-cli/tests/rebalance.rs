@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc::Receiver;
@@ -13,17 +13,6 @@ use std::time::Duration;
 
 use support::{Env, kill};
 use triad_domain::{EventBody, WorkflowEvent};
-use triad_workflow::{Task, Workflow};
-
-fn research(n: usize) -> Workflow {
-    Workflow::new("research")
-        .zones(["US-EAST"])
-        .task(Task::new(
-            "q",
-            format!("Generate 3 questions about rebalance {n}"),
-        ))
-        .task(Task::new("a", "Answer: {q.output}").depends_on(["q"]))
-}
 
 /// Waits for a stderr line containing every one of `needles`.
 fn wait_for_line(rx: &Receiver<String>, needles: &[&str], what: &str) -> String {
@@ -52,7 +41,11 @@ async fn a_processor_joining_and_leaving_loses_and_doubles_nothing() {
         ids[..upto].iter().all(|id| done.contains(id.as_str()))
     };
     for (n, id) in ids.iter().enumerate().take(15) {
-        env.submit(id, research(n).to_command()).await;
+        env.submit(
+            id,
+            support::research(&format!("rebalance {n}"), false).to_command(),
+        )
+        .await;
     }
     env.read_until(
         &env.names.events,
@@ -86,7 +79,11 @@ async fn a_processor_joining_and_leaving_loses_and_doubles_nothing() {
     );
     assert!(!assigned.contains("\"partitions\":0"), "{assigned}");
     for (n, id) in ids.iter().enumerate().skip(15).take(15) {
-        env.submit(id, research(n).to_command()).await;
+        env.submit(
+            id,
+            support::research(&format!("rebalance {n}"), false).to_command(),
+        )
+        .await;
     }
     // The second processor does real work...
     wait_for_line(
@@ -112,7 +109,11 @@ async fn a_processor_joining_and_leaving_loses_and_doubles_nothing() {
         "the second processor did not stop cleanly"
     );
     for (n, id) in ids.iter().enumerate().skip(30) {
-        env.submit(id, research(n).to_command()).await;
+        env.submit(
+            id,
+            support::research(&format!("rebalance {n}"), false).to_command(),
+        )
+        .await;
     }
     let events = env
         .read_until(
@@ -125,27 +126,9 @@ async fn a_processor_joining_and_leaving_loses_and_doubles_nothing() {
     kill(&mut first);
     kill(&mut executor);
 
-    let mut unique: BTreeMap<(String, i64), &WorkflowEvent> = BTreeMap::new();
-    for e in &events {
-        let key = (e.meta.workflow_id.clone(), e.meta.sequence);
-        match unique.get(&key) {
-            Some(seen) => assert_eq!(*seen, e, "two different events at {key:?}"),
-            None => {
-                unique.insert(key, e);
-            }
-        }
-    }
-    let mut per_workflow: BTreeMap<&str, Vec<&WorkflowEvent>> = BTreeMap::new();
-    for e in unique.values() {
-        per_workflow
-            .entry(e.meta.workflow_id.as_str())
-            .or_default()
-            .push(e);
-    }
+    let per_workflow = support::distinct_gap_free(&events, "rebalance");
     assert_eq!(per_workflow.len(), ids.len());
-    for (wf, list) in per_workflow {
-        let seqs: Vec<i64> = list.iter().map(|e| e.meta.sequence).collect();
-        assert_eq!(seqs, (1..=list.len() as i64).collect::<Vec<_>>(), "{wf}");
+    for (wf, list) in &per_workflow {
         let completed = list
             .iter()
             .filter(|e| matches!(e.body, EventBody::TaskCompleted(_)))

@@ -119,6 +119,12 @@ impl Executor {
             }),
             schema_version: 1,
         };
+        self.publish_status(&status, "breaker transition").await;
+    }
+
+    /// Publishes to `triad.executor-status`; a failure is logged, never fatal (status is
+    /// telemetry: the next heartbeat or transition follows).
+    async fn publish_status(&self, status: &ExecutorStatus, what: &'static str) {
         if let Err(error) = self
             .producer
             .send_record(
@@ -126,11 +132,11 @@ impl Executor {
                 &self.names.executor_status,
                 None,
                 &self.executor_id,
-                &status,
+                status,
             )
             .await
         {
-            tracing::warn!(%error, "publishing a breaker transition failed");
+            tracing::warn!(%error, what, "publishing executor status failed");
         }
     }
 
@@ -527,19 +533,7 @@ impl Executor {
             }),
             schema_version: 1,
         };
-        if let Err(error) = self
-            .producer
-            .send_record(
-                &self.codec,
-                &self.names.executor_status,
-                None,
-                &self.executor_id,
-                &status,
-            )
-            .await
-        {
-            tracing::warn!(%error, "heartbeat failed");
-        }
+        self.publish_status(&status, "heartbeat").await;
     }
 
     async fn check_health(&self) {

@@ -90,27 +90,14 @@ impl ModelAdapter for Anthropic {
                 content: &request.prompt,
             }],
         };
-        let response = self
+        let request_builder = self
             .client
             .post(&self.url)
             .header("x-api-key", self.key.expose())
             .header("anthropic-version", ANTHROPIC_VERSION)
             .timeout(request.timeout.min(self.timeout))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| http::transport(id, e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.map_err(|e| http::transport(id, e))?;
-        if !(200..300).contains(&status) {
-            return Err(http::status_error(
-                id,
-                status,
-                &headers,
-                &http::error_detail(&text),
-            ));
-        }
+            .json(&body);
+        let text = http::send(id, request_builder).await?;
         let parsed: MessagesResponse = serde_json::from_str(&text)
             .map_err(|e| ModelError::retryable(format!("{id}: malformed message: {e}")))?;
         let output: String = parsed

@@ -29,6 +29,20 @@ pub fn transport(model: &str, e: reqwest::Error) -> ModelError {
     ModelError::retryable(format!("{model}: {kind}: {}", e.without_url()))
 }
 
+/// Sends a prepared request and returns the body of a 2xx response; any other outcome is a
+/// [`ModelError`] saying whether a retry can help. Both HTTP adapters call their provider
+/// through this, so the error mapping is one piece of code.
+pub async fn send(model: &str, request: reqwest::RequestBuilder) -> Result<String, ModelError> {
+    let response = request.send().await.map_err(|e| transport(model, e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.map_err(|e| transport(model, e))?;
+    if !(200..300).contains(&status) {
+        return Err(status_error(model, status, &headers, &error_detail(&text)));
+    }
+    Ok(text)
+}
+
 /// `Retry-After` as delta-seconds or an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();

@@ -104,24 +104,11 @@ impl ModelAdapter for OpenAiCompatible {
             }],
             max_tokens: request.max_tokens,
         };
-        let response = self
+        let request_builder = self
             .authorized(self.client.post(&self.url))
             .timeout(request.timeout.min(self.timeout))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| http::transport(id, e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.map_err(|e| http::transport(id, e))?;
-        if !(200..300).contains(&status) {
-            return Err(http::status_error(
-                id,
-                status,
-                &headers,
-                &http::error_detail(&text),
-            ));
-        }
+            .json(&body);
+        let text = http::send(id, request_builder).await?;
         let parsed: ChatResponse = serde_json::from_str(&text)
             .map_err(|e| ModelError::retryable(format!("{id}: malformed chat completion: {e}")))?;
         let output = parsed

@@ -238,3 +238,65 @@ pub fn kill(child: &mut Child) {
 pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// The log invariants every failure test checks: any two events sharing a (workflow,
+/// sequence) are byte-identical copies; per workflow the distinct sequences run 1..n with no
+/// gap. Returns the distinct events per workflow, in sequence order.
+pub fn distinct_gap_free(
+    events: &[WorkflowEvent],
+    context: &str,
+) -> BTreeMap<String, Vec<WorkflowEvent>> {
+    let mut unique: BTreeMap<(String, i64), &WorkflowEvent> = BTreeMap::new();
+    for e in events {
+        let key = (e.meta.workflow_id.clone(), e.meta.sequence);
+        match unique.get(&key) {
+            Some(seen) => assert_eq!(*seen, e, "two different events at {key:?} ({context})"),
+            None => {
+                unique.insert(key, e);
+            }
+        }
+    }
+    let mut per_workflow: BTreeMap<String, Vec<WorkflowEvent>> = BTreeMap::new();
+    for e in unique.values() {
+        per_workflow
+            .entry(e.meta.workflow_id.clone())
+            .or_default()
+            .push((*e).clone());
+    }
+    for (wf, list) in &per_workflow {
+        let seqs: Vec<i64> = list.iter().map(|e| e.meta.sequence).collect();
+        assert_eq!(
+            seqs,
+            (1..=list.len() as i64).collect::<Vec<_>>(),
+            "{wf} ({context})"
+        );
+    }
+    per_workflow
+}
+
+/// The seed's research workflow in US-EAST with `extra` fan-out tasks: questions → answer
+/// (→ measure → report when `fan_in`), topic made unique by `topic`.
+pub fn research(topic: &str, fan_in: bool) -> triad_workflow::Workflow {
+    use triad_workflow::{Task, Workflow};
+    let wf = Workflow::new("research")
+        .zones(["US-EAST"])
+        .task(Task::new(
+            "generate_questions",
+            format!("Generate 3 questions about {topic}"),
+        ))
+        .task(
+            Task::new("answer", "Answer: {generate_questions.output}")
+                .depends_on(["generate_questions"]),
+        );
+    if !fan_in {
+        return wf;
+    }
+    wf.task(
+        Task::new("measure", "Count words: {generate_questions.output}")
+            .depends_on(["generate_questions"]),
+    )
+    .task(
+        Task::new("report", "Summarize: {answer.output} / {measure.output}")
+            .depends_on(["answer", "measure"]),
+    )
+}
