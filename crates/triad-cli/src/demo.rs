@@ -23,11 +23,26 @@ pub const RESEARCH: &str = include_str!("../../../examples/research.json");
 
 pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Result<()> {
     println!("TRIAD demo — the research workflow on the embedded model");
-    println!("1. topics ({})", config.kafka.bootstrap_servers);
+    // With its own workers the demo runs in a namespace of its own (topics and consumer
+    // groups per run): a run never inherits group state or queued work from an earlier one
+    // on a long-lived broker (ADR 0007 §3).
+    let config = if start_workers {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let run = run.get(..8).unwrap_or(&run);
+        let mut own = config.clone();
+        own.kafka.topic_prefix = format!("{}demo-{run}.", config.kafka.topic_prefix);
+        own.kafka.group_prefix = format!("{}-demo-{run}", config.kafka.group_prefix);
+        own
+    } else {
+        config.clone()
+    };
+    let config = &config;
+    println!("1. topics on {}", config.kafka.bootstrap_servers);
     let specs = topics::catalogue(&config.kafka, &config.registry.topic, &config.policy.zones);
     for step in topics::ensure(&config.kafka, &specs, false).await? {
         println!("   {step}");
     }
+    println!("   inbox: {}", topics::Names::new(&config.kafka).inbox);
     let cancel = CancellationToken::new();
     let workers = if start_workers {
         println!(
