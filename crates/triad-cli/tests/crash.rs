@@ -62,6 +62,9 @@ async fn kill_9_in_every_phase_and_a_zombie_lose_nothing_and_bill_nothing_twice(
         r#"
 [processor]
 unclaimed_after_ms = 600000
+# Snapshot rounds every few inputs, so kills also land around snapshot writes and restarts
+# recover from snapshots plus a tail.
+snapshot_every = 3
 
 [models.triad-local]
 kind = "local"

@@ -38,6 +38,7 @@ impl Env {
             .env("TRIAD_KAFKA__PARTITIONS", "3")
             // No executors run here: the unclaimed-zone timer must not move tasks.
             .env("TRIAD_PROCESSOR__UNCLAIMED_AFTER_MS", "600000")
+            .env("TRIAD_PROCESSOR__SNAPSHOT_EVERY", "2")
             .env("TRIAD_LOG__FILTER", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null());

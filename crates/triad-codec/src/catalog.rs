@@ -6,6 +6,7 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
     ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, TaskRequest, WorkflowEvent,
+    WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -18,6 +19,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (TaskRequest::NAME, TaskRequest::AVSC),
     (ControlRecord::NAME, ControlRecord::AVSC),
     (ExecutorStatus::NAME, ExecutorStatus::AVSC),
+    (WorkflowSnapshot::NAME, WorkflowSnapshot::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -56,6 +58,11 @@ impl AvroRecord for ControlRecord {
 impl AvroRecord for ExecutorStatus {
     const NAME: &'static str = "io.triad.v1.ExecutorStatus";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ExecutorStatus.avsc");
+}
+
+impl AvroRecord for WorkflowSnapshot {
+    const NAME: &'static str = "io.triad.v1.WorkflowSnapshot";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.WorkflowSnapshot.avsc");
 }
 
 /// The parsed reader schemas, parsed once at start-up.

@@ -133,6 +133,11 @@ fn executor_status_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn snapshot_schema_evolves_backward_transitively() {
+    gate(&fixtures::workflow_snapshots());
+}
+
+#[test]
 fn the_gate_rejects_a_deliberately_incompatible_change() {
     // A new required field in the event metadata: new code could not read old events.
     let mut json: Json = serde_json::from_str(WorkflowEvent::AVSC).unwrap();

@@ -38,6 +38,9 @@ fn every_fixture_round_trips() {
     round_trip(&fixtures::dead_letter());
     round_trip(&fixtures::task_request());
     round_trip(&fixtures::control_record());
+    for s in fixtures::workflow_snapshots() {
+        round_trip(&s);
+    }
     for s in fixtures::executor_statuses() {
         round_trip(&s);
     }

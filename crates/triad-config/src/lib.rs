@@ -76,6 +76,12 @@ pub struct ProcessorConfig {
     /// Added to a task's timeout before the processor's deadline timer fires, so the
     /// executor's own timeout normally reports first.
     pub deadline_grace_ms: u64,
+    /// A partition's changed workflows are snapshotted after this many inputs with events
+    /// (0 = never: recovery then folds the whole event-store partition).
+    pub snapshot_every: u64,
+    /// A workflow state larger than this is not snapshotted (and no checkpoint is written
+    /// while it is pending), so a snapshot record stays below the broker's message limit.
+    pub snapshot_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +205,8 @@ impl Default for ProcessorConfig {
             unclaimed_after_ms: 10_000,
             liveness_ms: 10_000,
             deadline_grace_ms: 5_000,
+            snapshot_every: 500,
+            snapshot_max_bytes: 768 * 1024,
         }
     }
 }

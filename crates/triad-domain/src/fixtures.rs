@@ -7,12 +7,13 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     BreakerState, BreakerTransition, CancelWorkflow, Causation, CommandMetadata, ControlAction,
-    ControlRecord, DeadLetter, DeadLetterHeader, EventBody, EventMetadata, ExecutorStatus,
-    Heartbeat, InboxBody, InboxRecord, ModelCall, RoutingDecision, StatusBody, SubmitWorkflow,
-    TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded,
-    TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired,
-    TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent,
-    WorkflowFailed, WorkflowRejected, derive_event_id,
+    ControlRecord, DeadLetter, DeadLetterHeader, EpochMarker, EventBody, EventMetadata,
+    ExecutorStatus, Heartbeat, InboxBody, InboxRecord, ModelCall, RoutingDecision, SnapshotBody,
+    SnapshotCheckpoint, SnapshotState, StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched,
+    TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted,
+    TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted,
+    WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected,
+    WorkflowSnapshot, derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -200,6 +201,41 @@ pub fn executor_statuses() -> Vec<ExecutorStatus> {
             to_state: BreakerState::Open,
             reason: "3 failures within 60 s".to_owned(),
         })),
+    ]
+}
+
+/// One snapshot record of every body variant.
+pub fn workflow_snapshots() -> Vec<WorkflowSnapshot> {
+    let record = |epoch, body| WorkflowSnapshot {
+        partition: 2,
+        epoch,
+        written_at: EPOCH_2026_MICROS,
+        body,
+        schema_version: 1,
+    };
+    vec![
+        record(
+            -1,
+            SnapshotBody::EpochMarker(EpochMarker {
+                instance: "triad-processor-0".to_owned(),
+            }),
+        ),
+        record(
+            41,
+            SnapshotBody::SnapshotState(SnapshotState {
+                workflow_id: "wf-research-1".to_owned(),
+                sequence: 7,
+                state_format: "triad.workflow-state/json-v1".to_owned(),
+                state: br#"{"workflow_id":"wf-research-1"}"#.to_vec(),
+            }),
+        ),
+        record(
+            41,
+            SnapshotBody::SnapshotCheckpoint(SnapshotCheckpoint {
+                event_offset: 1200,
+                last_input: 530,
+            }),
+        ),
     ]
 }
 

@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod event;
 pub mod fixtures;
 pub mod ids;
+pub mod snapshot;
 pub mod task;
 
 pub use command::{
@@ -27,6 +28,9 @@ pub use event::{
     WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected,
 };
 pub use ids::{derive_event_id, new_command_id};
+pub use snapshot::{
+    EpochMarker, SnapshotBody, SnapshotCheckpoint, SnapshotState, WorkflowSnapshot,
+};
 pub use task::TaskRequest;
 
 /// Microseconds since the Unix epoch (Avro `timestamp-micros`).

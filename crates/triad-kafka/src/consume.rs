@@ -339,6 +339,28 @@ pub async fn read_partitions(
     only: Option<i32>,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>> {
+    read_from(kafka, topic, only, 0, timeout).await
+}
+
+/// Reads partition `partition` of `topic` from offset `from` (or its start, if later) to the
+/// high watermark seen when it starts: the tail the processor folds after its snapshots.
+pub async fn read_partition_from(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>> {
+    read_from(kafka, topic, Some(partition), from, timeout).await
+}
+
+async fn read_from(
+    kafka: &KafkaConfig,
+    topic: &str,
+    only: Option<i32>,
+    from: i64,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>> {
     let consumer: StreamConsumer = crate::client::reader_config(kafka).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -352,9 +374,10 @@ pub async fn read_partitions(
     let mut assignment = TopicPartitionList::new();
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        if high > low {
+        let start = from.max(low);
+        if high > start {
             remaining.insert(p, high);
-            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+            assignment.add_partition_offset(topic, p, Offset::Offset(start))?;
         }
     }
     let mut out = Vec::new();

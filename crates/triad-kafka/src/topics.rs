@@ -17,6 +17,7 @@ pub const CONTROL: &str = "triad.control";
 pub const DLQ: &str = "triad.dlq";
 pub const TASKS_PREFIX: &str = "triad.tasks.";
 pub const EXECUTOR_STATUS: &str = "triad.executor-status";
+pub const SNAPSHOTS: &str = "triad.workflow-snapshots";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -28,6 +29,7 @@ pub struct Names {
     pub control: String,
     pub dlq: String,
     pub executor_status: String,
+    pub snapshots: String,
     prefix: String,
 }
 
@@ -40,6 +42,7 @@ impl Names {
             control: format!("{p}{CONTROL}"),
             dlq: format!("{p}{DLQ}"),
             executor_status: format!("{p}{EXECUTOR_STATUS}"),
+            snapshots: format!("{p}{SNAPSHOTS}"),
             prefix: p.clone(),
         }
     }
@@ -117,6 +120,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: p,
             retention: Retention::Forever,
             purpose: "the event store, key = workflow id",
+        },
+        TopicSpec {
+            name: names.snapshots,
+            partitions: p,
+            retention: Retention::Compacted,
+            purpose: "workflow-processor snapshots for bounded recovery (a cache of the event store)",
         },
         TopicSpec {
             name: names.control,

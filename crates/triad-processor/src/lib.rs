@@ -18,37 +18,46 @@
 //! check that moves the task to another zone when its zone shows no live executor.
 //!
 //! After any rebalance a partition's state is loaded again from the log before its next input
-//! (another instance may have owned it meanwhile). Known limit: recovery folds the whole
-//! event-store partition until the snapshots of ADR 0005 land.
+//! (another instance may have owned it meanwhile).
+//!
+//! Recovery is bounded ([`recovery`], ADR 0005): every `processor.snapshot_every` inputs, the
+//! workflows a partition changed are written to the compacted `triad.workflow-snapshots`
+//! (after their events are acknowledged, by one writer task, in input order) followed by a
+//! checkpoint naming the event offset they cover. Loading a partition writes an epoch marker,
+//! reads the snapshots and folds only the event-store tail after the checkpoint.
 
+pub mod recovery;
 pub mod timers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use triad_codec::{AvroRecord, Codec};
 use triad_config::{KafkaConfig, PolicyConfig, ProcessorConfig};
 use triad_domain::{
-    CommandMetadata, ControlAction, ControlRecord, EventBody, ExecutorStatus, InboxBody,
-    InboxRecord, StatusBody, TaskTimerFired, TimerKind, WorkflowEvent,
+    CommandMetadata, ControlAction, ControlRecord, EpochMarker, EventBody, ExecutorStatus,
+    InboxBody, InboxRecord, SnapshotBody, SnapshotCheckpoint, SnapshotState, StatusBody,
+    TaskTimerFired, TimerKind, WorkflowEvent, WorkflowSnapshot,
 };
 use triad_kafka::consume::{Group, OnUndecodable, Outcome};
 use triad_kafka::dlq::DeadLetterWriter;
-use triad_kafka::produce::Producer;
+use triad_kafka::produce::{Delivered, Producer};
 use triad_kafka::topics::Names;
 use triad_workflow::Limits;
 use triad_workflow::aggregate::{
-    Input, Policy, WorkflowState, pending_requests, process, task_request,
+    Input, Policy, STATE_FORMAT, WorkflowState, pending_requests, process, task_request,
 };
 
+use crate::recovery::{Repair, Start};
 use crate::timers::{Liveness, Timer, Timers};
 
 #[derive(Debug, thiserror::Error)]
@@ -102,15 +111,6 @@ pub struct Options {
     pub instance: u32,
 }
 
-/// The input that may have been cut short by a crash: the state before it and the ids of
-/// the events of it already in the log.
-#[derive(Debug)]
-struct Repair {
-    offset: i64,
-    before: WorkflowState,
-    present: HashSet<String>,
-}
-
 #[derive(Debug, Default)]
 struct PartitionState {
     /// The assignment count (`Group::rebalances`) this state was loaded under.
@@ -119,6 +119,31 @@ struct PartitionState {
     /// The highest inbox offset with events in the log, -1 when none.
     last_input: i64,
     repair: Option<Repair>,
+    /// The offset of this owner's epoch marker in the snapshot partition (-1: snapshots off).
+    epoch: i64,
+    /// Workflows changed since their last snapshot.
+    dirty: HashSet<String>,
+    /// Inputs with events since the last snapshot round.
+    since_snapshot: u64,
+}
+
+/// An acknowledgement both the offset commit and the snapshot writer wait for.
+type Ack = Shared<BoxFuture<'static, Result<Delivered, String>>>;
+
+/// The snapshots of one round: written after `event_acks`, then the checkpoint if every
+/// changed workflow could be snapshotted.
+struct Round {
+    partition: i32,
+    epoch: i64,
+    event_acks: Vec<Ack>,
+    states: Vec<Outgoing>,
+    checkpoint_last_input: Option<i64>,
+}
+
+enum WriterMessage {
+    Round(Round),
+    /// Answered when every round sent before it is written (or abandoned).
+    Barrier(oneshot::Sender<()>),
 }
 
 struct Processor {
@@ -131,6 +156,9 @@ struct Processor {
     partitions: Mutex<HashMap<i32, PartitionState>>,
     timers: Timers,
     rebalances: Arc<std::sync::atomic::AtomicU64>,
+    /// Names this instance in its epoch markers.
+    instance: String,
+    snapshots: mpsc::Sender<WriterMessage>,
 }
 
 /// One encoded record waiting to be sent.
@@ -142,23 +170,50 @@ struct Outgoing {
 }
 
 impl Processor {
-    /// Folds event-store partition `p` into per-workflow state.
+    /// Restores partition `p`: the snapshots up to this owner's epoch marker, then the
+    /// event-store tail after their checkpoint (or the whole partition when they cannot be
+    /// used); then the outbox rule.
     async fn load(&self, p: i32) -> Result<PartitionState> {
-        let records = triad_kafka::consume::read_partitions(
+        let every = self.timing.snapshot_every;
+        let (epoch, start) = if every == 0 {
+            let reason = "processor.snapshot_every = 0".to_owned();
+            (
+                -1,
+                Start::Log {
+                    reason,
+                    heal: false,
+                    stale: vec![],
+                },
+            )
+        } else {
+            // Our own rounds of an earlier ownership go first, so they are not mistaken for a
+            // zombie's writes after the new marker.
+            self.snapshot_barrier().await;
+            let epoch = self.write_marker(p).await?;
+            (epoch, self.read_snapshots(p, epoch).await?)
+        };
+        let (seed, from, last_input, reason, heal, stale) = match start {
+            Start::Snapshots {
+                workflows,
+                event_offset,
+                last_input,
+            } => (workflows, event_offset, last_input, None, false, vec![]),
+            Start::Log {
+                reason,
+                heal,
+                stale,
+            } => (HashMap::new(), 0, -1, Some(reason), heal, stale),
+        };
+        let seeded = seed.len();
+        let records = triad_kafka::consume::read_partition_from(
             &self.kafka,
             &self.names.events,
-            Some(p),
+            p,
+            from,
             Duration::from_secs(120),
         )
         .await?;
-        let mut ps = PartitionState {
-            last_input: -1,
-            ..PartitionState::default()
-        };
-        // Per workflow: the input offset of its latest events and its state before them.
-        let mut before: HashMap<String, (i64, WorkflowState)> = HashMap::new();
-        let mut last: Option<(String, HashSet<String>)> = None;
-        let mut duplicates = 0usize;
+        let mut events = Vec::with_capacity(records.len());
         for m in &records {
             let event: WorkflowEvent =
                 self.codec
@@ -170,41 +225,45 @@ impl Processor {
                         offset: m.offset(),
                         source,
                     })?;
-            let c = &event.meta.causation;
-            let input = (c.topic == self.names.inbox && c.partition == p).then_some(c.offset);
-            let wf = event.meta.workflow_id.clone();
-            let state = ps.workflows.entry(wf.clone()).or_default();
-            // A byte-identical copy of an event already folded: written again by a repair
-            // while the dead owner's last in-flight write was still landing, or by a zombie.
-            // Deterministic ids make it recognisable; it must not be applied twice.
-            if event.meta.sequence <= state.sequence {
-                duplicates += 1;
-                continue;
-            }
-            if let Some(o) = input {
-                if before.get(&wf).map(|(off, _)| *off) != Some(o) {
-                    before.insert(wf.clone(), (o, state.clone()));
-                }
-                if o > ps.last_input {
-                    ps.last_input = o;
-                    last = Some((wf.clone(), HashSet::new()));
-                }
-                if o == ps.last_input
-                    && let Some((_, ids)) = &mut last
-                {
-                    ids.insert(event.meta.event_id.clone());
-                }
-            }
-            state.apply(&event);
+            events.push(event);
         }
-        if let Some((wf, present)) = last
-            && let Some((offset, state)) = before.remove(&wf)
-        {
-            ps.repair = Some(Repair {
-                offset,
-                before: state,
-                present,
-            });
+        let folded = recovery::fold(seed, last_input, &events, &self.names.inbox, p);
+        let heal_point = if heal {
+            let offsets: Vec<i64> = records.iter().map(|m| m.offset()).collect();
+            let point = recovery::heal_point(
+                &folded,
+                &events,
+                &offsets,
+                from,
+                last_input,
+                &self.names.inbox,
+                p,
+            );
+            // None is not expected; the next round then rewrites every workflow instead.
+            Some(point)
+        } else {
+            None
+        };
+        let from_log = reason.is_some();
+        let mut ps = PartitionState {
+            dirty: if from_log {
+                folded.workflows.keys().cloned().collect()
+            } else {
+                folded.touched
+            },
+            workflows: folded.workflows,
+            last_input: folded.last_input,
+            repair: folded.repair,
+            epoch,
+            ..PartitionState::default()
+        };
+        match heal_point {
+            Some(Some((event_offset, cut_input))) => {
+                self.heal(p, &mut ps, event_offset, cut_input, &stale)
+                    .await?;
+            }
+            Some(None) => ps.since_snapshot = every,
+            None => {}
         }
         // The outbox rule: every attempt in flight is requested again, and its timers armed.
         let mut outbox = Vec::new();
@@ -227,14 +286,248 @@ impl Processor {
         tracing::info!(
             messaging.destination.name = %self.names.events,
             messaging.destination.partition.id = p,
+            snapshot.epoch = epoch,
+            snapshots = seeded,
+            tail_from = from,
             events = records.len(),
+            fold_reason = reason.as_deref().unwrap_or("-"),
             workflows = ps.workflows.len(),
             last_input = ps.last_input,
-            duplicates,
+            duplicates = folded.duplicates,
             republished,
             "partition state restored"
         );
         Ok(ps)
+    }
+
+    /// Writes this owner's epoch marker to snapshot partition `p`; its offset is the epoch.
+    async fn write_marker(&self, p: i32) -> Result<i64> {
+        let marker = WorkflowSnapshot {
+            partition: p,
+            epoch: -1,
+            written_at: triad_kafka::now_micros(),
+            body: SnapshotBody::EpochMarker(EpochMarker {
+                instance: self.instance.clone(),
+            }),
+            schema_version: 1,
+        };
+        let delivered = self
+            .producer
+            .send_record(
+                &self.codec,
+                &self.names.snapshots,
+                Some(p),
+                &marker.key(),
+                &marker,
+            )
+            .await?;
+        Ok(delivered.offset)
+    }
+
+    /// Reads snapshot partition `p` before `epoch` and chooses where the fold starts.
+    async fn read_snapshots(&self, p: i32, epoch: i64) -> Result<Start> {
+        let records = triad_kafka::consume::read_partitions(
+            &self.kafka,
+            &self.names.snapshots,
+            Some(p),
+            Duration::from_secs(120),
+        )
+        .await?;
+        let mut decoded = Vec::with_capacity(records.len());
+        for m in records.iter().filter(|m| m.offset() < epoch) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let Some(payload) = m.payload() else {
+                decoded.push(recovery::Stored {
+                    offset: m.offset(),
+                    key,
+                    value: None,
+                });
+                continue;
+            };
+            match self.codec.decode::<WorkflowSnapshot>(Some(payload)).await {
+                Ok(record) => decoded.push(recovery::Stored {
+                    offset: m.offset(),
+                    key,
+                    value: Some(record),
+                }),
+                Err(error) if error.is_undecodable() => {
+                    return Ok(Start::Log {
+                        reason: format!(
+                            "the snapshot record at offset {} does not decode: {error}",
+                            m.offset()
+                        ),
+                        heal: true,
+                        stale: vec![key],
+                    });
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(recovery::select(&decoded, epoch))
+    }
+
+    /// Snapshots every workflow of the partition and a checkpoint at (`event_offset`,
+    /// `last_input`) now: after a load that could not trust the snapshots, so the next one
+    /// can. A workflow whose last input may be partial is snapshotted as it was before that
+    /// input, which the checkpoint leaves in the tail.
+    async fn heal(
+        &self,
+        p: i32,
+        ps: &mut PartitionState,
+        event_offset: i64,
+        last_input: i64,
+        stale: &[String],
+    ) -> Result<()> {
+        let mut ids: Vec<&String> = ps.workflows.keys().collect();
+        ids.sort();
+        let mut states = Vec::with_capacity(ids.len());
+        let mut complete = true;
+        for id in ids {
+            let state = match &ps.repair {
+                Some(r) if &r.workflow_id == id => &r.before,
+                _ => &ps.workflows[id],
+            };
+            if state.sequence == 0 {
+                continue; // nothing before the partial input: the fold starts empty
+            }
+            match self.encode_state(p, ps.epoch, id, state).await? {
+                Some(record) => states.push(record),
+                None => complete = false,
+            }
+        }
+        let written = states.len();
+        self.send_all(states).await?;
+        // A stale key that is no workflow here (the heal rewrote all workflows) is deleted,
+        // so it stops looking like a zombie's write.
+        for key in stale.iter().filter(|k| !ps.workflows.contains_key(*k)) {
+            self.producer
+                .send_to(
+                    &self.names.snapshots,
+                    Some(p),
+                    Some(key.as_bytes()),
+                    None,
+                    &[],
+                )
+                .await?;
+        }
+        if complete {
+            ps.dirty.clear();
+            let checkpoint = self.checkpoint(p, ps.epoch, event_offset, last_input);
+            self.producer
+                .send_record(
+                    &self.codec,
+                    &self.names.snapshots,
+                    Some(p),
+                    &checkpoint.key(),
+                    &checkpoint,
+                )
+                .await?;
+        }
+        tracing::info!(
+            messaging.destination.partition.id = p,
+            snapshots = written,
+            checkpoint = complete,
+            event_offset,
+            "snapshots healed"
+        );
+        Ok(())
+    }
+
+    fn checkpoint(
+        &self,
+        p: i32,
+        epoch: i64,
+        event_offset: i64,
+        last_input: i64,
+    ) -> WorkflowSnapshot {
+        WorkflowSnapshot {
+            partition: p,
+            epoch,
+            written_at: triad_kafka::now_micros(),
+            body: SnapshotBody::SnapshotCheckpoint(SnapshotCheckpoint {
+                event_offset,
+                last_input,
+            }),
+            schema_version: 1,
+        }
+    }
+
+    /// Encodes the snapshots of the partition's changed workflows and clears them from
+    /// `dirty`; a state that cannot be snapshotted stays dirty, and `complete` is false.
+    async fn encode_states(
+        &self,
+        p: i32,
+        ps: &mut PartitionState,
+    ) -> Result<(Vec<Outgoing>, bool)> {
+        let mut ids: Vec<String> = ps.dirty.drain().collect();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(state) = ps.workflows.get(&id) else {
+                continue;
+            };
+            match self.encode_state(p, ps.epoch, &id, state).await? {
+                Some(record) => out.push(record),
+                None => {
+                    ps.dirty.insert(id);
+                }
+            }
+        }
+        Ok((out, ps.dirty.is_empty()))
+    }
+
+    /// The snapshot record of one workflow, or None when its state cannot be snapshotted
+    /// (too large for a record): recovery then folds it from the last good checkpoint.
+    async fn encode_state(
+        &self,
+        p: i32,
+        epoch: i64,
+        id: &str,
+        state: &WorkflowState,
+    ) -> Result<Option<Outgoing>> {
+        let bytes = match state.to_snapshot() {
+            Ok(b) if b.len() <= self.timing.snapshot_max_bytes => b,
+            Ok(b) => {
+                tracing::warn!(workflow.id = %id, bytes = b.len(), limit = self.timing.snapshot_max_bytes, "workflow state too large to snapshot; recovery folds the log from the last checkpoint");
+                return Ok(None);
+            }
+            Err(error) => {
+                tracing::warn!(workflow.id = %id, %error, "workflow state not snapshotted");
+                return Ok(None);
+            }
+        };
+        let record = WorkflowSnapshot {
+            partition: p,
+            epoch,
+            written_at: triad_kafka::now_micros(),
+            body: SnapshotBody::SnapshotState(SnapshotState {
+                workflow_id: id.to_owned(),
+                sequence: state.sequence,
+                state_format: STATE_FORMAT.to_owned(),
+                state: bytes,
+            }),
+            schema_version: 1,
+        };
+        Ok(Some(
+            self.encode(&self.names.snapshots, Some(p), id, &record)
+                .await?,
+        ))
+    }
+
+    /// Waits (at most 30 s) until the snapshot writer has handled every round sent so far.
+    async fn snapshot_barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .snapshots
+            .send(WriterMessage::Barrier(tx))
+            .await
+            .is_ok()
+            && tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the snapshot writer did not drain within 30 s");
+        }
     }
 
     fn arm(&self, state: &WorkflowState) {
@@ -376,27 +669,47 @@ impl Processor {
         // decided without waiting for their acknowledgement; the offset is stored when they
         // (and the effects after them) are acknowledged. A crash leaves a prefix of the
         // enqueued events in the log, which recovery handles (module docs).
-        let mut acks = Vec::with_capacity(writes.len());
+        let mut acks: Vec<Ack> = Vec::with_capacity(writes.len());
         for w in &writes {
-            acks.push(
-                self.producer
-                    .enqueue(&w.topic, w.partition, w.key.as_bytes(), &w.bytes)
-                    .await?,
-            );
+            let ack = self
+                .producer
+                .enqueue(&w.topic, w.partition, w.key.as_bytes(), &w.bytes)
+                .await?;
+            acks.push(ack.map(|r| r.map_err(|e| e.to_string())).boxed().shared());
         }
         if ps.repair.as_ref().is_some_and(|r| r.offset == o) {
             ps.repair = None;
         }
-        if !events.is_empty() {
+        let changed = !events.is_empty();
+        if changed {
             self.arm(&state);
             ps.last_input = o;
             tracing::debug!(workflow.id = %wf, events = events.len(), messaging.kafka.offset = o, "input applied");
         }
-        ps.workflows.insert(wf, state);
+        ps.workflows.insert(wf.clone(), state);
+        let every = self.timing.snapshot_every;
+        if changed && every > 0 {
+            ps.dirty.insert(wf);
+            ps.since_snapshot += 1;
+            if ps.since_snapshot >= every {
+                ps.since_snapshot = 0;
+                let (states, complete) = self.encode_states(p, ps).await?;
+                let round = Round {
+                    partition: p,
+                    epoch: ps.epoch,
+                    event_acks: acks.clone(),
+                    states,
+                    checkpoint_last_input: complete.then_some(o),
+                };
+                // The writer waits for this input's events itself; a closed writer (only at
+                // shutdown) just means no snapshot.
+                let _ = self.snapshots.send(WriterMessage::Round(round)).await;
+            }
+        }
         let producer = self.producer.clone();
         Ok(Outcome::Deferred(Box::pin(async move {
             for ack in acks {
-                ack.await.map_err(|e| e.to_string())?;
+                ack.await?;
             }
             let mut effect_acks = Vec::with_capacity(effects.len());
             for e in &effects {
@@ -413,6 +726,90 @@ impl Processor {
             Ok(())
         })))
     }
+}
+
+/// Writes snapshot rounds in the order they were taken. A round waits for its input's
+/// events; a failed round stops snapshots of that partition and epoch (a later checkpoint
+/// would claim states that were never written), so recovery falls back to the last good
+/// checkpoint.
+async fn write_snapshots(
+    producer: Producer,
+    codec: Arc<Codec>,
+    topic: String,
+    mut rx: mpsc::Receiver<WriterMessage>,
+) {
+    let mut failed: HashSet<(i32, i64)> = HashSet::new();
+    while let Some(message) = rx.recv().await {
+        let round = match message {
+            WriterMessage::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            WriterMessage::Round(round) => round,
+        };
+        let (p, epoch) = (round.partition, round.epoch);
+        if failed.contains(&(p, epoch)) {
+            continue;
+        }
+        if let Err(error) = write_round(&producer, &codec, &topic, round).await {
+            tracing::warn!(%error, messaging.destination.partition.id = p, snapshot.epoch = epoch, "snapshot round failed; no more checkpoints for this partition until it is reloaded");
+            failed.insert((p, epoch));
+        }
+    }
+}
+
+async fn write_round(
+    producer: &Producer,
+    codec: &Codec,
+    topic: &str,
+    round: Round,
+) -> Result<(), String> {
+    let mut last_event = -1;
+    for ack in round.event_acks {
+        last_event = last_event.max(ack.await?.offset);
+    }
+    let mut acks = Vec::with_capacity(round.states.len());
+    for s in &round.states {
+        acks.push(
+            producer
+                .enqueue(&s.topic, s.partition, s.key.as_bytes(), &s.bytes)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for ack in acks {
+        ack.await.map_err(|e| e.to_string())?;
+    }
+    let Some(last_input) = round.checkpoint_last_input else {
+        return Ok(());
+    };
+    let checkpoint = WorkflowSnapshot {
+        partition: round.partition,
+        epoch: round.epoch,
+        written_at: triad_kafka::now_micros(),
+        body: SnapshotBody::SnapshotCheckpoint(SnapshotCheckpoint {
+            event_offset: last_event + 1,
+            last_input,
+        }),
+        schema_version: 1,
+    };
+    producer
+        .send_record(
+            codec,
+            topic,
+            Some(round.partition),
+            &checkpoint.key(),
+            &checkpoint,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        messaging.destination.partition.id = round.partition,
+        event_offset = last_event + 1,
+        last_input,
+        "snapshot checkpoint written"
+    );
+    Ok(())
 }
 
 /// Fires due timers into the inbox until `cancel`. An unclaimed-check fires only when the
@@ -536,6 +933,14 @@ async fn follow_status(
 pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken) -> Result<()> {
     let names = Names::new(&options.kafka);
     let producer = Producer::single_record_batches(&options.kafka)?;
+    let group = format!("{}-processor", options.kafka.group_prefix);
+    let (snapshots, snapshot_rx) = mpsc::channel(16);
+    let writer_task = tokio::spawn(write_snapshots(
+        producer.clone(),
+        codec.clone(),
+        names.snapshots.clone(),
+        snapshot_rx,
+    ));
     let processor = Arc::new(Processor {
         kafka: options.kafka.clone(),
         names: names.clone(),
@@ -546,6 +951,8 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         partitions: Mutex::new(HashMap::new()),
         timers: Timers::default(),
         rebalances: Arc::default(),
+        instance: format!("{group}-{}", options.instance),
+        snapshots,
     });
     let liveness = Arc::new(Liveness::new(Duration::from_millis(
         options.timing.liveness_ms,
@@ -564,7 +971,6 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         background.clone(),
     ));
     let dlq = DeadLetterWriter::new(producer.clone(), codec, &names.dlq);
-    let group = format!("{}-processor", options.kafka.group_prefix);
     let topics = [names.inbox.as_str()];
     tracing::info!(messaging.consumer.group.name = %group, messaging.destination.name = %names.inbox, "workflow processor starting");
     let handler = {
@@ -588,6 +994,9 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         rebalances: Some(processor.rebalances.clone()),
     };
     let result = triad_kafka::consume::run_group(group_options, cancel, handler).await;
+    // Drain: the rounds already taken are written before the process stops.
+    processor.snapshot_barrier().await;
+    writer_task.abort();
     background.cancel();
     let _ = timer_task.await;
     if let Ok(Err(error)) = status_task.await {

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use triad_domain::{
     Causation, EventBody, EventMetadata, InboxBody, InboxRecord, SubmitWorkflow, TaskCompleted,
     TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported,
@@ -28,7 +30,7 @@ pub struct Policy {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Status {
     #[default]
     New,
@@ -48,17 +50,20 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskStatus {
     Pending,
     Dispatched(Dispatch),
-    Completed { output: Vec<u8> },
+    Completed {
+        #[serde(with = "base64_bytes")]
+        output: Vec<u8>,
+    },
     Failed,
     Skipped,
 }
 
 /// The attempt of a task in flight: what the outbox re-publishes and the timers watch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dispatch {
     pub attempt: i32,
     pub attempt_id: String,
@@ -68,8 +73,10 @@ pub struct Dispatch {
     pub dispatched_at: TimestampMicros,
 }
 
-/// The state of one workflow, folded from its events.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The state of one workflow, folded from its events. It is also the content of a snapshot
+/// (`STATE_FORMAT`): a cache of the fold, never the truth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkflowState {
     pub workflow_id: String,
     pub status: Status,
@@ -83,6 +90,51 @@ pub struct WorkflowState {
     pub failures: BTreeMap<String, i32>,
     /// Zones in which no executor picked a task up, per task: later attempts avoid them.
     pub unavailable: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The encoding of a [`WorkflowState`] in a snapshot. A change to the state's shape changes
+/// this name; snapshots in another format are not read (the processor folds the log instead).
+pub const STATE_FORMAT: &str = "triad.workflow-state/json-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot format {found:?} is not {STATE_FORMAT:?}")]
+    Format { found: String },
+    #[error("snapshot state does not decode: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl WorkflowState {
+    /// The state in [`STATE_FORMAT`].
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        Ok(serde_json::to_vec(self)?)
+    }
+
+    /// A state written by [`WorkflowState::to_snapshot`].
+    pub fn from_snapshot(format: &str, bytes: &[u8]) -> Result<Self, SnapshotError> {
+        if format != STATE_FORMAT {
+            return Err(SnapshotError::Format {
+                found: format.to_owned(),
+            });
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// Task outputs are bytes; base64 keeps them compact in the JSON snapshot.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Where an input record sits in the log: it names the events it causes.
