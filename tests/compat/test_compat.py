@@ -83,12 +83,16 @@ def test_every_event_type_decodes_with_confluent_avro_deserializer(registry, fix
     assert [e["meta"]["sequence"] for e in events] == list(range(1, 13))
     assert all(e["meta"]["occurred_at"] == EPOCH_2026 for e in events)
     completed = events[4]["body"]
-    assert completed["output"] == b"1. Who holds the keys?"
+    # The fixture's output travels by reference (claim check, events v3).
+    assert completed["output"] == b""
+    assert completed["output_ref"]["size"] == 300 * 1024
+    assert len(completed["output_ref"]["sha256"]) == 64
     assert completed["cost_micros"] == 42
     accepted = events[0]["body"]
     assert [t["id"] for t in accepted["tasks"]] == ["generate_questions", "answer"]
     assert accepted["tasks"][1]["depends_on"] == ["generate_questions"]
     assert events[7]["body"]["outputs"] == {"answer": b"42"}
+    assert events[7]["body"]["output_refs"]["measure"]["uri"].startswith("postgres:triad_blobs/")
     decision = events[10]["body"]["decision"]
     assert decision["model_id"] == "triad-local" and decision["score"] == 0.75
     assert [c["ok"] for c in decision["calls"]] == [False, True]

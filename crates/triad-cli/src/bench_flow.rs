@@ -339,7 +339,7 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
                 .await
                 .map_err(anyhow::Error::from)
         });
-        let options = crate::workers::executor_options(&config, "US-EAST", 0);
+        let options = crate::workers::executor_options(&config, "US-EAST", 0)?;
         let (c, t, zones) = (codec.clone(), cancel.clone(), config.policy.zones.clone());
         workers.spawn(async move {
             triad_executor::run(&options, c, catalogue, &zones, t)

@@ -16,6 +16,11 @@ use triad_domain::{
 use triad_kafka::produce::{Producer, partition_for};
 use triad_kafka::topics::Names;
 
+/// How a payload stored by reference (claim check) is shown.
+pub fn by_reference(r: &triad_domain::BlobRef) -> String {
+    format!("[{} bytes by reference, sha256 {}]", r.size, r.sha256)
+}
+
 /// Where a submitted workflow's events will appear.
 #[derive(Debug, Clone)]
 pub struct Submitted {
@@ -164,7 +169,10 @@ pub fn describe(e: &WorkflowEvent) -> String {
             c.task_id,
             c.model_id,
             c.latency_ms,
-            text(&c.output)
+            match &c.output_ref {
+                Some(r) => by_reference(r),
+                None => text(&c.output),
+            }
         ),
         EventBody::TaskFailed(f) => format!("{} attempt {}: {}", f.task_id, f.attempt, f.error),
         EventBody::TaskSkipped(s) => format!("{}: {}", s.task_id, s.reason),

@@ -96,6 +96,9 @@ async fn run_workflow(config: &Config, codec: &Codec, workflow: &Workflow) -> Re
                     println!("     {line}");
                 }
             }
+            for (task, r) in &done.output_refs {
+                println!("   output of {task}: {}", client::by_reference(r));
+            }
             println!(
                 "   cost {} µcredits; models used: {}",
                 done.total_cost_micros,
@@ -170,6 +173,9 @@ pub async fn submit_file(
         Some(EventBody::WorkflowCompleted(done)) => {
             for (task, output) in &done.outputs {
                 println!("output of {task}:\n{}", String::from_utf8_lossy(output));
+            }
+            for (task, r) in &done.output_refs {
+                println!("output of {task}: {}", client::by_reference(r));
             }
             Ok(())
         }

@@ -228,18 +228,21 @@ async fn main() -> Result<()> {
         }
         Command::Execute { zone, instance } => {
             let catalogue = workers::catalogue(&config)?;
-            let options = workers::executor_options(&config, &zone, instance);
+            let options = workers::executor_options(&config, &zone, instance)?;
+            let cancel = shutdown_token();
+            workers::serve_metrics(&config, cancel.clone()).await?;
             triad_executor::run(
                 &options,
                 codec(&config)?,
                 catalogue,
                 &config.policy.zones,
-                shutdown_token(),
+                cancel,
             )
             .await?;
         }
         Command::Dev => {
             let cancel = shutdown_token();
+            workers::serve_metrics(&config, cancel.clone()).await?;
             let set = workers::spawn_all(&config, codec(&config)?, &cancel)?;
             workers::join(set).await?;
         }

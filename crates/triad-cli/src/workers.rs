@@ -29,13 +29,70 @@ pub fn processor_options(
     }
 }
 
-pub fn executor_options(config: &Config, zone: &str, instance: u32) -> triad_executor::Options {
-    triad_executor::Options {
+pub fn executor_options(
+    config: &Config,
+    zone: &str,
+    instance: u32,
+) -> Result<triad_executor::Options> {
+    Ok(triad_executor::Options {
         kafka: config.kafka.clone(),
         zone: zone.to_owned(),
         instance,
         config: config.executor.clone(),
-    }
+        blobs: Some(blob_store(config)?),
+        inline_max_bytes: config.blobs.inline_max_bytes,
+        metrics: metrics(),
+    })
+}
+
+/// The executors' counters, one set per process.
+pub fn metrics() -> Arc<triad_executor::metrics::Metrics> {
+    static METRICS: std::sync::OnceLock<Arc<triad_executor::metrics::Metrics>> =
+        std::sync::OnceLock::new();
+    METRICS.get_or_init(Arc::default).clone()
+}
+
+/// Serves `GET /metrics` on `metrics.listen` until `cancel`, when configured.
+pub async fn serve_metrics(config: &Config, cancel: CancellationToken) -> Result<()> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("configuration key metrics.listen: cannot bind {addr}: {e}")
+    })?;
+    tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                metrics().render(),
+            )
+        }),
+    );
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::warn!(%error, "the metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The claim check's store in PostgreSQL (connects on first use). The password, if any, comes
+/// from `PGPASSWORD`, never from configuration files.
+pub fn blob_store(config: &Config) -> Result<Arc<dyn triad_store::BlobStore>> {
+    let password = std::env::var("PGPASSWORD").ok();
+    Ok(Arc::new(triad_store::PgBlobStore::new(
+        &config.postgres.url,
+        password.as_deref(),
+        config.postgres.pool_size,
+    )?))
 }
 
 /// Starts the processor and one executor per zone of the policy as tasks of this process.
@@ -50,7 +107,7 @@ pub fn spawn_all(
     let (c, t) = (codec.clone(), cancel.clone());
     set.spawn(async move { Ok(triad_processor::run(&options, c, t).await?) });
     for zone in &config.policy.zones {
-        let options = executor_options(config, zone, 0);
+        let options = executor_options(config, zone, 0)?;
         let zones = config.policy.zones.clone();
         let (c, t, cat) = (codec.clone(), cancel.clone(), catalogue.clone());
         set.spawn(async move { Ok(triad_executor::run(&options, c, cat, &zones, t).await?) });

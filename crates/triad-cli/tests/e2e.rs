@@ -163,6 +163,13 @@ specialties = ["vision"]
         broken.base_url(),
         locked.base_url()
     );
+    // A free port for the executor's Prometheus endpoint.
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!("{config}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
     let mut env = Env::new(1).await.with_config(&config);
     env.extra_env = vec![
         ("TEST_BROKEN_KEY".into(), "sk-broken-secret".into()),
@@ -308,8 +315,20 @@ specialties = ["vision"]
             },
         )
         .await;
+    // ...and metrics: the executor serves the same transitions to Prometheus.
+    let metrics = scrape(metrics_port).await;
     kill(&mut processor);
     kill(&mut executor);
+    for line in [
+        "triad_breaker_transitions_total{zone=\"US-EAST\",model=\"flaky\",from=\"closed\",to=\"open\"} 1",
+        "triad_breaker_transitions_total{zone=\"US-EAST\",model=\"broken\",from=\"closed\",to=\"open\"} 1",
+        "triad_task_attempts_total{zone=\"US-EAST\",model=\"triad-local\",outcome=\"succeeded\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
 
     // Breaker transitions are events on triad.executor-status.
     let transitions: BTreeMap<&str, Vec<(BreakerState, BreakerState)>> =
@@ -331,4 +350,26 @@ specialties = ["vision"]
     assert!(!log.contains("sk-broken-secret") && !log.contains("sk-locked-secret"));
     let dump = format!("{events:?}");
     assert!(!dump.contains("sk-broken-secret") && !dump.contains("sk-locked-secret"));
+}
+
+/// `GET /metrics` over plain HTTP/1.0; returns the body.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap()
 }

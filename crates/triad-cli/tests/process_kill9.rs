@@ -139,6 +139,7 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
                         executor_zone: d.zone.clone(),
                         outcome: TaskOutcome::Succeeded,
                         output: Some(format!("{} done", d.task_id).into_bytes()),
+                        output_ref: None,
                         error: None,
                         retryable: false,
                         input_tokens: 3,

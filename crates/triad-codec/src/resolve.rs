@@ -295,6 +295,17 @@ fn default_value(
         let inner = default_value(default, first, names)?;
         return Ok(Value::Union(0, Box::new(inner)));
     }
+    // Empty collections need no item schema; resolving them through apache-avro would fail
+    // on an item type that is a reference to a named record defined elsewhere in the file.
+    match (schema, &default) {
+        (Schema::Map(_), serde_json::Value::Object(o)) if o.is_empty() => {
+            return Ok(Value::Map(std::collections::HashMap::new()));
+        }
+        (Schema::Array(_), serde_json::Value::Array(a)) if a.is_empty() => {
+            return Ok(Value::Array(Vec::new()));
+        }
+        _ => {}
+    }
     let value = Value::try_from(default).map_err(|e| e.to_string())?;
     value.resolve(schema).map_err(|e| e.to_string())
 }

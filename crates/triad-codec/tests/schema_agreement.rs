@@ -144,7 +144,13 @@ fn defaults_fill<T: AvroRecord + std::fmt::Debug>(samples: &[T]) -> usize {
     for (record, field, default) in &fields {
         let mut old = json.clone();
         assert!(strip_field(&mut old, record, field));
-        let writer = Schema::parse(&old).unwrap();
+        // A field that defines a named type used by a later field (TaskCompleted.output_ref
+        // defines BlobRef) cannot be removed alone; its later users are checked instead.
+        let writer = match Schema::parse(&old) {
+            Ok(w) => w,
+            Err(e) if e.to_string().contains("Unknown primitive type") => continue,
+            Err(e) => panic!("{record}.{field}: {e}"),
+        };
         for sample in samples {
             // The sample as written by the full schema, resolved to the old schema (this drops
             // the field), then written with the old schema: what an old producer would write.

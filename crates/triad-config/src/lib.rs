@@ -45,6 +45,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub registry: RegistryConfig,
     pub postgres: PostgresConfig,
+    pub blobs: BlobsConfig,
+    pub metrics: MetricsConfig,
     pub codec: CodecConfig,
     pub log: LogConfig,
     pub policy: PolicyConfig,
@@ -268,6 +270,24 @@ pub struct PostgresConfig {
     /// libpq-style URL without a password; the password comes from `PGPASSWORD` or a
     /// `.pgpass` file, never from this file.
     pub url: String,
+    /// Connections per process (the pool connects lazily).
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobsConfig {
+    /// A task output above this size travels by reference (claim check): the content goes
+    /// to the blob store in PostgreSQL, the record carries its SHA-256 and size.
+    pub inline_max_bytes: usize,
+}
+
+impl Default for BlobsConfig {
+    fn default() -> Self {
+        Self {
+            inline_max_bytes: 256 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,6 +306,13 @@ pub enum LogFormat {
     Pretty,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where executors serve Prometheus metrics (`GET /metrics`); unset: not served.
+    pub listen: Option<SocketAddr>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -300,6 +327,8 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             registry: RegistryConfig::default(),
             postgres: PostgresConfig::default(),
+            blobs: BlobsConfig::default(),
+            metrics: MetricsConfig::default(),
             codec: CodecConfig::default(),
             log: LogConfig::default(),
             policy: PolicyConfig::default(),
@@ -339,6 +368,7 @@ impl Default for PostgresConfig {
     fn default() -> Self {
         Self {
             url: "postgresql://triad@127.0.0.1:5432/triad".to_owned(),
+            pool_size: 4,
         }
     }
 }
@@ -465,6 +495,15 @@ impl Config {
                 "postgres.url",
                 "must not contain a password; use PGPASSWORD or a .pgpass file",
             );
+        }
+        if !(1024..=768 * 1024).contains(&self.blobs.inline_max_bytes) {
+            return invalid(
+                "blobs.inline_max_bytes",
+                "must be between 1024 and 786432 (records must stay below the broker's message limit)",
+            );
+        }
+        if self.postgres.pool_size == 0 {
+            return invalid("postgres.pool_size", "must be at least 1");
         }
         if self.codec.max_allocation_bytes < 1024 {
             return invalid("codec.max_allocation_bytes", "must be at least 1024");

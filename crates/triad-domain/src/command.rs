@@ -25,6 +25,9 @@ pub struct CommandMetadata {
 }
 
 /// The Avro union of the inbox body. Variant order is the union's branch order.
+// A record is decoded, handled and dropped one at a time; boxing the result variant would
+// complicate every construction site for no measurable gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum InboxBody {
     SubmitWorkflow(SubmitWorkflow),
@@ -92,6 +95,9 @@ pub struct TaskResultReported {
     pub outcome: TaskOutcome,
     #[serde(with = "serde_bytes")]
     pub output: Option<Vec<u8>>,
+    /// The output by reference when it is above `blobs.inline_max_bytes` (v3).
+    #[serde(default)]
+    pub output_ref: Option<crate::BlobRef>,
     pub error: Option<String>,
     pub retryable: bool,
     pub input_tokens: i64,

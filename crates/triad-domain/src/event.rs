@@ -106,8 +106,12 @@ pub struct TaskCompleted {
     pub attempt_id: String,
     pub model_id: String,
     pub executor_zone: String,
+    /// Empty when the output travels by reference (`output_ref`).
     #[serde(with = "serde_bytes")]
     pub output: Vec<u8>,
+    /// The output by reference (claim check), v3.
+    #[serde(default)]
+    pub output_ref: Option<crate::BlobRef>,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_micros: i64,
@@ -135,6 +139,9 @@ pub struct TaskSkipped {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowCompleted {
     pub outputs: BTreeMap<String, serde_bytes::ByteBuf>,
+    /// Leaf outputs stored by reference, by task id (v3).
+    #[serde(default)]
+    pub output_refs: BTreeMap<String, crate::BlobRef>,
     pub total_cost_micros: i64,
     pub models_used: Vec<String>,
 }

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use serde_bytes::ByteBuf;
 
 use crate::{
-    BreakerState, BreakerTransition, CancelWorkflow, Causation, CommandMetadata, ControlAction,
-    ControlRecord, DeadLetter, DeadLetterHeader, EpochMarker, EventBody, EventMetadata,
-    ExecutorStatus, Heartbeat, InboxBody, InboxRecord, ModelCall, RoutingDecision, SnapshotBody,
-    SnapshotCheckpoint, SnapshotState, StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched,
-    TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted,
-    TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted,
+    BlobRef, BreakerState, BreakerTransition, CancelWorkflow, Causation, CommandMetadata,
+    ControlAction, ControlRecord, DeadLetter, DeadLetterHeader, EpochMarker, EventBody,
+    EventMetadata, ExecutorStatus, Heartbeat, InboxBody, InboxRecord, ModelCall, RoutingDecision,
+    SnapshotBody, SnapshotCheckpoint, SnapshotState, StatusBody, SubmitWorkflow, TaskCompleted,
+    TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported,
+    TaskRouted, TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted,
     WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected,
     WorkflowSnapshot, derive_event_id,
 };
@@ -91,6 +91,7 @@ pub fn inbox_records() -> Vec<InboxRecord> {
                 executor_zone: "US-EAST".to_owned(),
                 outcome: TaskOutcome::Succeeded,
                 output: Some(b"1. Who holds the keys?".to_vec()),
+                output_ref: None,
                 error: None,
                 retryable: false,
                 input_tokens: 12,
@@ -161,11 +162,23 @@ pub fn task_request() -> TaskRequest {
             "generate_questions".to_owned(),
             ByteBuf::from(b"1. Who holds the keys?".to_vec()),
         )]),
+        input_refs: BTreeMap::from([("measure".to_owned(), blob_ref())]),
         model_hint: None,
         specialties: vec!["reasoning".to_owned()],
         max_tokens: task.max_tokens,
         timeout_ms: task.timeout_ms,
-        schema_version: 1,
+        schema_version: crate::TASK_REQUEST_SCHEMA_VERSION,
+    }
+}
+
+/// A claim-check reference to a 300 KiB output.
+pub fn blob_ref() -> BlobRef {
+    BlobRef {
+        sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
+        size: 300 * 1024,
+        uri:
+            "postgres:triad_blobs/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                .to_owned(),
     }
 }
 
@@ -270,7 +283,8 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             attempt_id: "generate_questions#1".to_owned(),
             model_id: "triad-local".to_owned(),
             executor_zone: "US-EAST".to_owned(),
-            output: b"1. Who holds the keys?".to_vec(),
+            output: Vec::new(),
+            output_ref: Some(blob_ref()),
             input_tokens: 12,
             output_tokens: 7,
             cost_micros: 42,
@@ -290,6 +304,7 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
         }),
         EventBody::WorkflowCompleted(WorkflowCompleted {
             outputs: BTreeMap::from([("answer".to_owned(), ByteBuf::from(b"42".to_vec()))]),
+            output_refs: BTreeMap::from([("measure".to_owned(), blob_ref())]),
             total_cost_micros: 84,
             models_used: vec!["triad-local".to_owned()],
         }),

@@ -4,6 +4,7 @@
 //! This crate does no I/O. Each type mirrors a record of an `.avsc` file in `schemas/` (the
 //! source of truth); `triad-codec` checks the two agree, field by field, in its tests.
 
+pub mod blob;
 pub mod command;
 pub mod control;
 pub mod dead_letter;
@@ -13,6 +14,7 @@ pub mod ids;
 pub mod snapshot;
 pub mod task;
 
+pub use blob::BlobRef;
 pub use command::{
     CancelWorkflow, CommandMetadata, InboxBody, InboxRecord, ModelCall, RoutingDecision,
     SubmitWorkflow, TaskOutcome, TaskResultReported, TaskSpec, TaskTimerFired, TimerKind,
@@ -37,6 +39,8 @@ pub use task::TaskRequest;
 pub type TimestampMicros = i64;
 
 /// The version of `io.triad.v1.InboxRecord` this code writes (`schemas/history`).
-pub const INBOX_SCHEMA_VERSION: i32 = 2;
+pub const INBOX_SCHEMA_VERSION: i32 = 3;
 /// The version of `io.triad.v1.WorkflowEvent` this code writes.
-pub const EVENT_SCHEMA_VERSION: i32 = 2;
+pub const EVENT_SCHEMA_VERSION: i32 = 3;
+/// The version of `io.triad.v1.TaskRequest` this code writes.
+pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 2;

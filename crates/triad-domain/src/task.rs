@@ -22,6 +22,9 @@ pub struct TaskRequest {
     #[serde(with = "serde_bytes")]
     pub prompt: Vec<u8>,
     pub inputs: BTreeMap<String, serde_bytes::ByteBuf>,
+    /// Dependency outputs stored by reference, by task id (v2); fetched inside the zone.
+    #[serde(default)]
+    pub input_refs: BTreeMap<String, crate::BlobRef>,
     pub model_hint: Option<String>,
     pub specialties: Vec<String>,
     pub max_tokens: i32,

@@ -17,6 +17,7 @@
 //! alive.
 
 mod control;
+pub mod metrics;
 mod run;
 
 pub use run::{Options, run};

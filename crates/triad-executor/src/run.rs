@@ -30,6 +30,12 @@ pub struct Options {
     /// Distinguishes executors of one zone (static group membership, status records).
     pub instance: u32,
     pub config: ExecutorConfig,
+    /// The claim check: outputs above `inline_max_bytes` go to this store and travel by
+    /// reference; inputs by reference are fetched from it. None: such payloads fail the task.
+    pub blobs: Option<Arc<dyn triad_store::BlobStore>>,
+    pub inline_max_bytes: usize,
+    /// Counters shared by the executors of this process (served on `metrics.listen`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How many finished attempt ids an executor remembers to skip re-deliveries.
@@ -107,6 +113,9 @@ impl Executor {
 
     async fn publish_transition(&self, model: &str, t: Transition) {
         tracing::warn!(model, from = ?t.from, to = ?t.to, reason = %t.reason, "circuit breaker transition");
+        self.options
+            .metrics
+            .breaker_transition(&self.options.zone, model, t.from, t.to);
         let status = ExecutorStatus {
             zone: self.options.zone.clone(),
             executor_id: self.executor_id.clone(),
@@ -437,6 +446,7 @@ impl Executor {
             executor_zone: self.options.zone.clone(),
             outcome: TaskOutcome::Failed,
             output: None,
+            output_ref: None,
             error: None,
             retryable: false,
             input_tokens: 0,
@@ -453,11 +463,30 @@ impl Executor {
             return result;
         }
         let template = String::from_utf8_lossy(&request.prompt);
-        let inputs: HashMap<&str, String> = request
+        let mut inputs: HashMap<&str, String> = request
             .inputs
             .iter()
             .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
             .collect();
+        // Inputs by reference are fetched here, inside the zone, and verified by hash.
+        for (task, reference) in &request.input_refs {
+            match self.fetch(reference).await {
+                Ok(content) => {
+                    inputs.insert(
+                        task.as_str(),
+                        String::from_utf8_lossy(&content).into_owned(),
+                    );
+                }
+                Err(error) => {
+                    result.error = Some(format!(
+                        "the output of {task} (blob {}) could not be fetched: {error}",
+                        reference.sha256
+                    ));
+                    result.retryable = true;
+                    return result;
+                }
+            }
+        }
         let prompt = match triad_workflow::fill(&template, |t| inputs.get(t).map(String::as_str)) {
             Ok(p) => p,
             Err(e) => {
@@ -497,11 +526,31 @@ impl Executor {
                 tracing::info!(attempt.id = %request.attempt_id, model = %model, latency_ms = result.latency_ms, "task completed");
                 result.model_id.clone_from(model);
                 result.outcome = TaskOutcome::Succeeded;
-                result.output = Some(response.output.clone().into_bytes());
                 result.input_tokens = response.input_tokens;
                 result.output_tokens = response.output_tokens;
                 result.cost_micros = *cost;
                 result.routing = Some(routing(model));
+                let output = response.output.clone().into_bytes();
+                if output.len() <= self.options.inline_max_bytes {
+                    result.output = Some(output);
+                } else {
+                    match self.store(&output).await {
+                        Ok(reference) => {
+                            tracing::info!(attempt.id = %request.attempt_id, blob.sha256 = %reference.sha256, blob.size = reference.size, "output stored by reference");
+                            result.output_ref = Some(reference);
+                        }
+                        Err(error) => {
+                            // The call's spend stays on the record; the attempt is retried.
+                            result.outcome = TaskOutcome::Failed;
+                            result.retryable = true;
+                            result.error = Some(format!(
+                                "the output ({} bytes, above blobs.inline_max_bytes = {}) could not be stored: {error}",
+                                output.len(),
+                                self.options.inline_max_bytes
+                            ));
+                        }
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(attempt.id = %request.attempt_id, %error, "task failed");
@@ -518,7 +567,30 @@ impl Executor {
                 }
             }
         }
+        self.options.metrics.attempt(
+            &self.options.zone,
+            &result.model_id,
+            result.outcome == TaskOutcome::Succeeded,
+        );
         result
+    }
+
+    async fn fetch(&self, reference: &triad_domain::BlobRef) -> Result<Vec<u8>, String> {
+        let store = self
+            .options
+            .blobs
+            .as_ref()
+            .ok_or("no blob store is configured")?;
+        store.get(reference).await.map_err(|e| e.to_string())
+    }
+
+    async fn store(&self, content: &[u8]) -> Result<triad_domain::BlobRef, String> {
+        let store = self
+            .options
+            .blobs
+            .as_ref()
+            .ok_or("no blob store is configured")?;
+        store.put(content).await.map_err(|e| e.to_string())
     }
 
     async fn heartbeat(&self) {

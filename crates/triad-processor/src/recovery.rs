@@ -311,6 +311,7 @@ mod tests {
                                 executor_zone: request.zone.clone(),
                                 outcome: TaskOutcome::Succeeded,
                                 output: Some(format!("out of {}", request.task_id).into_bytes()),
+                                output_ref: None,
                                 error: None,
                                 retryable: false,
                                 input_tokens: 1,

@@ -279,6 +279,7 @@ mod tests {
                 executor_zone: "US-EAST".into(),
                 outcome: TaskOutcome::Succeeded,
                 output: Some(b"x".to_vec()),
+                output_ref: None,
                 error: None,
                 retryable: false,
                 input_tokens: 0,

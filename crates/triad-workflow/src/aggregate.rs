@@ -57,6 +57,9 @@ pub enum TaskStatus {
     Completed {
         #[serde(with = "base64_bytes")]
         output: Vec<u8>,
+        /// Set when the output travels by reference (claim check); `output` is then empty.
+        #[serde(default)]
+        output_ref: Option<triad_domain::BlobRef>,
     },
     Failed,
     Skipped,
@@ -219,6 +222,7 @@ impl WorkflowState {
                     c.task_id.clone(),
                     TaskStatus::Completed {
                         output: c.output.clone(),
+                        output_ref: c.output_ref.clone(),
                     },
                 );
                 self.total_cost_micros = self.total_cost_micros.saturating_add(c.cost_micros);
@@ -443,6 +447,7 @@ fn on_result(state: &WorkflowState, r: &TaskResultReported, policy: &Policy) -> 
             model_id: r.model_id.clone(),
             executor_zone: r.executor_zone.clone(),
             output: r.output.clone().unwrap_or_default(),
+            output_ref: r.output_ref.clone(),
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             cost_micros: r.cost_micros,
@@ -646,16 +651,23 @@ fn dispatch_to(wf_id: &str, task: &Task, attempt: i32, zone: String) -> EventBod
 pub fn task_request(state: &WorkflowState, task_id: &str, policy: &Policy) -> Option<TaskRequest> {
     let d = state.dispatch(task_id)?;
     let task = state.task(task_id)?;
-    let inputs = task
-        .depends_on
-        .iter()
-        .filter_map(|dep| match state.tasks.get(dep) {
-            Some(TaskStatus::Completed { output }) => {
-                Some((dep.clone(), serde_bytes::ByteBuf::from(output.clone())))
+    // A dependency's output travels as it arrived: inline, or by reference (claim check).
+    let mut inputs = BTreeMap::new();
+    let mut input_refs = BTreeMap::new();
+    for dep in &task.depends_on {
+        match state.tasks.get(dep) {
+            Some(TaskStatus::Completed {
+                output_ref: Some(r),
+                ..
+            }) => {
+                input_refs.insert(dep.clone(), r.clone());
             }
-            _ => None,
-        })
-        .collect();
+            Some(TaskStatus::Completed { output, .. }) => {
+                inputs.insert(dep.clone(), serde_bytes::ByteBuf::from(output.clone()));
+            }
+            _ => {}
+        }
+    }
     Some(TaskRequest {
         workflow_id: state.workflow_id.clone(),
         dispatched_event_id: d.event_id.clone(),
@@ -667,11 +679,12 @@ pub fn task_request(state: &WorkflowState, task_id: &str, policy: &Policy) -> Op
         allowed_zones: allowed_zones(state, task, policy).into_iter().collect(),
         prompt: task.prompt.clone().into_bytes(),
         inputs,
+        input_refs,
         model_hint: task.model.clone(),
         specialties: task.specialties.clone(),
         max_tokens: task.max_tokens,
         timeout_ms: task.timeout_ms,
-        schema_version: 1,
+        schema_version: triad_domain::TASK_REQUEST_SCHEMA_VERSION,
     })
 }
 
@@ -703,19 +716,25 @@ fn finished(state: &WorkflowState) -> Option<EventBody> {
         .iter()
         .flat_map(|t| t.depends_on.iter().map(String::as_str))
         .collect();
-    let outputs = w
-        .tasks
-        .iter()
-        .filter(|t| !depended.contains(t.id.as_str()))
-        .filter_map(|t| match state.tasks.get(&t.id) {
-            Some(TaskStatus::Completed { output }) => {
-                Some((t.id.clone(), serde_bytes::ByteBuf::from(output.clone())))
+    let mut outputs = BTreeMap::new();
+    let mut output_refs = BTreeMap::new();
+    for t in w.tasks.iter().filter(|t| !depended.contains(t.id.as_str())) {
+        match state.tasks.get(&t.id) {
+            Some(TaskStatus::Completed {
+                output_ref: Some(r),
+                ..
+            }) => {
+                output_refs.insert(t.id.clone(), r.clone());
             }
-            _ => None,
-        })
-        .collect();
+            Some(TaskStatus::Completed { output, .. }) => {
+                outputs.insert(t.id.clone(), serde_bytes::ByteBuf::from(output.clone()));
+            }
+            _ => {}
+        }
+    }
     Some(EventBody::WorkflowCompleted(WorkflowCompleted {
         outputs,
+        output_refs,
         total_cost_micros: state.total_cost_micros,
         models_used: state.models_used.iter().cloned().collect(),
     }))

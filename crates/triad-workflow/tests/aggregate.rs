@@ -69,6 +69,7 @@ fn result(n: i64, task: &str, attempt: i32, outcome: TaskOutcome, retryable: boo
             outcome,
             output: (outcome == TaskOutcome::Succeeded)
                 .then(|| format!("out of {task}").into_bytes()),
+            output_ref: None,
             error: (outcome == TaskOutcome::Failed).then(|| "model timed out".to_owned()),
             retryable,
             input_tokens: 10,

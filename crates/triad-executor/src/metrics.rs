@@ -1,0 +1,115 @@
+//! The executor's Prometheus metrics, rendered in the text exposition format (served by
+//! `triad execute` / `triad dev` / `triad demo` on `metrics.listen`). Counters only, kept in a
+//! mutex-guarded map: they change a few times per task, far below any contention.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use triad_domain::BreakerState;
+
+/// Labels of a breaker transition: zone, model, from, to.
+type TransitionKey = (String, String, &'static str, &'static str);
+
+/// The counters of every executor in one process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    breaker: Mutex<BTreeMap<TransitionKey, u64>>,
+    /// (zone, model, outcome) → attempts reported.
+    attempts: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+}
+
+fn state(s: BreakerState) -> &'static str {
+    match s {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    }
+}
+
+/// Label values are escaped as the exposition format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn breaker_transition(
+        &self,
+        zone: &str,
+        model: &str,
+        from: BreakerState,
+        to: BreakerState,
+    ) {
+        if let Ok(mut m) = self.breaker.lock() {
+            *m.entry((zone.to_owned(), model.to_owned(), state(from), state(to)))
+                .or_default() += 1;
+        }
+    }
+
+    pub fn attempt(&self, zone: &str, model: &str, succeeded: bool) {
+        let outcome = if succeeded { "succeeded" } else { "failed" };
+        if let Ok(mut m) = self.attempts.lock() {
+            *m.entry((zone.to_owned(), model.to_owned(), outcome))
+                .or_default() += 1;
+        }
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP triad_breaker_transitions_total Circuit-breaker state changes per model.\n\
+             # TYPE triad_breaker_transitions_total counter\n",
+        );
+        if let Ok(m) = self.breaker.lock() {
+            for ((zone, model, from, to), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "triad_breaker_transitions_total{{zone=\"{}\",model=\"{}\",from=\"{from}\",to=\"{to}\"}} {n}",
+                    label(zone),
+                    label(model)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP triad_task_attempts_total Task attempts reported, by the model that answered last.\n\
+             # TYPE triad_task_attempts_total counter\n",
+        );
+        if let Ok(m) = self.attempts.lock() {
+            for ((zone, model, outcome), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "triad_task_attempts_total{{zone=\"{}\",model=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    label(zone),
+                    label(model)
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn counters_render_in_the_exposition_format() {
+        let m = Metrics::default();
+        m.breaker_transition("US-EAST", "flaky", BreakerState::Closed, BreakerState::Open);
+        m.breaker_transition("US-EAST", "flaky", BreakerState::Closed, BreakerState::Open);
+        m.attempt("US-EAST", "odd\"name", true);
+        let text = m.render();
+        assert!(text.contains(
+            "triad_breaker_transitions_total{zone=\"US-EAST\",model=\"flaky\",from=\"closed\",to=\"open\"} 2\n"
+        ), "{text}");
+        assert!(text.contains(
+            "triad_task_attempts_total{zone=\"US-EAST\",model=\"odd\\\"name\",outcome=\"succeeded\"} 1\n"
+        ), "{text}");
+        assert!(text.contains("# TYPE triad_breaker_transitions_total counter\n"));
+    }
+}
