@@ -342,8 +342,10 @@ pub async fn read_partitions(
     read_from(kafka, topic, only, 0, timeout).await
 }
 
-/// Reads partition `partition` of `topic` from offset `from` (or its start, if later) to the
-/// high watermark seen when it starts: the tail the processor folds after its snapshots.
+/// Reads partition `partition` of `topic` from offset `from` to the high watermark seen when
+/// it starts: the tail the processor folds after its snapshots. A log whose first offset is
+/// past `from` is an error, never a silently shorter fold (the event store keeps everything;
+/// Tansu 0.6 on sqlite has been seen to move the log start after a restart, ADR 0007 §4).
 pub async fn read_partition_from(
     kafka: &KafkaConfig,
     topic: &str,
@@ -351,6 +353,17 @@ pub async fn read_partition_from(
     from: i64,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>> {
+    let consumer: StreamConsumer = crate::client::reader_config(kafka).create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    if low > from && high > low {
+        return Err(Error::LogStartMoved {
+            topic: topic.to_owned(),
+            partition,
+            from,
+            low,
+        });
+    }
+    drop(consumer);
     read_from(kafka, topic, Some(partition), from, timeout).await
 }
 

@@ -16,6 +16,17 @@ pub enum Error {
         expected: i32,
         actual: i32,
     },
+    #[error(
+        "{topic}/{partition} starts at offset {low}, but reading must start at {from}: the \
+         records before it are gone (retention or a broker fault); refusing to fold a partial \
+         log"
+    )]
+    LogStartMoved {
+        topic: String,
+        partition: i32,
+        from: i64,
+        low: i64,
+    },
     #[error("creating topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
     #[error(

@@ -76,10 +76,13 @@ pub struct TopicSpec {
 impl TopicSpec {
     fn configs(&self) -> Vec<(&'static str, String)> {
         match self.retention {
+            // `retention.ms = Long.MAX_VALUE` rather than -1: both mean "never expire" to
+            // Kafka, but Tansu 0.6 on sqlite moves the log start past every record written
+            // before a restart when it is -1 (ADR 0007 §4).
             Retention::Forever => {
                 vec![
                     ("cleanup.policy", "delete".into()),
-                    ("retention.ms", "-1".into()),
+                    ("retention.ms", i64::MAX.to_string()),
                     ("retention.bytes", "-1".into()),
                 ]
             }
@@ -322,7 +325,7 @@ mod tests {
         assert!(
             by_name(WORKFLOW_EVENTS)
                 .configs()
-                .contains(&("retention.ms", "-1".to_owned()))
+                .contains(&("retention.ms", i64::MAX.to_string()))
         );
         assert_eq!(by_name("_schemas").retention, Retention::Compacted);
         assert_eq!(

@@ -378,14 +378,14 @@ impl Processor {
         last_input: i64,
         stale: &[String],
     ) -> Result<()> {
-        let mut ids: Vec<&String> = ps.workflows.keys().collect();
-        ids.sort();
-        let mut states = Vec::with_capacity(ids.len());
+        let mut all: Vec<(&String, &WorkflowState)> = ps.workflows.iter().collect();
+        all.sort_by_key(|(id, _)| *id);
+        let mut states = Vec::with_capacity(all.len());
         let mut complete = true;
-        for id in ids {
+        for (id, current) in all {
             let state = match &ps.repair {
                 Some(r) if &r.workflow_id == id => &r.before,
-                _ => &ps.workflows[id],
+                _ => current,
             };
             if state.sequence == 0 {
                 continue; // nothing before the partial input: the fold starts empty
