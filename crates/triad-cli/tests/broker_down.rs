@@ -28,11 +28,7 @@ async fn proxy(listener: tokio::net::TcpListener) {
 async fn workers_started_before_the_broker_report_it_retry_and_then_work() {
     let env = Env::new(1).await;
     // A free port with nothing listening yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let mut processor = env
         .triad(&["process"])

@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::{Env, kill};
-use triad_domain::{EventBody, WorkflowEvent};
+use triad_domain::WorkflowEvent;
 
 fn tansu_bin() -> PathBuf {
     let home = std::env::var_os("HOME")
@@ -67,64 +66,36 @@ fn wait_ready(bootstrap: &str) {
     panic!("the broker at {bootstrap} did not come up");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restart_on_sqlite_loses_nothing_and_the_workers_reconnect() {
+/// A Tansu of this test's own on sqlite storage in a fresh directory, ready to serve.
+fn sqlite_broker() -> (PathBuf, u16, String, Child) {
     let dir = std::env::temp_dir().join(format!("triad-broker-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
-    let mut broker = start_tansu(&dir, port);
+    let broker = start_tansu(&dir, port);
     wait_ready(&bootstrap);
+    (dir, port, bootstrap, broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_on_sqlite_loses_nothing_and_the_workers_reconnect() {
+    let (dir, port, bootstrap, mut broker) = sqlite_broker();
     let env = Env::on_broker(3, &bootstrap).await;
     let mut processor = env.spawn("processor", &["process"]);
     let mut executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
     let ids: Vec<String> = (0..30).map(|n| format!("wf-durable-{n:02}")).collect();
-    let finished = |events: &[WorkflowEvent], upto: usize| {
-        let done: HashSet<&str> = events
-            .iter()
-            .filter(|e| support::is_final(&e.body))
-            .map(|e| e.meta.workflow_id.as_str())
-            .collect();
-        ids[..upto].iter().all(|id| done.contains(id.as_str()))
-    };
-    for (n, id) in ids.iter().enumerate().take(15) {
-        env.submit(
-            id,
-            support::research(&format!("durability {n}"), false).to_command(),
-        )
-        .await;
-    }
+    env.submit_research(&ids[0..15], "durability", false).await;
     let before = env
-        .read_until(
-            &env.names.events,
-            Duration::from_secs(120),
-            "wave 1",
-            |e: &[WorkflowEvent]| finished(e, 15),
-        )
+        .events_until_finished(&ids[..15], Duration::from_secs(120))
         .await;
 
     // The broker dies and comes back on the same storage.
     kill(&mut broker);
     broker = start_tansu(&dir, port);
     wait_ready(&bootstrap);
-    for (n, id) in ids.iter().enumerate().skip(15) {
-        env.submit(
-            id,
-            support::research(&format!("durability {n}"), false).to_command(),
-        )
-        .await;
-    }
+    env.submit_research(&ids[15..], "durability", false).await;
     let events = env
-        .read_until(
-            &env.names.events,
-            Duration::from_secs(180),
-            "wave 2",
-            |e: &[WorkflowEvent]| finished(e, 30),
-        )
+        .events_until_finished(&ids[..30], Duration::from_secs(180))
         .await;
     kill(&mut processor);
     kill(&mut executor);
@@ -146,18 +117,7 @@ async fn a_broker_restart_on_sqlite_loses_nothing_and_the_workers_reconnect() {
     }
     let per_workflow = support::distinct_gap_free(&events, "broker restart");
     assert_eq!(per_workflow.len(), ids.len());
-    for (wf, list) in &per_workflow {
-        let completed = list
-            .iter()
-            .filter(|e| matches!(e.body, EventBody::TaskCompleted(_)))
-            .count();
-        assert_eq!(completed, 2, "{wf}");
-        assert!(
-            list.iter()
-                .any(|e| matches!(e.body, EventBody::WorkflowCompleted(_))),
-            "{wf}"
-        );
-    }
+    support::assert_each_completed(&per_workflow, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -166,16 +126,7 @@ async fn a_broker_restart_on_sqlite_loses_nothing_and_the_workers_reconnect() {
 /// acknowledged record, or refuses with `LogStartMoved`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_broker_restart_the_recovery_read_is_whole_or_refused() {
-    let dir = std::env::temp_dir().join(format!("triad-broker-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bootstrap = format!("127.0.0.1:{port}");
-    let mut broker = start_tansu(&dir, port);
-    wait_ready(&bootstrap);
+    let (dir, port, bootstrap, mut broker) = sqlite_broker();
     let env = Env::on_broker(1, &bootstrap).await;
     let mut acked = Vec::new();
     for wave in 0..2 {

@@ -164,11 +164,7 @@ specialties = ["vision"]
         locked.base_url()
     );
     // A free port for the executor's Prometheus endpoint.
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = support::free_port();
     let config = format!("{config}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
     let mut env = Env::new(1).await.with_config(&config);
     env.extra_env = vec![

@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use support::{Env, kill};
-use triad_domain::{EventBody, WorkflowEvent};
 
 /// Waits for a stderr line containing every one of `needles`.
 fn wait_for_line(rx: &Receiver<String>, needles: &[&str], what: &str) -> String {
@@ -32,28 +30,9 @@ async fn a_processor_joining_and_leaving_loses_and_doubles_nothing() {
     let mut first = env.spawn("processor-a", &["process"]);
     let mut executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
     let ids: Vec<String> = (0..45).map(|n| format!("wf-rebalance-{n:02}")).collect();
-    let finished = |events: &[WorkflowEvent], upto: usize| {
-        let done: HashSet<&str> = events
-            .iter()
-            .filter(|e| support::is_final(&e.body))
-            .map(|e| e.meta.workflow_id.as_str())
-            .collect();
-        ids[..upto].iter().all(|id| done.contains(id.as_str()))
-    };
-    for (n, id) in ids.iter().enumerate().take(15) {
-        env.submit(
-            id,
-            support::research(&format!("rebalance {n}"), false).to_command(),
-        )
+    env.submit_research(&ids[0..15], "rebalance", false).await;
+    env.events_until_finished(&ids[..15], Duration::from_secs(120))
         .await;
-    }
-    env.read_until(
-        &env.names.events,
-        Duration::from_secs(120),
-        "wave 1",
-        |e: &[WorkflowEvent]| finished(e, 15),
-    )
-    .await;
 
     // A second, dynamic member joins (it leaves the group for good when it stops).
     let mut second = env
@@ -78,26 +57,15 @@ async fn a_processor_joining_and_leaving_loses_and_doubles_nothing() {
         "the second processor's assignment",
     );
     assert!(!assigned.contains("\"partitions\":0"), "{assigned}");
-    for (n, id) in ids.iter().enumerate().skip(15).take(15) {
-        env.submit(
-            id,
-            support::research(&format!("rebalance {n}"), false).to_command(),
-        )
-        .await;
-    }
+    env.submit_research(&ids[15..30], "rebalance", false).await;
     // The second processor does real work...
     wait_for_line(
         &rx,
         &["input applied"],
         "the second processor applying an input",
     );
-    env.read_until(
-        &env.names.events,
-        Duration::from_secs(120),
-        "wave 2",
-        |e: &[WorkflowEvent]| finished(e, 30),
-    )
-    .await;
+    env.events_until_finished(&ids[..30], Duration::from_secs(120))
+        .await;
     // ...then leaves; its partitions return to the first, which reloads them.
     let status = std::process::Command::new("kill")
         .args(["-TERM", &second.id().to_string()])
@@ -108,36 +76,14 @@ async fn a_processor_joining_and_leaving_loses_and_doubles_nothing() {
         second.wait().unwrap().success(),
         "the second processor did not stop cleanly"
     );
-    for (n, id) in ids.iter().enumerate().skip(30) {
-        env.submit(
-            id,
-            support::research(&format!("rebalance {n}"), false).to_command(),
-        )
-        .await;
-    }
+    env.submit_research(&ids[30..], "rebalance", false).await;
     let events = env
-        .read_until(
-            &env.names.events,
-            Duration::from_secs(180),
-            "wave 3",
-            |e: &[WorkflowEvent]| finished(e, 45),
-        )
+        .events_until_finished(&ids[..45], Duration::from_secs(180))
         .await;
     kill(&mut first);
     kill(&mut executor);
 
     let per_workflow = support::distinct_gap_free(&events, "rebalance");
     assert_eq!(per_workflow.len(), ids.len());
-    for (wf, list) in &per_workflow {
-        let completed = list
-            .iter()
-            .filter(|e| matches!(e.body, EventBody::TaskCompleted(_)))
-            .count();
-        assert_eq!(completed, 2, "{wf}");
-        assert!(
-            list.iter()
-                .any(|e| matches!(e.body, EventBody::WorkflowCompleted(_))),
-            "{wf}"
-        );
-    }
+    support::assert_each_completed(&per_workflow, 2);
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use support::{Env, kill};
-use triad_domain::{EventBody, SnapshotBody, SnapshotState, WorkflowEvent, WorkflowSnapshot};
+use triad_domain::{SnapshotBody, SnapshotState, WorkflowEvent, WorkflowSnapshot};
 use triad_kafka::produce::partition_for;
 
 const PARTITIONS: i32 = 2;
@@ -28,32 +28,10 @@ fn restored(env: &Env, name: &str) -> BTreeMap<i64, Json> {
         .collect()
 }
 
-fn finished(ids: &[String]) -> impl Fn(&[WorkflowEvent]) -> bool + '_ {
-    move |events| {
-        let done: HashSet<&str> = events
-            .iter()
-            .filter(|e| support::is_final(&e.body))
-            .map(|e| e.meta.workflow_id.as_str())
-            .collect();
-        ids.iter().all(|id| done.contains(id.as_str()))
-    }
-}
-
 async fn run_wave(env: &Env, ids: &[String]) -> Vec<WorkflowEvent> {
-    for (n, id) in ids.iter().enumerate() {
-        env.submit(
-            id,
-            support::research(&format!("snapshots {n}"), true).to_command(),
-        )
-        .await;
-    }
-    env.read_until(
-        &env.names.events,
-        Duration::from_secs(180),
-        "a wave of workflows",
-        finished(ids),
-    )
-    .await
+    env.submit_research(ids, "snapshots", true).await;
+    env.events_until_finished(ids, Duration::from_secs(180))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,16 +154,5 @@ async fn recovery_reads_snapshots_and_the_tail_and_heals_after_a_zombie_write() 
 
     let per_workflow = support::distinct_gap_free(&events, "snapshots");
     assert_eq!(per_workflow.len(), ids.len());
-    for (wf, list) in &per_workflow {
-        let completed = list
-            .iter()
-            .filter(|e| matches!(e.body, EventBody::TaskCompleted(_)))
-            .count();
-        assert_eq!(completed, 4, "{wf}: every task completes exactly once");
-        assert!(
-            list.iter()
-                .any(|e| matches!(e.body, EventBody::WorkflowCompleted(_))),
-            "{wf}"
-        );
-    }
+    support::assert_each_completed(&per_workflow, 4);
 }

@@ -187,6 +187,15 @@ impl Env {
     }
 
     /// The event store until every one of `workflows` has a final event.
+    /// Submits the research workflow (see [`research`]) under each id, its topic made unique
+    /// by `label` and the id.
+    pub async fn submit_research(&self, ids: &[String], label: &str, fan_in: bool) {
+        for id in ids {
+            self.submit(id, research(&format!("{label} {id}"), fan_in).to_command())
+                .await;
+        }
+    }
+
     pub async fn events_until_finished(
         &self,
         workflows: &[String],
@@ -228,6 +237,31 @@ pub fn by_workflow(events: &[WorkflowEvent]) -> BTreeMap<String, Vec<WorkflowEve
             .push(e.clone());
     }
     out
+}
+
+/// A port nothing listens on yet.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every workflow completed `tasks` tasks exactly once and then itself.
+pub fn assert_each_completed(per_workflow: &BTreeMap<String, Vec<WorkflowEvent>>, tasks: usize) {
+    for (wf, list) in per_workflow {
+        let completed = list
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::TaskCompleted(_)))
+            .count();
+        assert_eq!(completed, tasks, "{wf}: every task completes exactly once");
+        assert!(
+            list.iter()
+                .any(|e| matches!(e.body, EventBody::WorkflowCompleted(_))),
+            "{wf}"
+        );
+    }
 }
 
 pub fn kill(child: &mut Child) {
