@@ -8,13 +8,15 @@
 #
 # Environment (none needed):
 #   STACK_DIR        state, logs and pids (default: <repo>/.dev)
-#   STACK_STORAGE    Tansu storage: memory (default) or sqlite (durable across kill -9)
+#   STACK_STORAGE    Tansu storage: sqlite (default; durable across kill -9) or memory
+#                    (faster, but loses records for readers that resume inside a batch:
+#                    docs/adr/0007-tansu-quirks.md §1; not for the test suite)
 #   CARGO_TARGET_DIR honoured as usual
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK_DIR=${STACK_DIR:-$ROOT/.dev}
-STACK_STORAGE=${STACK_STORAGE:-memory}
+STACK_STORAGE=${STACK_STORAGE:-sqlite}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TRIAD_BIN=$TARGET_DIR/debug/triad
 TANSU_VERSION=0.6.0

@@ -15,7 +15,8 @@ import uuid
 
 import fastavro
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -24,7 +25,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 TRIAD = str(TARGET / "debug" / "triad")
-KAFKA = "127.0.0.1:9092"
+KAFKA = os.environ.get("COMPAT_KAFKA", "127.0.0.1:9092")
 REGISTRY = "http://127.0.0.1:8081"
 EPOCH_2026 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -187,3 +188,37 @@ def test_schema_registry_client_drives_the_registry(registry):
     with pytest.raises(SchemaRegistryError) as e:
         registry.get_schema(10_000_000)
     assert e.value.error_code == 40403
+
+
+def test_the_broker_serves_reads_that_start_inside_a_batch():
+    """The broker contract TRIAD's consumers rely on (ADR 0007 §1): a group resumes at a
+    committed offset that is usually inside a batch, and the processor's recovery reads to the
+    high watermark. Tansu's memory storage fails both; the stack runs on sqlite storage."""
+    topic = f"compat-batches-{uuid.uuid4().hex}"
+    admin = AdminClient({"bootstrap.servers": KAFKA})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": KAFKA, "linger.ms": 20, "enable.idempotence": True})
+    acked = []
+    for n in range(50):
+        producer.produce(topic, value=b"%d" % n, partition=0,
+                         on_delivery=lambda err, m: acked.append(None if err else m.offset()))
+    producer.flush(30)
+    assert sorted(acked) == list(range(50))
+    for start in (0, 10, 25, 49):
+        consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": f"compat-{uuid.uuid4()}",
+                             "enable.partition.eof": True, "enable.auto.commit": False})
+        try:
+            consumer.assign([TopicPartition(topic, 0, start)])
+            offsets = []
+            while True:
+                m = consumer.poll(10)
+                assert m is not None, f"start {start}: no record and no end after {offsets}"
+                if m.error():
+                    assert m.error().code() == -191, m.error()  # _PARTITION_EOF
+                    break
+                offsets.append(m.offset())
+            assert offsets == list(range(start, 50)), f"start {start}"
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+            assert high == 50, "high watermark"
+        finally:
+            consumer.close()

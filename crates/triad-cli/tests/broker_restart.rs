@@ -136,7 +136,7 @@ async fn after_a_broker_restart_the_recovery_read_is_whole_or_refused() {
             wait_ready(&bootstrap);
         }
         // A fresh producer per wave: the point is the log, not reconnection.
-        let producer = triad_kafka::produce::Producer::single_record_batches(&env.kafka).unwrap();
+        let producer = triad_kafka::produce::Producer::new(&env.kafka).unwrap();
         for n in 0..10 {
             let value = format!("record {wave}/{n}");
             let d = producer

@@ -247,6 +247,11 @@ pub struct KafkaConfig {
     /// when a partition is idle, and Tansu 0.6 holds an empty fetch for the whole time
     /// instead of answering when data arrives, so the default is low (librdkafka's is 500).
     pub fetch_wait_max_ms: u32,
+    /// The same for the background followers off a task's critical path (executor status
+    /// for the processor, cancellations for executors). On Tansu's sqlite storage every
+    /// empty fetch costs the broker real CPU (~1.4 ms), so each consumer polling every
+    /// 10 ms takes about a third of a core; these can afford to wait longer.
+    pub background_fetch_wait_max_ms: u32,
     /// Join consumer groups with a static `group.instance.id` (`<group>-<instance>`), so a
     /// restarted worker takes its partitions back at once (ADR 0007). Off for a worker that
     /// should leave its group for good when it stops.
@@ -349,6 +354,7 @@ impl Default for KafkaConfig {
             group_prefix: "triad".to_owned(),
             topic_prefix: String::new(),
             fetch_wait_max_ms: 10,
+            background_fetch_wait_max_ms: 100,
             static_membership: true,
         }
     }

@@ -77,8 +77,7 @@ pub async fn follow(
     cancellations: Arc<Cancellations>,
     stop: CancellationToken,
 ) -> crate::Result<()> {
-    let consumer: StreamConsumer = triad_kafka::client::reader_config(&kafka)
-        .set("enable.partition.eof", "false")
+    let consumer: StreamConsumer = triad_kafka::client::follower_config(&kafka)
         .create()
         .map_err(triad_kafka::Error::from)?;
     let mut assignment = TopicPartitionList::new();

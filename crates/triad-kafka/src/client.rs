@@ -36,6 +36,17 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
     c
 }
 
+/// A reader that follows a topic in the background, off any task's critical path: no
+/// end-of-partition events, and the longer `background_fetch_wait_max_ms`.
+pub fn follower_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = reader_config(kafka);
+    c.set("enable.partition.eof", "false").set(
+        "fetch.wait.max.ms",
+        kafka.background_fetch_wait_max_ms.to_string(),
+    );
+    c
+}
+
 /// A consumer without a group, for reading a topic from the start (registry state, DLQ
 /// listing, audits). It never commits.
 pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {

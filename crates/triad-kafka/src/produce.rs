@@ -47,20 +47,6 @@ impl Producer {
         })
     }
 
-    /// A producer for logs that are later read back to their high watermark (the event
-    /// store): one record per batch. Tansu 0.6.0 reports a partition's high watermark as the
-    /// last *batch's* base offset + 1, so the tail records of a multi-record batch would be
-    /// invisible to a reader that stops at the watermark (found by the processor's kill -9
-    /// test; docs/adr/0005). Requests are still pipelined, so the cost is per-record
-    /// framing, not round trips.
-    pub fn single_record_batches(kafka: &KafkaConfig) -> Result<Self> {
-        Ok(Self {
-            inner: crate::client::producer_config(kafka)
-                .set("batch.num.messages", "1")
-                .create()?,
-        })
-    }
-
     /// Sends to the partition the pinned partitioner picks for `key`.
     pub async fn send(
         &self,

@@ -897,8 +897,7 @@ async fn follow_status(
     liveness: Arc<Liveness>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer = triad_kafka::client::reader_config(&kafka)
-        .set("enable.partition.eof", "false")
+    let consumer: StreamConsumer = triad_kafka::client::follower_config(&kafka)
         .create()
         .map_err(triad_kafka::Error::from)?;
     let mut assignment = TopicPartitionList::new();
@@ -932,7 +931,7 @@ async fn follow_status(
 /// Runs the processor until `cancel`.
 pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken) -> Result<()> {
     let names = Names::new(&options.kafka);
-    let producer = Producer::single_record_batches(&options.kafka)?;
+    let producer = Producer::new(&options.kafka)?;
     let group = format!("{}-processor", options.kafka.group_prefix);
     let (snapshots, snapshot_rx) = mpsc::channel(16);
     let writer_task = tokio::spawn(write_snapshots(
