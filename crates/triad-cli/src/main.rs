@@ -50,7 +50,23 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         instance: u32,
     },
-    /// Run the processor and one executor per zone in this one process (development).
+    /// Run the projection worker: the event store into the PostgreSQL read models
+    /// (`projection.schema`), exactly once.
+    Project,
+    /// Rebuild a projection from offset 0 into a shadow schema while the live one keeps
+    /// serving, then swap it in atomically.
+    Replay {
+        /// The projection to rebuild (`workflows`).
+        #[arg(long)]
+        projection: String,
+        /// Refuse to swap unless every rebuilt table hashes identically to the live one.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Apply the PostgreSQL migrations in `migrations/` (workers also do it at start-up).
+    Migrate,
+    /// Run the processor, one executor per zone and the projection worker in this one
+    /// process (development).
     Dev,
     /// Submit a workflow document (JSON or YAML) and follow its events until it finishes.
     Submit {
@@ -201,7 +217,11 @@ async fn main() -> Result<()> {
         &config,
         matches!(
             cli.command,
-            Command::Registry | Command::Process { .. } | Command::Execute { .. } | Command::Dev
+            Command::Registry
+                | Command::Process { .. }
+                | Command::Execute { .. }
+                | Command::Dev
+                | Command::Project
         ),
         matches!(cli.command, Command::Demo { .. } | Command::Bench(_)),
     )?;
@@ -243,8 +263,33 @@ async fn main() -> Result<()> {
         Command::Dev => {
             let cancel = shutdown_token();
             workers::serve_metrics(&config, cancel.clone()).await?;
-            let set = workers::spawn_all(&config, codec(&config)?, &cancel)?;
+            let codec = codec(&config)?;
+            let mut set = workers::spawn_all(&config, codec.clone(), &cancel)?;
+            let (options, pool) = workers::projection(&config)?;
+            let t = cancel.clone();
+            set.spawn(async move { Ok(triad_projection::run(&options, pool, codec, t).await?) });
             workers::join(set).await?;
+        }
+        Command::Project => {
+            let (options, pool) = workers::projection(&config)?;
+            triad_projection::run(&options, pool, codec(&config)?, shutdown_token()).await?;
+        }
+        Command::Replay { projection, verify } => {
+            workers::replay(&config, codec(&config)?, &projection, verify).await?;
+        }
+        Command::Migrate => {
+            let pool = workers::pg_pool(&config)?;
+            let client = pool
+                .get()
+                .await
+                .with_context(|| format!("connecting to postgres.url {}", config.postgres.url))?;
+            let applied = triad_store::migrate::run(&client).await?;
+            if applied.is_empty() {
+                println!("migrations: up to date");
+            }
+            for name in applied {
+                println!("migration applied: {name}");
+            }
         }
         Command::Submit {
             file,

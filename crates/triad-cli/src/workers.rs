@@ -95,6 +95,61 @@ pub fn blob_store(config: &Config) -> Result<Arc<dyn triad_store::BlobStore>> {
     )?))
 }
 
+/// A pool on `postgres.url`; the password, if any, from `PGPASSWORD`.
+pub fn pg_pool(config: &Config) -> Result<deadpool_postgres::Pool> {
+    let password = std::env::var("PGPASSWORD").ok();
+    Ok(triad_store::pool(
+        &config.postgres.url,
+        password.as_deref(),
+        config.postgres.pool_size,
+    )?)
+}
+
+/// The projection worker's options and pool.
+pub fn projection(config: &Config) -> Result<(triad_projection::Options, deadpool_postgres::Pool)> {
+    let names = triad_kafka::topics::Names::new(&config.kafka);
+    let options = triad_projection::Options {
+        kafka: config.kafka.clone(),
+        topic: names.events.clone(),
+        dlq_topic: names.dlq.clone(),
+        schema: config.projection.schema.clone(),
+        batch_max_records: config.projection.batch_max_records,
+        flush_interval: std::time::Duration::from_millis(config.projection.flush_interval_ms),
+    };
+    Ok((options, pg_pool(config)?))
+}
+
+/// `triad replay`: rebuilds with a progress line on stderr, then reports what it compared.
+pub async fn replay(config: &Config, codec: Arc<Codec>, name: &str, verify: bool) -> Result<()> {
+    let (options, pool) = projection(config)?;
+    eprintln!(
+        "replay {name}: building {}_shadow from offset 0 of {}",
+        options.schema, options.topic
+    );
+    let last = std::sync::Mutex::new(std::time::Instant::now());
+    let progress = |p: triad_projection::Progress| {
+        let Ok(mut last) = last.lock() else { return };
+        if last.elapsed() >= std::time::Duration::from_secs(1) || p.done >= p.total {
+            *last = std::time::Instant::now();
+            let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
+            eprintln!("replay {name}: {} / {} records ({pct}%)", p.done, p.total);
+        }
+    };
+    let report = triad_projection::replay(&options, pool, codec, name, verify, &progress).await?;
+    for (table, hash) in &report.verified {
+        println!("verified {table}: {hash} (live = rebuilt)");
+    }
+    println!(
+        "replay {name}: {} records, {} events applied, {} duplicates skipped, {} dead-lettered; swapped into {}",
+        report.records,
+        report.applied.events,
+        report.applied.duplicates,
+        report.applied.dead_lettered,
+        options.schema
+    );
+    Ok(())
+}
+
 /// Starts the processor and one executor per zone of the policy as tasks of this process.
 pub fn spawn_all(
     config: &Config,

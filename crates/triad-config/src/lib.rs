@@ -46,6 +46,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub postgres: PostgresConfig,
     pub blobs: BlobsConfig,
+    pub projection: ProjectionConfig,
     pub metrics: MetricsConfig,
     pub codec: CodecConfig,
     pub log: LogConfig,
@@ -297,6 +298,28 @@ impl Default for BlobsConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ProjectionConfig {
+    /// The PostgreSQL schema of the live read models (`triad replay` builds
+    /// `<schema>_shadow` and swaps it in).
+    pub schema: String,
+    /// A batch (one transaction) closes at this many records...
+    pub batch_max_records: usize,
+    /// ...or this long after its first record, whichever comes first.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self {
+            schema: "triad_read".to_owned(),
+            batch_max_records: 500,
+            flush_interval_ms: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct CodecConfig {
     /// Largest single allocation apache-avro may make while decoding one record.
     pub max_allocation_bytes: usize,
@@ -333,6 +356,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             postgres: PostgresConfig::default(),
             blobs: BlobsConfig::default(),
+            projection: ProjectionConfig::default(),
             metrics: MetricsConfig::default(),
             codec: CodecConfig::default(),
             log: LogConfig::default(),
@@ -391,7 +415,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Auto,
-            filter: "info".to_owned(),
+            filter: "info,tokio_postgres=warn".to_owned(),
         }
     }
 }
@@ -507,6 +531,22 @@ impl Config {
                 "blobs.inline_max_bytes",
                 "must be between 1024 and 786432 (records must stay below the broker's message limit)",
             );
+        }
+        let schema = &self.projection.schema;
+        if schema.is_empty()
+            || schema.len() > 40
+            || !schema.starts_with(|c: char| c.is_ascii_lowercase())
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return invalid(
+                "projection.schema",
+                "expected 1-40 characters of a-z, 0-9 and _, starting with a letter",
+            );
+        }
+        if self.projection.batch_max_records == 0 {
+            return invalid("projection.batch_max_records", "must be at least 1");
         }
         if self.postgres.pool_size == 0 {
             return invalid("postgres.pool_size", "must be at least 1");
@@ -661,6 +701,11 @@ mod tests {
                 ),
                 ("policy.zones=[\"us east\"]", "policy.zones"),
                 ("executor.max_in_flight=0", "executor.max_in_flight"),
+                ("projection.schema=Read-Models", "projection.schema"),
+                (
+                    "projection.batch_max_records=0",
+                    "projection.batch_max_records",
+                ),
             ] {
                 let sources = Sources {
                     file: None,

@@ -62,6 +62,24 @@ const PUT: &str = "INSERT INTO triad_blobs (sha256, size, content) VALUES ($1, $
                    ON CONFLICT (sha256) DO NOTHING";
 const GET: &str = "SELECT content FROM triad_blobs WHERE sha256 = $1";
 
+/// A lazily connecting pool on `url` (`postgres://user@host:port/db`); the password, if
+/// any, comes from `password` (read from the environment by the caller, never from
+/// configuration files).
+pub fn pool(url: &str, password: Option<&str>, size: usize) -> Result<deadpool_postgres::Pool> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|source| Error::Url {
+        url: url.to_owned(),
+        source,
+    })?;
+    if let Some(p) = password {
+        config.password(p);
+    }
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size.max(1))
+        .build()
+        .map_err(|e| Error::Pool(e.to_string()))
+}
+
 /// The blob store in PostgreSQL table `triad_blobs`.
 #[derive(Debug)]
 pub struct PgBlobStore {
@@ -73,18 +91,7 @@ impl PgBlobStore {
     /// A store on `url` (`postgres://user@host:port/db`); the password, if any, comes from
     /// `password` (read from the environment by the caller, never from configuration files).
     pub fn new(url: &str, password: Option<&str>, pool_size: usize) -> Result<Self> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|source| Error::Url {
-            url: url.to_owned(),
-            source,
-        })?;
-        if let Some(p) = password {
-            config.password(p);
-        }
-        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
-        let pool = deadpool_postgres::Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .build()
-            .map_err(|e| Error::Pool(e.to_string()))?;
+        let pool = pool(url, password, pool_size)?;
         Ok(Self {
             pool,
             migrated: OnceCell::new(),

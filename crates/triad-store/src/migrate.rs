@@ -5,13 +5,20 @@
 use crate::{Error, Result};
 
 /// Every migration, in order (embedded: the binary carries its schema).
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_blobs",
-    include_str!("../../../migrations/0001_blobs.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_blobs",
+        include_str!("../../../migrations/0001_blobs.sql"),
+    ),
+    (
+        "0002_read_model_schemas",
+        include_str!("../../../migrations/0002_read_model_schemas.sql"),
+    ),
+];
 
 const LOCK: &str = "SELECT pg_advisory_lock(7216840)";
 const UNLOCK: &str = "SELECT pg_advisory_unlock(7216840)";
+const EXISTS: &str = "SELECT to_regclass('triad_migrations') IS NOT NULL";
 const TABLE: &str = "CREATE TABLE IF NOT EXISTS triad_migrations (\
                      name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())";
 const APPLIED: &str = "SELECT 1 FROM triad_migrations WHERE name = $1";
@@ -27,7 +34,11 @@ pub async fn run(client: &deadpool_postgres::Object) -> Result<Vec<&'static str>
 }
 
 async fn apply(client: &deadpool_postgres::Object) -> Result<Vec<&'static str>> {
-    client.execute(TABLE, &[]).await?;
+    // Checked first: IF NOT EXISTS alone logs a notice on every start.
+    let exists: bool = client.query_one(EXISTS, &[]).await?.try_get(0)?;
+    if !exists {
+        client.execute(TABLE, &[]).await?;
+    }
     let mut applied = Vec::new();
     for (name, sql) in MIGRATIONS {
         if client.query_opt(APPLIED, &[name]).await?.is_some() {

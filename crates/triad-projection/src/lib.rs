@@ -1,0 +1,752 @@
+//! Projection workers: the event store (`triad.workflow-events`) into PostgreSQL read models.
+//!
+//! - **Exactly once.** Each batch of records is applied in one transaction together with the
+//!   next offset of every partition it touched (`projection_offsets`, inside the read model's
+//!   schema). The worker reads its start offsets from there, not from Kafka, and assigns the
+//!   partitions itself: a redelivered record is below the stored offset and skipped, and a
+//!   second worker on the same schema finds the offsets moved under its feet and re-seeks
+//!   (the offsets row is locked `FOR UPDATE`), so two workers never apply a record twice.
+//! - **Duplicates in the log** (a processor's repair or a zombie writing an event again) are
+//!   skipped by the processor's own rule: an event whose sequence is not above its workflow's
+//!   `last_sequence`.
+//! - **Batching.** A batch closes at `batch_max_records` or `flush_interval_ms` after its first
+//!   record, whichever comes first; one `NOTIFY triad_read_model` per batch.
+//! - **PostgreSQL down**: the batch is retried with backoff until it commits; nothing is
+//!   skipped. Undecodable records go to the dead-letter topic with their reason.
+//! - **Rebuild** ([`replay`]): a shadow schema is built from offset 0 while the live one keeps
+//!   serving, then swapped in atomically; the live worker notices the new build and re-seeks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_postgres::types::ToSql;
+use tokio_util::sync::CancellationToken;
+use triad_codec::Codec;
+use triad_config::KafkaConfig;
+use triad_domain::WorkflowEvent;
+use triad_kafka::dlq::DeadLetterWriter;
+
+pub mod plan;
+pub mod sql;
+
+use plan::Param;
+use sql::{Sql, Stmt};
+
+/// The projection names `triad replay --projection` accepts.
+pub const PROJECTIONS: &[&str] = &["workflows"];
+
+/// The tables of the `workflows` projection, in the order `replay --verify` compares them.
+pub const TABLES: &[&str] = &[
+    "workflows",
+    "tasks",
+    "workflow_events",
+    "models",
+    "projection_offsets",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("PostgreSQL: {}", pg_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL pool: {0}")]
+    Pool(String),
+    #[error(transparent)]
+    Store(#[from] triad_store::Error),
+    #[error(transparent)]
+    Kafka(#[from] triad_kafka::Error),
+    #[error("Kafka: {0}")]
+    Rdkafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Codec(#[from] triad_codec::Error),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("projections/workflows/apply.sql has no statement named {0:?}")]
+    MissingStatement(&'static str),
+    #[error(
+        "partition {partition}: the batch starts at offset {first} but the read model is at {stored}"
+    )]
+    Gap {
+        partition: i32,
+        stored: i64,
+        first: i64,
+    },
+    #[error("the read model was rebuilt (build {0}); re-reading its offsets")]
+    Rebuilt(String),
+    #[error("the rebuilt table {table} differs from the live one (live {live}, rebuilt {rebuilt})")]
+    Mismatch {
+        table: &'static str,
+        live: String,
+        rebuilt: String,
+    },
+    #[error("unknown projection {0:?} (known: workflows)")]
+    UnknownProjection(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The server's message when there is one ("db error" alone says nothing).
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), ToString::to_string)
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub kafka: KafkaConfig,
+    /// The event-store topic.
+    pub topic: String,
+    pub dlq_topic: String,
+    /// The live read model's schema.
+    pub schema: String,
+    pub batch_max_records: usize,
+    pub flush_interval: Duration,
+}
+
+/// Where a batch goes: the live schema (under the shared swap lock, checking the build) or a
+/// replay's shadow (whose builder holds the exclusive lock during the final catch-up).
+#[derive(Debug, Clone)]
+enum Target {
+    Live { schema: String, build: String },
+    Shadow { schema: String },
+}
+
+impl Target {
+    fn schema(&self) -> &str {
+        match self {
+            Self::Live { schema, .. } | Self::Shadow { schema } => schema,
+        }
+    }
+}
+
+/// A record ready to apply: its place in the log and the decoded event, or `None` when it was
+/// dead-lettered (its offset still advances).
+#[derive(Debug)]
+struct Decoded {
+    partition: i32,
+    offset: i64,
+    event: Option<WorkflowEvent>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub events: usize,
+    pub duplicates: usize,
+    pub redelivered: usize,
+    pub dead_lettered: usize,
+}
+
+/// The PostgreSQL side of a projection.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    pool: deadpool_postgres::Pool,
+    sql: Arc<Sql>,
+    topic: String,
+}
+
+impl Sink {
+    pub fn new(pool: deadpool_postgres::Pool, topic: &str) -> Result<Self> {
+        Ok(Self {
+            pool,
+            sql: Arc::new(Sql::load()?),
+            topic: topic.to_owned(),
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Error::Pool(e.to_string()))
+    }
+
+    async fn stmt(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        stmt: Stmt,
+    ) -> Result<tokio_postgres::Statement> {
+        Ok(tx.prepare_cached(self.sql.text(stmt)).await?)
+    }
+
+    /// Creates `schema` with the projection's tables and views if it does not exist (after
+    /// the migrations), and returns its build id.
+    pub async fn ensure(&self, schema: &str, live: &str) -> Result<String> {
+        let mut client = self.client().await?;
+        triad_store::migrate::run(&client).await?;
+        let tx = client.transaction().await?;
+        // "already exists, skipping" notices on every start say nothing.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await?;
+        // Serialised with swaps and other workers creating the same schema.
+        tx.query(self.sql.text(Stmt::LockExclusive), &[&live])
+            .await?;
+        tx.query("SELECT triad_create_schema($1)", &[&schema])
+            .await?;
+        tx.query(self.sql.text(Stmt::SearchPath), &[&schema])
+            .await?;
+        tx.batch_execute(sql::SCHEMA).await?;
+        tx.batch_execute(sql::ANALYTICS).await?;
+        let fresh = uuid::Uuid::new_v4().to_string();
+        tx.execute(self.sql.text(Stmt::SetBuild), &[&fresh]).await?;
+        let build: String = tx
+            .query_one(self.sql.text(Stmt::Build), &[])
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        Ok(build)
+    }
+
+    /// The next offset of each partition stored in `schema`.
+    pub async fn offsets(&self, schema: &str) -> Result<BTreeMap<i32, i64>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.query(self.sql.text(Stmt::SearchPath), &[&schema])
+            .await?;
+        let rows = tx
+            .query(self.sql.text(Stmt::Offsets), &[&self.topic])
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Applies `batch` in one transaction with the offsets; `Rebuilt` when a replay swapped
+    /// the live schema since `target`'s build was read, `Gap` when the stored offsets are not
+    /// where the batch starts (another worker moved them, or the log lost records).
+    async fn apply(&self, target: &Target, batch: &[Decoded]) -> Result<Applied> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let schema = target.schema();
+        tx.query(&self.stmt(&tx, Stmt::SearchPath).await?, &[&schema])
+            .await?;
+        if let Target::Live { schema, build } = target {
+            tx.query(&self.stmt(&tx, Stmt::LockShared).await?, &[schema])
+                .await?;
+            let current: String = tx
+                .query_one(&self.stmt(&tx, Stmt::Build).await?, &[])
+                .await?
+                .try_get(0)?;
+            if &current != build {
+                return Err(Error::Rebuilt(current));
+            }
+        }
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for row in tx
+            .query(&self.stmt(&tx, Stmt::Offsets).await?, &[&self.topic])
+            .await?
+        {
+            next.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        let mut applied = Applied::default();
+        let mut sequences: HashMap<String, i64> = HashMap::new();
+        let mut touched: BTreeMap<i32, i64> = BTreeMap::new();
+        for record in batch {
+            let expected = next.get(&record.partition).copied().unwrap_or(0);
+            if record.offset < expected {
+                applied.redelivered += 1;
+                continue;
+            }
+            if record.offset > expected {
+                return Err(Error::Gap {
+                    partition: record.partition,
+                    stored: expected,
+                    first: record.offset,
+                });
+            }
+            next.insert(record.partition, record.offset + 1);
+            touched.insert(record.partition, record.offset + 1);
+            let Some(event) = &record.event else {
+                applied.dead_lettered += 1;
+                continue;
+            };
+            let wf = &event.meta.workflow_id;
+            let last = match sequences.get(wf) {
+                Some(s) => *s,
+                None => tx
+                    .query_opt(&self.stmt(&tx, Stmt::WorkflowSequence).await?, &[wf])
+                    .await?
+                    .map(|r| r.try_get::<_, i64>(0))
+                    .transpose()?
+                    .unwrap_or(0),
+            };
+            if event.meta.sequence <= last {
+                applied.duplicates += 1;
+                sequences.insert(wf.clone(), last);
+                continue;
+            }
+            for write in plan::plan(event, record.partition, record.offset)? {
+                let params: Vec<&(dyn ToSql + Sync)> = write.params.iter().map(bind).collect();
+                tx.execute(&self.stmt(&tx, write.stmt).await?, &params)
+                    .await?;
+            }
+            sequences.insert(wf.clone(), event.meta.sequence);
+            applied.events += 1;
+        }
+        let store = self.stmt(&tx, Stmt::StoreOffset).await?;
+        for (partition, offset) in &touched {
+            tx.execute(&store, &[&self.topic, partition, offset])
+                .await?;
+        }
+        if applied.events > 0 {
+            tx.query(&self.stmt(&tx, Stmt::Notify).await?, &[&schema])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// The content hash of each of [`TABLES`] in `schema`.
+    pub async fn hashes(&self, schema: &str) -> Result<Vec<(&'static str, String)>> {
+        let client = self.client().await?;
+        let mut out = Vec::new();
+        for table in TABLES {
+            let row = client
+                .query_one("SELECT triad_table_hash($1, $2)", &[&schema, table])
+                .await?;
+            out.push((*table, row.try_get(0)?));
+        }
+        Ok(out)
+    }
+}
+
+fn bind(p: &Param) -> &(dyn ToSql + Sync) {
+    match p {
+        Param::Text(v) => v,
+        Param::OptText(v) => v,
+        Param::Int(v) => v,
+        Param::BigInt(v) => v,
+        Param::OptBigInt(v) => v,
+        Param::TextArray(v) => v,
+        Param::OptBytes(v) => v,
+    }
+}
+
+/// A consumer without a group on `topic`, assigned at `from` (partition → offset) for the
+/// partitions that have something to read.
+fn assign(kafka: &KafkaConfig, topic: &str, from: &BTreeMap<i32, i64>) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = triad_kafka::client::reader_config(kafka)
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in from {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// The partitions of `topic` with the offset each starts at in `stored` (0 when absent).
+fn start_offsets(
+    kafka: &KafkaConfig,
+    topic: &str,
+    stored: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, i64>> {
+    let consumer: StreamConsumer = triad_kafka::client::reader_config(kafka).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .map(|p| (p, stored.get(&p).copied().unwrap_or(0)))
+        .collect())
+}
+
+/// Records until `max` or `interval` after the first; empty when `cancel` fires first.
+async fn collect(
+    stream: &mut rdkafka::consumer::MessageStream<'_, rdkafka::consumer::DefaultConsumerContext>,
+    max: usize,
+    interval: Duration,
+    cancel: &CancellationToken,
+) -> Result<Vec<OwnedMessage>> {
+    let mut batch = Vec::new();
+    let first = tokio::select! {
+        () = cancel.cancelled() => return Ok(batch),
+        m = stream.next() => m,
+    };
+    match first {
+        Some(m) => batch.push(m?.detach()),
+        None => return Ok(batch),
+    }
+    let deadline = tokio::time::Instant::now() + interval;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(m)) => batch.push(m?.detach()),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Decodes `batch`; undecodable records are dead-lettered (their offsets still advance).
+/// Other failures (the registry unreachable) are errors: the caller retries.
+async fn decode(
+    codec: &Codec,
+    dlq: &DeadLetterWriter,
+    group: &str,
+    batch: &[OwnedMessage],
+) -> Result<Vec<Decoded>> {
+    let mut out = Vec::with_capacity(batch.len());
+    for m in batch {
+        let event = match codec.decode::<WorkflowEvent>(m.payload()).await {
+            Ok(e) => Some(e),
+            Err(e) if e.is_undecodable() => {
+                dlq.write(m, group, "decode", &e.to_string()).await?;
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        out.push(Decoded {
+            partition: m.partition(),
+            offset: m.offset(),
+            event,
+        });
+    }
+    Ok(out)
+}
+
+/// Exponential backoff between retries, capped; returns false when cancelled meanwhile.
+async fn backoff(attempt: &mut u32, cancel: &CancellationToken) -> bool {
+    let wait = Duration::from_millis(100u64 << (*attempt).min(6)).min(Duration::from_secs(5));
+    *attempt += 1;
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Runs the live `workflows` projection until `cancel`; the batch in hand is applied before
+/// it returns (drain).
+pub async fn run(
+    options: &Options,
+    pool: deadpool_postgres::Pool,
+    codec: Arc<Codec>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let sink = Sink::new(pool, &options.topic)?;
+    let group = format!("{}-projection-workflows", options.kafka.group_prefix);
+    let dlq = DeadLetterWriter::new(
+        triad_kafka::produce::Producer::new(&options.kafka)?,
+        codec.clone(),
+        &options.dlq_topic,
+    );
+    let mut attempt = 0;
+    let mut build = loop {
+        match sink.ensure(&options.schema, &options.schema).await {
+            Ok(b) => break b,
+            Err(error) => {
+                tracing::warn!(%error, "read model not ready; retrying");
+                if !backoff(&mut attempt, &cancel).await {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    tracing::info!(db.namespace = %options.schema, build = %build, "projection started");
+    'seek: loop {
+        let stored = loop {
+            match sink.offsets(&options.schema).await {
+                Ok(o) => break o,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the projection's offsets; retrying");
+                    if !backoff(&mut attempt, &cancel).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let from = start_offsets(&options.kafka, &options.topic, &stored)?;
+        let consumer = assign(&options.kafka, &options.topic, &from)?;
+        let mut stream = consumer.stream();
+        loop {
+            let batch = collect(
+                &mut stream,
+                options.batch_max_records,
+                options.flush_interval,
+                &cancel,
+            )
+            .await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let decoded = loop {
+                match decode(&codec, &dlq, &group, &batch).await {
+                    Ok(d) => break d,
+                    Err(error) => {
+                        tracing::warn!(%error, "decoding a batch; retrying");
+                        if !backoff(&mut attempt, &cancel).await {
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            let target = Target::Live {
+                schema: options.schema.clone(),
+                build: build.clone(),
+            };
+            loop {
+                match sink.apply(&target, &decoded).await {
+                    Ok(applied) => {
+                        attempt = 0;
+                        tracing::debug!(
+                            events = applied.events,
+                            duplicates = applied.duplicates,
+                            redelivered = applied.redelivered,
+                            "batch applied"
+                        );
+                        break;
+                    }
+                    Err(Error::Rebuilt(new)) => {
+                        tracing::info!(build = %new, "read model rebuilt by a replay; re-seeking");
+                        build = new;
+                        continue 'seek;
+                    }
+                    Err(error @ Error::Gap { .. }) => {
+                        tracing::warn!(%error, "offsets moved; re-seeking");
+                        if !backoff(&mut attempt, &cancel).await {
+                            return Ok(());
+                        }
+                        continue 'seek;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "applying a batch; retrying (nothing is skipped)");
+                        if !backoff(&mut attempt, &cancel).await {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Progress of a replay: records applied of the records to read.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    pub records: u64,
+    pub applied: Applied,
+    /// Table hashes compared equal before the swap (with `verify`).
+    pub verified: Vec<(&'static str, String)>,
+}
+
+/// Rebuilds projection `name` from offset 0 into a shadow schema and swaps it in.
+///
+/// The shadow is built to the live read model's offsets as they are when the replay starts
+/// (to the log's end when there is none yet). Then, holding the swap lock exclusively (the
+/// live worker's next batch waits), it catches up to the live offsets of that moment; with
+/// `verify` it compares every table's content hash with the live one and refuses to swap on a
+/// difference; then it renames the shadow into place.
+pub async fn replay(
+    options: &Options,
+    pool: deadpool_postgres::Pool,
+    codec: Arc<Codec>,
+    name: &str,
+    verify: bool,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<ReplayReport> {
+    if !PROJECTIONS.contains(&name) {
+        return Err(Error::UnknownProjection(name.to_owned()));
+    }
+    let sink = Sink::new(pool.clone(), &options.topic)?;
+    let group = format!("{}-replay-{name}", options.kafka.group_prefix);
+    let dlq = DeadLetterWriter::new(
+        triad_kafka::produce::Producer::new(&options.kafka)?,
+        codec.clone(),
+        &options.dlq_topic,
+    );
+    let live = &options.schema;
+    let shadow = format!("{live}_shadow");
+    sink.ensure(live, live).await?;
+    {
+        let client = sink.client().await?;
+        client
+            .query("SELECT triad_drop_schema($1)", &[&shadow])
+            .await?;
+    }
+    sink.ensure(&shadow, live).await?;
+    let target = Target::Shadow {
+        schema: shadow.clone(),
+    };
+    let mut live_offsets = sink.offsets(live).await?;
+    if live_offsets.is_empty() {
+        live_offsets = high_watermarks(&options.kafka, &options.topic)?;
+    }
+    let mut report = ReplayReport {
+        records: 0,
+        applied: Applied::default(),
+        verified: Vec::new(),
+    };
+    let zero = start_offsets(&options.kafka, &options.topic, &BTreeMap::new())?;
+    let total: i64 = live_offsets.values().sum();
+    let mut tracker = Tracker {
+        done: 0,
+        total: u64::try_from(total).unwrap_or(0),
+        progress,
+    };
+    read_range(
+        options,
+        &sink,
+        &target,
+        &codec,
+        &dlq,
+        &group,
+        &zero,
+        &live_offsets,
+        &mut report,
+        &mut tracker,
+    )
+    .await?;
+
+    let mut client = sink.client().await?;
+    let tx = client.transaction().await?;
+    tx.query(sink.sql.text(Stmt::LockExclusive), &[live])
+        .await?;
+    tx.query(sink.sql.text(Stmt::SearchPath), &[live]).await?;
+    let mut now: BTreeMap<i32, i64> = BTreeMap::new();
+    for row in tx
+        .query(sink.sql.text(Stmt::Offsets), &[&options.topic])
+        .await?
+    {
+        now.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+    if !now.is_empty() {
+        let from = sink.offsets(&shadow).await?;
+        let from = start_offsets(&options.kafka, &options.topic, &from)?;
+        tracker.total += now
+            .iter()
+            .map(|(p, o)| u64::try_from(o - from.get(p).copied().unwrap_or(0)).unwrap_or(0))
+            .sum::<u64>();
+        read_range(
+            options,
+            &sink,
+            &target,
+            &codec,
+            &dlq,
+            &group,
+            &from,
+            &now,
+            &mut report,
+            &mut tracker,
+        )
+        .await?;
+    }
+    if verify {
+        let (a, b) = (sink.hashes(live).await?, sink.hashes(&shadow).await?);
+        for ((table, live_hash), (_, rebuilt)) in a.into_iter().zip(b) {
+            if live_hash != rebuilt {
+                tx.rollback().await?;
+                return Err(Error::Mismatch {
+                    table,
+                    live: live_hash,
+                    rebuilt,
+                });
+            }
+            report.verified.push((table, live_hash));
+        }
+    }
+    tx.query("SELECT triad_swap_schema($1, $2)", &[live, &shadow])
+        .await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+struct Tracker<'a> {
+    done: u64,
+    total: u64,
+    progress: &'a (dyn Fn(Progress) + Sync),
+}
+
+fn high_watermarks(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let consumer: StreamConsumer = triad_kafka::client::reader_config(kafka).create()?;
+    let partitions = start_offsets(kafka, topic, &BTreeMap::new())?;
+    let mut out = BTreeMap::new();
+    for p in partitions.keys() {
+        let (_, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        out.insert(*p, high);
+    }
+    Ok(out)
+}
+
+/// Applies the records of each partition from `from` up to (not including) `until` into
+/// `target`, in batches.
+#[allow(clippy::too_many_arguments)]
+async fn read_range(
+    options: &Options,
+    sink: &Sink,
+    target: &Target,
+    codec: &Codec,
+    dlq: &DeadLetterWriter,
+    group: &str,
+    from: &BTreeMap<i32, i64>,
+    until: &BTreeMap<i32, i64>,
+    report: &mut ReplayReport,
+    tracker: &mut Tracker<'_>,
+) -> Result<()> {
+    let mut open: BTreeMap<i32, i64> = from
+        .iter()
+        .filter(|(p, o)| until.get(p).is_some_and(|u| u > o))
+        .map(|(p, o)| (*p, *o))
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let consumer = assign(&options.kafka, &options.topic, &open)?;
+    let mut stream = consumer.stream();
+    let never = CancellationToken::new();
+    while !open.is_empty() {
+        let batch = tokio::time::timeout(
+            Duration::from_secs(30),
+            collect(
+                &mut stream,
+                options.batch_max_records,
+                options.flush_interval,
+                &never,
+            ),
+        )
+        .await
+        .map_err(|_| {
+            triad_kafka::Error::Timeout(Duration::from_secs(30), "the replay's next record")
+        })??;
+        let batch: Vec<OwnedMessage> = batch
+            .into_iter()
+            .filter(|m| until.get(&m.partition()).is_some_and(|u| m.offset() < *u))
+            .collect();
+        for m in &batch {
+            if until
+                .get(&m.partition())
+                .is_some_and(|u| m.offset() + 1 >= *u)
+            {
+                open.remove(&m.partition());
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let decoded = decode(codec, dlq, group, &batch).await?;
+        let applied = sink.apply(target, &decoded).await?;
+        report.records += u64::try_from(batch.len()).unwrap_or(0);
+        report.applied.events += applied.events;
+        report.applied.duplicates += applied.duplicates;
+        report.applied.dead_lettered += applied.dead_lettered;
+        tracker.done += u64::try_from(batch.len()).unwrap_or(0);
+        (tracker.progress)(Progress {
+            done: tracker.done,
+            total: tracker.total,
+        });
+    }
+    Ok(())
+}
