@@ -63,6 +63,8 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Serve the REST/SSE API on `api.listen` (submit, cancel, read, stream, health).
+    Api,
     /// Apply the PostgreSQL migrations in `migrations/` (workers also do it at start-up).
     Migrate,
     /// Run the processor, one executor per zone and the projection worker in this one
@@ -222,6 +224,7 @@ async fn main() -> Result<()> {
                 | Command::Execute { .. }
                 | Command::Dev
                 | Command::Project
+                | Command::Api
         ),
         matches!(cli.command, Command::Demo { .. } | Command::Bench(_)),
     )?;
@@ -266,9 +269,17 @@ async fn main() -> Result<()> {
             let codec = codec(&config)?;
             let mut set = workers::spawn_all(&config, codec.clone(), &cancel)?;
             let (options, pool) = workers::projection(&config)?;
+            let (t, c) = (cancel.clone(), codec.clone());
+            set.spawn(async move { Ok(triad_projection::run(&options, pool, c, t).await?) });
+            let (state, options) = workers::api(&config, codec, &cancel)?;
             let t = cancel.clone();
-            set.spawn(async move { Ok(triad_projection::run(&options, pool, codec, t).await?) });
+            set.spawn(async move { Ok(triad_api::serve(state, &options, t).await?) });
             workers::join(set).await?;
+        }
+        Command::Api => {
+            let cancel = shutdown_token();
+            let (state, options) = workers::api(&config, codec(&config)?, &cancel)?;
+            triad_api::serve(state, &options, cancel).await?;
         }
         Command::Project => {
             let (options, pool) = workers::projection(&config)?;

@@ -105,6 +105,41 @@ pub fn pg_pool(config: &Config) -> Result<deadpool_postgres::Pool> {
     )?)
 }
 
+/// The API's shared state and options.
+pub fn api(
+    config: &Config,
+    codec: Arc<Codec>,
+    cancel: &CancellationToken,
+) -> Result<(Arc<triad_api::AppState>, triad_api::Options)> {
+    let catalogue = catalogue(config)?;
+    let password = std::env::var("PGPASSWORD").ok();
+    let pool = triad_store::pool_in_schema(
+        &config.postgres.url,
+        password.as_deref(),
+        config.postgres.pool_size,
+        Some(&config.projection.schema),
+    )?;
+    let state = triad_api::AppState {
+        kafka: config.kafka.clone(),
+        names: triad_kafka::topics::Names::new(&config.kafka),
+        codec,
+        producer: triad_kafka::produce::Producer::new(&config.kafka)?,
+        pool,
+        policy: triad_processor::policy_from(&config.policy, &catalogue.ids()),
+        registry_url: config.registry.url.clone(),
+        changes: tokio::sync::broadcast::channel(64).0,
+        http: reqwest::Client::new(),
+        shutdown: cancel.clone(),
+    };
+    let options = triad_api::Options {
+        listen: config.api.listen,
+        max_body_bytes: config.api.max_body_bytes,
+        postgres_url: config.postgres.url.clone(),
+        postgres_password: password,
+    };
+    Ok((Arc::new(state), options))
+}
+
 /// The projection worker's options and pool.
 pub fn projection(config: &Config) -> Result<(triad_projection::Options, deadpool_postgres::Pool)> {
     let names = triad_kafka::topics::Names::new(&config.kafka);

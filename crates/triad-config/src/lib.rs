@@ -47,6 +47,7 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub blobs: BlobsConfig,
     pub projection: ProjectionConfig,
+    pub api: ApiConfig,
     pub metrics: MetricsConfig,
     pub codec: CodecConfig,
     pub log: LogConfig,
@@ -298,6 +299,24 @@ impl Default for BlobsConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Where `triad api` (and `triad dev`) serve REST/SSE.
+    pub listen: SocketAddr,
+    /// Larger request bodies are refused with 413 before they are parsed.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ProjectionConfig {
     /// The PostgreSQL schema of the live read models (`triad replay` builds
     /// `<schema>_shadow` and swaps it in).
@@ -357,6 +376,7 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             blobs: BlobsConfig::default(),
             projection: ProjectionConfig::default(),
+            api: ApiConfig::default(),
             metrics: MetricsConfig::default(),
             codec: CodecConfig::default(),
             log: LogConfig::default(),
@@ -544,6 +564,9 @@ impl Config {
                 "projection.schema",
                 "expected 1-40 characters of a-z, 0-9 and _, starting with a letter",
             );
+        }
+        if self.api.max_body_bytes < 1024 {
+            return invalid("api.max_body_bytes", "must be at least 1024");
         }
         if self.projection.batch_max_records == 0 {
             return invalid("projection.batch_max_records", "must be at least 1");

@@ -66,12 +66,26 @@ const GET: &str = "SELECT content FROM triad_blobs WHERE sha256 = $1";
 /// any, comes from `password` (read from the environment by the caller, never from
 /// configuration files).
 pub fn pool(url: &str, password: Option<&str>, size: usize) -> Result<deadpool_postgres::Pool> {
+    pool_in_schema(url, password, size, None)
+}
+
+/// Like [`pool`], with every connection's `search_path` set to `schema, public` (a schema
+/// name the configuration validated: lower-case letters, digits and `_`).
+pub fn pool_in_schema(
+    url: &str,
+    password: Option<&str>,
+    size: usize,
+    schema: Option<&str>,
+) -> Result<deadpool_postgres::Pool> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|source| Error::Url {
         url: url.to_owned(),
         source,
     })?;
     if let Some(p) = password {
         config.password(p);
+    }
+    if let Some(s) = schema {
+        config.options(format!("-c search_path={s},public"));
     }
     let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
     deadpool_postgres::Pool::builder(manager)

@@ -1,0 +1,303 @@
+//! The seed's REST/SSE API over TRIAD's log and read models.
+//!
+//! Writes are commands: `POST /v1/workflows` validates the document at the edge (every error
+//! names its field), appends `SubmitWorkflow` to the inbox with `acks=all` and answers 202 —
+//! acceptance or rejection arrive later as events. Reads come from the PostgreSQL read models
+//! (`triad-projection`). The SSE stream serves a workflow's backlog from the timeline and
+//! then follows it live: one `LISTEN triad_read_model` connection per process wakes every
+//! stream, which re-reads from its last sequence number, so nothing is skipped or repeated,
+//! and a client resumes with `Last-Event-ID`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use triad_codec::Codec;
+use triad_config::KafkaConfig;
+use triad_kafka::produce::Producer;
+use triad_kafka::topics::Names;
+
+pub mod read;
+mod rest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("PostgreSQL: {}", .0.as_db_error().map_or_else(|| .0.to_string(), ToString::to_string))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the read models are unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Kafka(#[from] triad_kafka::Error),
+    #[error("Kafka: {0}")]
+    Rdkafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub kafka: KafkaConfig,
+    pub names: Names,
+    pub codec: Arc<Codec>,
+    pub producer: Producer,
+    /// Read-model connections (`search_path` = the live schema).
+    pub pool: deadpool_postgres::Pool,
+    /// Validation of submitted documents, as the processor will see them.
+    pub policy: triad_workflow::aggregate::Policy,
+    pub registry_url: String,
+    /// Ticks whenever the read models changed (one per projection batch).
+    pub changes: broadcast::Sender<()>,
+    pub http: reqwest::Client,
+    /// Ends the live streams at shutdown (a server waits for open connections).
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: std::net::SocketAddr,
+    pub max_body_bytes: usize,
+    /// `postgres.url` and password, for the LISTEN connection.
+    pub postgres_url: String,
+    pub postgres_password: Option<String>,
+}
+
+/// An RFC 9457 problem (`application/problem+json`); `code` is stable, for programs.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub title: String,
+    pub detail: Option<String>,
+    pub errors: Vec<serde_json::Value>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, title: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            title: title.into(),
+            detail: None,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(e: Error) -> Self {
+        tracing::warn!(error = %e, "request failed");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "a backing service is unavailable",
+        )
+        .detail(e.to_string())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": format!("https://triad.dev/problems/{}", self.code),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "code": self.code,
+        });
+        if let Some(d) = self.detail {
+            body["detail"] = json!(d);
+        }
+        if !self.errors.is_empty() {
+            body["errors"] = json!(self.errors);
+        }
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Every REST route as (method, path); `docs/openapi.json` must list exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/workflows"),
+    ("get", "/v1/workflows/{id}"),
+    ("get", "/v1/workflows/{id}/events"),
+    ("post", "/v1/workflows/{id}/cancel"),
+    ("get", "/v1/health"),
+];
+
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    // Same order as ROUTES.
+    Router::new()
+        .route(ROUTES[0].1, post(rest::submit))
+        .route(ROUTES[1].1, get(rest::get_workflow))
+        .route(ROUTES[2].1, get(rest::events))
+        .route(ROUTES[3].1, post(rest::cancel))
+        .route(ROUTES[4].1, get(rest::health))
+        .fallback(rest::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Follows `NOTIFY triad_read_model` on a connection of its own and ticks `changes`;
+/// reconnects with backoff. A tick is also sent after every (re)connect, since
+/// notifications sent while disconnected are lost: streams re-read and lose nothing.
+pub async fn listen_changes(
+    url: String,
+    password: Option<String>,
+    changes: broadcast::Sender<()>,
+    cancel: CancellationToken,
+) {
+    let mut wait = Duration::from_millis(100);
+    while !cancel.is_cancelled() {
+        match listen_once(&url, password.as_deref(), &changes, &cancel).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "read-model notifications lost; reconnecting");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn listen_once(
+    url: &str,
+    password: Option<&str>,
+    changes: &broadcast::Sender<()>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::Unavailable(e.to_string()))?;
+    if let Some(p) = password {
+        config.password(p);
+    }
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = futures::StreamExt::next(&mut messages).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    if tx.send(Ok(())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    client.batch_execute("LISTEN triad_read_model").await?;
+    let _ = changes.send(());
+    let result = loop {
+        tokio::select! {
+            () = cancel.cancelled() => break Ok(()),
+            m = rx.recv() => match m {
+                Some(Ok(())) => { let _ = changes.send(()); }
+                Some(Err(e)) => break Err(e.into()),
+                None => break Err(Error::Unavailable("the LISTEN connection closed".into())),
+            }
+        }
+    };
+    driver.abort();
+    result
+}
+
+/// Serves the API on `options.listen` until `cancel`.
+pub async fn serve(
+    state: Arc<AppState>,
+    options: &Options,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    tracing::info!(server.address = %options.listen, "API listening");
+    let notifier = tokio::spawn(listen_changes(
+        options.postgres_url.clone(),
+        options.postgres_password.clone(),
+        state.changes.clone(),
+        cancel.clone(),
+    ));
+    let app = router(state, options.max_body_bytes);
+    let c = cancel.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { c.cancelled().await })
+        .await
+        .map_err(Error::Serve);
+    cancel.cancel();
+    let _ = notifier.await;
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_json_lists_exactly_the_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|m| (m.clone(), path.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn the_api_reference_names_every_route() {
+        let reference = include_str!("../../../docs/api_reference.md");
+        for (method, path) in ROUTES {
+            let line = format!("{} {path}", method.to_uppercase());
+            assert!(reference.contains(&line), "{line}");
+        }
+    }
+}

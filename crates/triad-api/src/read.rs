@@ -1,0 +1,186 @@
+//! Queries on the read models (connections have `search_path` set to the live schema).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+const WORKFLOW: &str = "SELECT workflow_id, name, status, \
+    to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+    to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+    task_count, tasks_completed, tasks_failed, tasks_skipped, total_cost_micros, models_used, \
+    labels::text, error, error_field, failed_task, last_sequence \
+    FROM workflows WHERE workflow_id = $1";
+
+const TASKS: &str = "SELECT task_id, status, depends_on, zones, model_id, zone, attempts, \
+    latency_ms, input_tokens, output_tokens, cost_micros, error, output, output_sha256, \
+    output_size FROM tasks WHERE workflow_id = $1 ORDER BY task_id";
+
+const EVENTS_AFTER: &str = "SELECT sequence, event_id, event_type, task_id, \
+    to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), data::text \
+    FROM workflow_events WHERE workflow_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowView {
+    pub workflow_id: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub task_count: i32,
+    pub tasks_completed: i32,
+    pub tasks_failed: i32,
+    pub tasks_skipped: i32,
+    pub total_cost_micros: i64,
+    pub models_used: Vec<String>,
+    pub labels: Value,
+    pub error: Option<String>,
+    pub error_field: Option<String>,
+    pub failed_task: Option<String>,
+    pub last_sequence: i64,
+    pub tasks: Vec<TaskView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    pub task_id: String,
+    pub status: String,
+    pub depends_on: Vec<String>,
+    pub zones: Vec<String>,
+    pub model_id: Option<String>,
+    pub zone: Option<String>,
+    pub attempts: i32,
+    pub latency_ms: Option<i64>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cost_micros: Option<i64>,
+    pub error: Option<String>,
+    /// The output when it is inline UTF-8 text (sealed payloads: the sovereignty issue).
+    pub output: Option<String>,
+    /// Set when the output is in the blob store (claim check).
+    pub output_sha256: Option<String>,
+    pub output_size: Option<i64>,
+}
+
+/// One timeline entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub workflow_id: String,
+    pub sequence: i64,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub task_id: Option<String>,
+    pub occurred_at: String,
+    pub data: Value,
+}
+
+impl EventView {
+    /// True for the event that ends a workflow.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.event_type.as_str(),
+            "WorkflowCompleted" | "WorkflowFailed" | "WorkflowCancelled" | "WorkflowRejected"
+        )
+    }
+
+    /// The seed's SSE event names.
+    pub fn sse_name(&self) -> &'static str {
+        match self.event_type.as_str() {
+            "WorkflowAccepted" => "workflow.accepted",
+            "WorkflowRejected" => "workflow.rejected",
+            "TaskScheduled" => "task.scheduled",
+            "TaskDispatched" => "task.executing",
+            "TaskRouted" => "task.routed",
+            "TaskCompleted" => "task.complete",
+            "TaskFailed" => "task.failed",
+            "TaskSkipped" => "task.skipped",
+            "TaskResultDiscarded" => "task.result_discarded",
+            "WorkflowCompleted" => "workflow.complete",
+            "WorkflowFailed" => "workflow.failed",
+            "WorkflowCancelled" => "workflow.cancelled",
+            _ => "event",
+        }
+    }
+}
+
+async fn client(pool: &deadpool_postgres::Pool) -> Result<deadpool_postgres::Object> {
+    pool.get()
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))
+}
+
+pub async fn workflow(pool: &deadpool_postgres::Pool, id: &str) -> Result<Option<WorkflowView>> {
+    let client = client(pool).await?;
+    let Some(r) = client.query_opt(WORKFLOW, &[&id]).await? else {
+        return Ok(None);
+    };
+    let labels: String = r.try_get(11)?;
+    let mut view = WorkflowView {
+        workflow_id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        status: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        finished_at: r.try_get(4)?,
+        task_count: r.try_get(5)?,
+        tasks_completed: r.try_get(6)?,
+        tasks_failed: r.try_get(7)?,
+        tasks_skipped: r.try_get(8)?,
+        total_cost_micros: r.try_get(9)?,
+        models_used: r.try_get(10)?,
+        labels: serde_json::from_str(&labels).unwrap_or(Value::Null),
+        error: r.try_get(12)?,
+        error_field: r.try_get(13)?,
+        failed_task: r.try_get(14)?,
+        last_sequence: r.try_get(15)?,
+        tasks: Vec::new(),
+    };
+    for r in client.query(TASKS, &[&id]).await? {
+        let output: Option<Vec<u8>> = r.try_get(12)?;
+        view.tasks.push(TaskView {
+            task_id: r.try_get(0)?,
+            status: r.try_get(1)?,
+            depends_on: r.try_get(2)?,
+            zones: r.try_get(3)?,
+            model_id: r.try_get(4)?,
+            zone: r.try_get(5)?,
+            attempts: r.try_get(6)?,
+            latency_ms: r.try_get(7)?,
+            input_tokens: r.try_get(8)?,
+            output_tokens: r.try_get(9)?,
+            cost_micros: r.try_get(10)?,
+            error: r.try_get(11)?,
+            output: output.and_then(|b| String::from_utf8(b).ok()),
+            output_sha256: r.try_get(13)?,
+            output_size: r.try_get(14)?,
+        });
+    }
+    Ok(Some(view))
+}
+
+/// Up to `limit` events of `workflow` after sequence `after`, in order.
+pub async fn events_after(
+    pool: &deadpool_postgres::Pool,
+    workflow: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<EventView>> {
+    let client = client(pool).await?;
+    let rows = client
+        .query(EVENTS_AFTER, &[&workflow, &after, &limit])
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let data: String = r.try_get(5)?;
+            Ok(EventView {
+                workflow_id: workflow.to_owned(),
+                sequence: r.try_get(0)?,
+                event_id: r.try_get(1)?,
+                event_type: r.try_get(2)?,
+                task_id: r.try_get(3)?,
+                occurred_at: r.try_get(4)?,
+                data: serde_json::from_str(&data).unwrap_or(Value::Null),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,396 @@
+//! The REST/SSE handlers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Deserialize;
+use serde_json::json;
+use triad_domain::{CancelWorkflow, CommandMetadata, InboxBody, InboxRecord};
+use triad_workflow::Workflow;
+
+use crate::read::{self, EventView};
+use crate::{AppState, Problem};
+
+/// Workflow ids derived from an `Idempotency-Key` (UUIDv5 in this namespace), so the same
+/// key always names the same workflow and the processor ignores the repeat.
+const KEY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7c1d_5e0a_94b2_4c61_8a3e_2f6d_b0a7_11c9);
+const MAX_KEY_BYTES: usize = 200;
+/// Timeline rows read per query while streaming.
+const PAGE: i64 = 256;
+
+type Reply = Result<Response, Problem>;
+
+fn workflow_urls(id: &str) -> serde_json::Value {
+    json!({
+        "workflow_url": format!("/v1/workflows/{id}"),
+        "stream_url": format!("/v1/workflows/{id}/events"),
+        "cancel_url": format!("/v1/workflows/{id}/cancel"),
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "the Idempotency-Key header is invalid",
+        )
+        .detail(format!(
+            "expected 1 to {MAX_KEY_BYTES} visible ASCII characters"
+        ))
+    };
+    let key = value.to_str().map_err(|_| bad())?;
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn parse_document(headers: &HeaderMap, body: &[u8]) -> Result<Workflow, Problem> {
+    let text = std::str::from_utf8(body).map_err(|_| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_document",
+            "the body is not UTF-8 text",
+        )
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let parsed = if content_type.contains("yaml") {
+        Workflow::from_yaml(text).map_err(|e| e.to_string())
+    } else if content_type.contains("json") {
+        Workflow::from_json(text).map_err(|e| e.to_string())
+    } else {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the workflow as application/json or application/yaml",
+        ));
+    };
+    parsed.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_document",
+            "the body is not a workflow document",
+        )
+        .detail(e)
+    })
+}
+
+/// `POST /v1/workflows`: validate, append `SubmitWorkflow` (acks=all), 202.
+pub async fn submit(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let key = idempotency_key(&headers)?;
+    let workflow = parse_document(&headers, &body)?;
+    let ctx = triad_workflow::Context {
+        zones: &s.policy.zones,
+        groups: &s.policy.groups,
+        models: s.policy.models.as_deref(),
+        limits: s.policy.limits,
+    };
+    if let Err(errors) = workflow.validate(&ctx) {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_workflow",
+            "the workflow is invalid",
+        )
+        .detail(errors.to_string());
+        p.errors = errors
+            .0
+            .iter()
+            .map(|e| json!({"field": e.field, "message": e.message}))
+            .collect();
+        return Err(p);
+    }
+    let workflow_id = match &key {
+        Some(k) => format!("wf-{}", uuid::Uuid::new_v5(&KEY_NAMESPACE, k.as_bytes())),
+        None => format!("wf-{}", uuid::Uuid::new_v4()),
+    };
+    let record = InboxRecord {
+        meta: CommandMetadata {
+            command_id: triad_domain::new_command_id(),
+            idempotency_key: key.unwrap_or_else(|| format!("submit:{workflow_id}")),
+            workflow_id: workflow_id.clone(),
+            issued_at: triad_kafka::now_micros(),
+            actor: Some("api".to_owned()),
+            schema_version: triad_domain::INBOX_SCHEMA_VERSION,
+        },
+        body: InboxBody::SubmitWorkflow(workflow.to_command()),
+    };
+    s.producer
+        .send_record(&s.codec, &s.names.inbox, None, &workflow_id, &record)
+        .await
+        .map_err(|e| Problem::from(crate::Error::from(e)))?;
+    let mut body = workflow_urls(&workflow_id);
+    body["workflow_id"] = json!(workflow_id);
+    body["status"] = json!("SUBMITTED");
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn not_found_workflow(id: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "workflow_not_found",
+        "no such workflow",
+    )
+    .detail(format!(
+        "{id} is not in the read model (a workflow submitted a moment ago appears once its \
+         first event is projected)"
+    ))
+}
+
+/// `GET /v1/workflows/{id}`.
+pub async fn get_workflow(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Reply {
+    match read::workflow(&s.pool, &id).await? {
+        Some(w) => Ok(Json(w).into_response()),
+        None => Err(not_found_workflow(&id)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CancelBody {
+    reason: Option<String>,
+}
+
+/// `POST /v1/workflows/{id}/cancel`: appends `CancelWorkflow`; 409 when it already ended.
+pub async fn cancel(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Reply {
+    let reason = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<CancelBody>(&body)
+            .map_err(|e| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_document",
+                    "the body is not {\"reason\": \"…\"}",
+                )
+                .detail(e.to_string())
+            })?
+            .reason
+    };
+    if let Some(w) = read::workflow(&s.pool, &id).await?
+        && matches!(
+            w.status.as_str(),
+            "COMPLETED" | "FAILED" | "CANCELLED" | "REJECTED"
+        )
+    {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "workflow_finished",
+            "the workflow has already finished",
+        )
+        .detail(format!("{id} is {}", w.status)));
+    }
+    let record = InboxRecord {
+        meta: CommandMetadata {
+            command_id: triad_domain::new_command_id(),
+            idempotency_key: format!("cancel:{id}"),
+            workflow_id: id.clone(),
+            issued_at: triad_kafka::now_micros(),
+            actor: Some("api".to_owned()),
+            schema_version: triad_domain::INBOX_SCHEMA_VERSION,
+        },
+        body: InboxBody::CancelWorkflow(CancelWorkflow { reason }),
+    };
+    s.producer
+        .send_record(&s.codec, &s.names.inbox, None, &id, &record)
+        .await
+        .map_err(|e| Problem::from(crate::Error::from(e)))?;
+    let mut body = workflow_urls(&id);
+    body["workflow_id"] = json!(id);
+    body["status"] = json!("CANCEL_REQUESTED");
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    /// Resume after this sequence number (like `Last-Event-ID`).
+    after: Option<i64>,
+}
+
+/// `GET /v1/workflows/{id}/events`: Server-Sent Events, `id` = the event's sequence number.
+pub async fn events(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Reply {
+    let from_header = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be a sequence number",
+                    )
+                })?,
+        ),
+    };
+    let after = from_header.or(q.after).unwrap_or(0);
+    // Subscribed before the first read: a change between the read and the wait still wakes.
+    let changes = s.changes.subscribe();
+    let stream = Stream {
+        state: s,
+        workflow: id,
+        after,
+        changes,
+        buffer: VecDeque::new(),
+        done: false,
+    };
+    let events = futures::stream::unfold(stream, |mut st| async move {
+        let e = st.next().await?;
+        let frame = Event::default()
+            .id(e.sequence.to_string())
+            .event(e.sse_name())
+            .json_data(&e)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable event"));
+        Some((Ok::<_, std::convert::Infallible>(frame), st))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+struct Stream {
+    state: Arc<AppState>,
+    workflow: String,
+    after: i64,
+    changes: tokio::sync::broadcast::Receiver<()>,
+    buffer: VecDeque<EventView>,
+    done: bool,
+}
+
+impl Stream {
+    /// The next event, in sequence order; `None` after the final one or at shutdown.
+    async fn next(&mut self) -> Option<EventView> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                self.after = e.sequence;
+                self.done = e.is_final();
+                return Some(e);
+            }
+            if self.done || self.state.shutdown.is_cancelled() {
+                return None;
+            }
+            match read::events_after(&self.state.pool, &self.workflow, self.after, PAGE).await {
+                Ok(page) if !page.is_empty() => {
+                    self.buffer.extend(page);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, workflow.id = %self.workflow, "event stream read failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = self.state.shutdown.cancelled() => return None,
+                // Lagged or a tick: read again either way. A closed channel cannot happen
+                // while the state holds the sender; poll slowly if it does.
+                r = self.changes.recv() => {
+                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                // Reads that failed above, or notifications lost while reconnecting.
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+}
+
+/// `GET /v1/health`: broker, PostgreSQL and registry reachability, models, projection lag.
+pub async fn health(State(s): State<Arc<AppState>>) -> Response {
+    let kafka = s.kafka.clone();
+    let topic = s.names.events.clone();
+    let broker = tokio::task::spawn_blocking(move || -> Result<i64, String> {
+        let consumer: BaseConsumer = triad_kafka::client::reader_config(&kafka)
+            .create()
+            .map_err(|e| e.to_string())?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        let mut end = 0;
+        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p.id(), Duration::from_secs(3))
+                    .map_err(|e| e.to_string())?;
+                end += high;
+            }
+        }
+        Ok(end)
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let applied: Result<i64, String> = async {
+        let client = s.pool.get().await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_offsets WHERE topic = $1",
+                &[&s.names.events],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        row.try_get::<_, i64>(0).map_err(|e| e.to_string())
+    }
+    .await;
+    let registry = match s
+        .http
+        .get(format!("{}/subjects", s.registry_url.trim_end_matches('/')))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status())),
+        Err(e) => Err(e.to_string()),
+    };
+    fn check<T>(r: &Result<T, String>) -> serde_json::Value {
+        match r {
+            Ok(_) => json!({"status": "ok"}),
+            Err(e) => json!({"status": "down", "error": e}),
+        }
+    }
+    let lag = match (&broker, &applied) {
+        (Ok(end), Ok(done)) => json!(end - done),
+        _ => serde_json::Value::Null,
+    };
+    let healthy = broker.is_ok() && applied.is_ok() && registry.is_ok();
+    let body = json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "checks": {
+            "broker": check(&broker),
+            "postgres": check(&applied),
+            "registry": check(&registry),
+        },
+        "models_registered": s.policy.models.as_ref().map_or(0, Vec::len),
+        "projection_lag_records": lag,
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
