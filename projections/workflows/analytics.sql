@@ -41,3 +41,44 @@ SELECT
         FILTER (WHERE status = 'COMPLETED') AS avg_duration_ms
 FROM workflows
 GROUP BY 1;
+
+-- Cost per model per UTC day (billed spend of completed tasks).
+CREATE OR REPLACE VIEW model_daily_cost AS
+SELECT
+    date_trunc('day', finished_at AT TIME ZONE 'UTC') AS day,
+    model_id,
+    count(*) AS tasks,
+    sum(cost_micros) AS cost_micros,
+    sum(input_tokens) AS input_tokens,
+    sum(output_tokens) AS output_tokens
+FROM tasks
+WHERE status = 'COMPLETED'
+GROUP BY 1, 2;
+
+-- Outcomes by model and zone: where tasks ran and how they ended.
+CREATE OR REPLACE VIEW model_zone_outcomes AS
+SELECT
+    model_id,
+    zone,
+    count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
+    count(*) FILTER (WHERE status = 'FAILED') AS failed,
+    CASE WHEN count(*) FILTER (WHERE status IN ('COMPLETED', 'FAILED')) = 0 THEN NULL
+         ELSE (count(*) FILTER (WHERE status = 'COMPLETED'))::double precision
+              / count(*) FILTER (WHERE status IN ('COMPLETED', 'FAILED'))
+    END AS success_rate
+FROM tasks
+WHERE model_id IS NOT NULL
+GROUP BY 1, 2;
+
+-- Tasks per zone, by status.
+CREATE OR REPLACE VIEW zone_tasks AS
+SELECT zone, status, count(*) AS tasks
+FROM tasks
+WHERE zone IS NOT NULL
+GROUP BY 1, 2;
+
+-- The most expensive workflows first.
+CREATE OR REPLACE VIEW top_workflows_by_cost AS
+SELECT workflow_id, name, status, total_cost_micros, task_count, created_at, finished_at
+FROM workflows
+ORDER BY total_cost_micros DESC, workflow_id;

@@ -24,8 +24,11 @@ use triad_config::KafkaConfig;
 use triad_kafka::produce::Producer;
 use triad_kafka::topics::Names;
 
+pub mod commands;
+pub mod graphql;
 pub mod read;
 mod rest;
+pub mod stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -149,8 +152,17 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    let schema = graphql::schema(state.clone());
+    let gql = Router::new()
+        .route("/graphql", get(graphql::graphiql).post(graphql::execute))
+        .with_state(schema.clone())
+        .route_service(
+            "/graphql/ws",
+            async_graphql_axum::GraphQLSubscription::new(schema),
+        );
     // Same order as ROUTES.
     Router::new()
+        .merge(gql)
         .route(ROUTES[0].1, post(rest::submit))
         .route(ROUTES[1].1, get(rest::get_workflow))
         .route(ROUTES[2].1, get(rest::events))

@@ -20,7 +20,8 @@ const EVENTS_AFTER: &str = "SELECT sequence, event_id, event_type, task_id, \
     to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), data::text \
     FROM workflow_events WHERE workflow_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
+#[graphql(complex, name = "Workflow")]
 pub struct WorkflowView {
     pub workflow_id: String,
     pub name: Option<String>,
@@ -33,6 +34,7 @@ pub struct WorkflowView {
     pub tasks_skipped: i32,
     pub total_cost_micros: i64,
     pub models_used: Vec<String>,
+    #[graphql(skip)]
     pub labels: Value,
     pub error: Option<String>,
     pub error_field: Option<String>,
@@ -41,7 +43,8 @@ pub struct WorkflowView {
     pub tasks: Vec<TaskView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
+#[graphql(name = "Task")]
 pub struct TaskView {
     pub task_id: String,
     pub status: String,
@@ -63,15 +66,18 @@ pub struct TaskView {
 }
 
 /// One timeline entry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
+#[graphql(complex, name = "Event")]
 pub struct EventView {
     pub workflow_id: String,
     pub sequence: i64,
     pub event_id: String,
     #[serde(rename = "type")]
+    #[graphql(name = "type")]
     pub event_type: String,
     pub task_id: Option<String>,
     pub occurred_at: String,
+    #[graphql(skip)]
     pub data: Value,
 }
 
@@ -101,6 +107,58 @@ impl EventView {
             "WorkflowCancelled" => "workflow.cancelled",
             _ => "event",
         }
+    }
+}
+
+const WORKFLOWS_PAGE: &str = "SELECT workflow_id, \
+    (extract(epoch FROM created_at) * 1000000)::bigint \
+    FROM workflows \
+    WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2) \
+    AND ($3::bigint IS NULL OR (created_at, workflow_id) < (micros_ts($3), $4)) \
+    ORDER BY created_at DESC, workflow_id DESC LIMIT $5";
+
+const MODELS: &str = "SELECT model_id, tasks_completed, tasks_failed, results_discarded, \
+    cost_micros, discarded_micros, input_tokens, output_tokens, success_rate, p50_ms, p95_ms, \
+    p99_ms FROM model_stats ORDER BY model_id";
+
+/// A model with the statistics the read model measured.
+#[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
+#[graphql(name = "Model")]
+pub struct ModelView {
+    pub model_id: String,
+    pub tasks_completed: i64,
+    pub tasks_failed: i64,
+    pub results_discarded: i64,
+    pub cost_micros: i64,
+    pub discarded_micros: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// A position in `workflows` (newest first): the last row's creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_micros: i64,
+    pub workflow_id: String,
+}
+
+impl Cursor {
+    pub fn parse(text: &str) -> Option<Self> {
+        let (micros, id) = text.split_once(':')?;
+        Some(Self {
+            created_micros: micros.parse().ok()?,
+            workflow_id: id.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.created_micros, self.workflow_id)
     }
 }
 
@@ -180,6 +238,65 @@ pub async fn events_after(
                 task_id: r.try_get(3)?,
                 occurred_at: r.try_get(4)?,
                 data: serde_json::from_str(&data).unwrap_or(Value::Null),
+            })
+        })
+        .collect()
+}
+
+/// A page of workflows after `cursor`, newest first, and whether more follow.
+pub async fn workflows_page(
+    pool: &deadpool_postgres::Pool,
+    status: Option<&str>,
+    name: Option<&str>,
+    cursor: Option<&Cursor>,
+    first: i64,
+) -> Result<(Vec<(Cursor, WorkflowView)>, bool)> {
+    let rows = {
+        let client = client(pool).await?;
+        let micros = cursor.map(|c| c.created_micros);
+        let id = cursor.map(|c| c.workflow_id.clone());
+        client
+            .query(
+                WORKFLOWS_PAGE,
+                &[&status, &name, &micros, &id, &(first + 1)],
+            )
+            .await?
+    };
+    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > first;
+    let mut out = Vec::new();
+    for r in rows.iter().take(usize::try_from(first).unwrap_or(0)) {
+        let id: String = r.try_get(0)?;
+        let cursor = Cursor {
+            created_micros: r.try_get(1)?,
+            workflow_id: id.clone(),
+        };
+        if let Some(view) = workflow(pool, &id).await? {
+            out.push((cursor, view));
+        }
+    }
+    Ok((out, more))
+}
+
+pub async fn models(pool: &deadpool_postgres::Pool) -> Result<Vec<ModelView>> {
+    let client = client(pool).await?;
+    client
+        .query(MODELS, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ModelView {
+                model_id: r.try_get(0)?,
+                tasks_completed: r.try_get(1)?,
+                tasks_failed: r.try_get(2)?,
+                results_discarded: r.try_get(3)?,
+                cost_micros: r.try_get(4)?,
+                discarded_micros: r.try_get(5)?,
+                input_tokens: r.try_get(6)?,
+                output_tokens: r.try_get(7)?,
+                success_rate: r.try_get(8)?,
+                p50_ms: r.try_get(9)?,
+                p95_ms: r.try_get(10)?,
+                p99_ms: r.try_get(11)?,
             })
         })
         .collect()

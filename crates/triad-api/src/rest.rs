@@ -1,6 +1,5 @@
 //! The REST/SSE handlers.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,18 +12,12 @@ use axum::response::{IntoResponse, Response};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 use serde_json::json;
-use triad_domain::{CancelWorkflow, CommandMetadata, InboxBody, InboxRecord};
 use triad_workflow::Workflow;
 
-use crate::read::{self, EventView};
+use crate::commands::{self, CommandError};
+use crate::read;
+use crate::stream::EventStream;
 use crate::{AppState, Problem};
-
-/// Workflow ids derived from an `Idempotency-Key` (UUIDv5 in this namespace), so the same
-/// key always names the same workflow and the processor ignores the repeat.
-const KEY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7c1d_5e0a_94b2_4c61_8a3e_2f6d_b0a7_11c9);
-const MAX_KEY_BYTES: usize = 200;
-/// Timeline rows read per query while streaming.
-const PAGE: i64 = 256;
 
 type Reply = Result<Response, Problem>;
 
@@ -34,27 +27,6 @@ fn workflow_urls(id: &str) -> serde_json::Value {
         "stream_url": format!("/v1/workflows/{id}/events"),
         "cancel_url": format!("/v1/workflows/{id}/cancel"),
     })
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let bad = || {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
-            "the Idempotency-Key header is invalid",
-        )
-        .detail(format!(
-            "expected 1 to {MAX_KEY_BYTES} visible ASCII characters"
-        ))
-    };
-    let key = value.to_str().map_err(|_| bad())?;
-    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad());
-    }
-    Ok(Some(key.to_owned()))
 }
 
 fn parse_document(headers: &HeaderMap, body: &[u8]) -> Result<Workflow, Problem> {
@@ -90,49 +62,52 @@ fn parse_document(headers: &HeaderMap, body: &[u8]) -> Result<Workflow, Problem>
     })
 }
 
+fn command_problem(e: CommandError) -> Problem {
+    match e {
+        CommandError::BadKey => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "the Idempotency-Key header is invalid",
+        )
+        .detail(e.to_string()),
+        CommandError::Invalid(errors) => {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_workflow",
+                "the workflow is invalid",
+            )
+            .detail(errors.to_string());
+            p.errors = errors
+                .0
+                .iter()
+                .map(|e| json!({"field": e.field, "message": e.message}))
+                .collect();
+            p
+        }
+        CommandError::Finished(status) => Problem::new(
+            StatusCode::CONFLICT,
+            "workflow_finished",
+            "the workflow has already finished",
+        )
+        .detail(format!("it is {status}")),
+        CommandError::Unavailable(e) => Problem::from(e),
+    }
+}
+
 /// `POST /v1/workflows`: validate, append `SubmitWorkflow` (acks=all), 202.
 pub async fn submit(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Reply {
-    let key = idempotency_key(&headers)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| command_problem(CommandError::BadKey))?
+                .to_owned(),
+        ),
+    };
     let workflow = parse_document(&headers, &body)?;
-    let ctx = triad_workflow::Context {
-        zones: &s.policy.zones,
-        groups: &s.policy.groups,
-        models: s.policy.models.as_deref(),
-        limits: s.policy.limits,
-    };
-    if let Err(errors) = workflow.validate(&ctx) {
-        let mut p = Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_workflow",
-            "the workflow is invalid",
-        )
-        .detail(errors.to_string());
-        p.errors = errors
-            .0
-            .iter()
-            .map(|e| json!({"field": e.field, "message": e.message}))
-            .collect();
-        return Err(p);
-    }
-    let workflow_id = match &key {
-        Some(k) => format!("wf-{}", uuid::Uuid::new_v5(&KEY_NAMESPACE, k.as_bytes())),
-        None => format!("wf-{}", uuid::Uuid::new_v4()),
-    };
-    let record = InboxRecord {
-        meta: CommandMetadata {
-            command_id: triad_domain::new_command_id(),
-            idempotency_key: key.unwrap_or_else(|| format!("submit:{workflow_id}")),
-            workflow_id: workflow_id.clone(),
-            issued_at: triad_kafka::now_micros(),
-            actor: Some("api".to_owned()),
-            schema_version: triad_domain::INBOX_SCHEMA_VERSION,
-        },
-        body: InboxBody::SubmitWorkflow(workflow.to_command()),
-    };
-    s.producer
-        .send_record(&s.codec, &s.names.inbox, None, &workflow_id, &record)
+    let workflow_id = commands::submit(&s, &workflow, key, "api")
         .await
-        .map_err(|e| Problem::from(crate::Error::from(e)))?;
+        .map_err(command_problem)?;
     let mut body = workflow_urls(&workflow_id);
     body["workflow_id"] = json!(workflow_id);
     body["status"] = json!("SUBMITTED");
@@ -180,34 +155,9 @@ pub async fn cancel(State(s): State<Arc<AppState>>, Path(id): Path<String>, body
             })?
             .reason
     };
-    if let Some(w) = read::workflow(&s.pool, &id).await?
-        && matches!(
-            w.status.as_str(),
-            "COMPLETED" | "FAILED" | "CANCELLED" | "REJECTED"
-        )
-    {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "workflow_finished",
-            "the workflow has already finished",
-        )
-        .detail(format!("{id} is {}", w.status)));
-    }
-    let record = InboxRecord {
-        meta: CommandMetadata {
-            command_id: triad_domain::new_command_id(),
-            idempotency_key: format!("cancel:{id}"),
-            workflow_id: id.clone(),
-            issued_at: triad_kafka::now_micros(),
-            actor: Some("api".to_owned()),
-            schema_version: triad_domain::INBOX_SCHEMA_VERSION,
-        },
-        body: InboxBody::CancelWorkflow(CancelWorkflow { reason }),
-    };
-    s.producer
-        .send_record(&s.codec, &s.names.inbox, None, &id, &record)
+    commands::cancel(&s, &id, reason, "api")
         .await
-        .map_err(|e| Problem::from(crate::Error::from(e)))?;
+        .map_err(command_problem)?;
     let mut body = workflow_urls(&id);
     body["workflow_id"] = json!(id);
     body["status"] = json!("CANCEL_REQUESTED");
@@ -244,16 +194,7 @@ pub async fn events(
         ),
     };
     let after = from_header.or(q.after).unwrap_or(0);
-    // Subscribed before the first read: a change between the read and the wait still wakes.
-    let changes = s.changes.subscribe();
-    let stream = Stream {
-        state: s,
-        workflow: id,
-        after,
-        changes,
-        buffer: VecDeque::new(),
-        done: false,
-    };
+    let stream = EventStream::new(s, id, after);
     let events = futures::stream::unfold(stream, |mut st| async move {
         let e = st.next().await?;
         let frame = Event::default()
@@ -266,53 +207,6 @@ pub async fn events(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
-}
-
-struct Stream {
-    state: Arc<AppState>,
-    workflow: String,
-    after: i64,
-    changes: tokio::sync::broadcast::Receiver<()>,
-    buffer: VecDeque<EventView>,
-    done: bool,
-}
-
-impl Stream {
-    /// The next event, in sequence order; `None` after the final one or at shutdown.
-    async fn next(&mut self) -> Option<EventView> {
-        loop {
-            if let Some(e) = self.buffer.pop_front() {
-                self.after = e.sequence;
-                self.done = e.is_final();
-                return Some(e);
-            }
-            if self.done || self.state.shutdown.is_cancelled() {
-                return None;
-            }
-            match read::events_after(&self.state.pool, &self.workflow, self.after, PAGE).await {
-                Ok(page) if !page.is_empty() => {
-                    self.buffer.extend(page);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, workflow.id = %self.workflow, "event stream read failed; retrying");
-                }
-            }
-            tokio::select! {
-                () = self.state.shutdown.cancelled() => return None,
-                // Lagged or a tick: read again either way. A closed channel cannot happen
-                // while the state holds the sender; poll slowly if it does.
-                r = self.changes.recv() => {
-                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-                // Reads that failed above, or notifications lost while reconnecting.
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-        }
-    }
 }
 
 /// `GET /v1/health`: broker, PostgreSQL and registry reachability, models, projection lag.

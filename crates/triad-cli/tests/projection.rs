@@ -213,6 +213,37 @@ async fn read_models_hold_each_event_once_across_kill_9_and_rebuild_identically(
         .unwrap()
         .get(0);
     assert_eq!(completed, (WORKFLOWS * TASKS) as i64, "model counter");
+    // The analytics views agree with the tables they summarise.
+    let row = pg
+        .query_one(
+            &format!(
+                "SELECT (SELECT completed FROM {schema}.model_zone_outcomes \
+                         WHERE model_id = 'triad-local' AND zone = 'US-EAST'), \
+                        (SELECT sum(tasks)::bigint FROM {schema}.zone_tasks), \
+                        (SELECT sum(tasks)::bigint FROM {schema}.model_daily_cost), \
+                        (SELECT tasks_completed FROM {schema}.model_stats \
+                         WHERE model_id = 'triad-local'), \
+                        (SELECT count(*) FROM {schema}.top_workflows_by_cost), \
+                        (SELECT sum(completed)::bigint FROM {schema}.daily_usage)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let all = (WORKFLOWS * TASKS) as i64;
+    let views: (i64, i64, i64, i64, i64, i64) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    assert_eq!(
+        views,
+        (all, all, all, all, WORKFLOWS as i64, WORKFLOWS as i64),
+        "analytics views"
+    );
 
     // Duplicate records (byte copies, as a repair or a zombie would write) and an undecodable
     // one: the read model does not change, the bad record is dead-lettered with its reason.

@@ -1,0 +1,117 @@
+//! Commands shared by REST and GraphQL: validate at the edge, append to the inbox with
+//! `acks=all`, return. Acceptance or rejection arrives later as events.
+
+use triad_domain::{CancelWorkflow, CommandMetadata, InboxBody, InboxRecord};
+use triad_workflow::{ValidationErrors, Workflow};
+
+use crate::{AppState, Error, read};
+
+/// Workflow ids derived from an idempotency key (UUIDv5 in this namespace), so the same key
+/// always names the same workflow and the processor ignores the repeat.
+const KEY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7c1d_5e0a_94b2_4c61_8a3e_2f6d_b0a7_11c9);
+pub const MAX_KEY_BYTES: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the idempotency key must be 1 to {MAX_KEY_BYTES} visible ASCII characters")]
+    BadKey,
+    #[error("invalid workflow: {0}")]
+    Invalid(ValidationErrors),
+    #[error("the workflow has already finished ({0})")]
+    Finished(String),
+    #[error(transparent)]
+    Unavailable(#[from] Error),
+}
+
+pub fn check_key(key: &str) -> Result<(), CommandError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(CommandError::BadKey);
+    }
+    Ok(())
+}
+
+/// The id a submission gets: from the key when there is one.
+pub fn workflow_id_for(key: Option<&str>) -> String {
+    match key {
+        Some(k) => format!("wf-{}", uuid::Uuid::new_v5(&KEY_NAMESPACE, k.as_bytes())),
+        None => format!("wf-{}", uuid::Uuid::new_v4()),
+    }
+}
+
+fn meta(workflow_id: &str, key: String, actor: &str) -> CommandMetadata {
+    CommandMetadata {
+        command_id: triad_domain::new_command_id(),
+        idempotency_key: key,
+        workflow_id: workflow_id.to_owned(),
+        issued_at: triad_kafka::now_micros(),
+        actor: Some(actor.to_owned()),
+        schema_version: triad_domain::INBOX_SCHEMA_VERSION,
+    }
+}
+
+/// Validates `workflow` and appends `SubmitWorkflow`; returns the workflow id.
+pub async fn submit(
+    state: &AppState,
+    workflow: &Workflow,
+    key: Option<String>,
+    actor: &str,
+) -> Result<String, CommandError> {
+    if let Some(k) = &key {
+        check_key(k)?;
+    }
+    let ctx = triad_workflow::Context {
+        zones: &state.policy.zones,
+        groups: &state.policy.groups,
+        models: state.policy.models.as_deref(),
+        limits: state.policy.limits,
+    };
+    workflow.validate(&ctx).map_err(CommandError::Invalid)?;
+    let workflow_id = workflow_id_for(key.as_deref());
+    let record = InboxRecord {
+        meta: meta(
+            &workflow_id,
+            key.unwrap_or_else(|| format!("submit:{workflow_id}")),
+            actor,
+        ),
+        body: InboxBody::SubmitWorkflow(workflow.to_command()),
+    };
+    state
+        .producer
+        .send_record(
+            &state.codec,
+            &state.names.inbox,
+            None,
+            &workflow_id,
+            &record,
+        )
+        .await
+        .map_err(Error::from)?;
+    Ok(workflow_id)
+}
+
+/// Appends `CancelWorkflow`, unless the read model shows the workflow already ended.
+pub async fn cancel(
+    state: &AppState,
+    workflow_id: &str,
+    reason: Option<String>,
+    actor: &str,
+) -> Result<(), CommandError> {
+    if let Some(w) = read::workflow(&state.pool, workflow_id).await?
+        && matches!(
+            w.status.as_str(),
+            "COMPLETED" | "FAILED" | "CANCELLED" | "REJECTED"
+        )
+    {
+        return Err(CommandError::Finished(w.status));
+    }
+    let record = InboxRecord {
+        meta: meta(workflow_id, format!("cancel:{workflow_id}"), actor),
+        body: InboxBody::CancelWorkflow(CancelWorkflow { reason }),
+    };
+    state
+        .producer
+        .send_record(&state.codec, &state.names.inbox, None, workflow_id, &record)
+        .await
+        .map_err(Error::from)?;
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! GraphQL (async-graphql): queries on the read models, mutations that append commands,
+//! and a subscription that follows a workflow's events. Served at `/graphql` (GraphiQL on
+//! GET, queries on POST) and `/graphql/ws` (graphql-transport-ws and the legacy graphql-ws).
+//! The SDL is kept in `docs/schema.graphql`; a test fails when it drifts.
+
+use std::sync::Arc;
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{
+    ComplexObject, Context, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject,
+    Subscription,
+};
+use axum::extract::State;
+use axum::response::{Html, IntoResponse};
+use futures::Stream;
+
+use crate::commands::{self, CommandError};
+use crate::read::{self, EventView, ModelView, TaskView, WorkflowView};
+use crate::stream::EventStream;
+use crate::{AppState, Error};
+
+/// Largest page `workflows(first:)` returns.
+pub const MAX_PAGE: i32 = 100;
+pub const MAX_DEPTH: usize = 10;
+/// Fields count once, lists `first` times: 40 aliased pages of 100 workflows are refused.
+pub const MAX_COMPLEXITY: usize = 5_000;
+
+pub type TriadSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+pub fn schema(state: Arc<AppState>) -> TriadSchema {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .data(state)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
+}
+
+/// The schema without state, for exporting the SDL.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .finish()
+        .sdl()
+}
+
+fn err(code: &'static str, message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
+}
+
+fn unavailable(e: Error) -> async_graphql::Error {
+    tracing::warn!(error = %e, "GraphQL request failed");
+    err("UNAVAILABLE", e.to_string())
+}
+
+fn command_error(e: CommandError) -> async_graphql::Error {
+    match e {
+        CommandError::BadKey => err("INVALID_IDEMPOTENCY_KEY", e.to_string()),
+        CommandError::Invalid(errors) => {
+            let fields: Vec<async_graphql::Value> = errors
+                .0
+                .iter()
+                .map(|e| {
+                    let mut m = async_graphql::indexmap::IndexMap::new();
+                    m.insert(
+                        async_graphql::Name::new("field"),
+                        async_graphql::Value::from(e.field.clone()),
+                    );
+                    m.insert(
+                        async_graphql::Name::new("message"),
+                        async_graphql::Value::from(e.message.clone()),
+                    );
+                    async_graphql::Value::Object(m)
+                })
+                .collect();
+            async_graphql::Error::new(format!("invalid workflow: {errors}")).extend_with(
+                move |_, ext| {
+                    ext.set("code", "INVALID_WORKFLOW");
+                    ext.set("errors", async_graphql::Value::List(fields.clone()));
+                },
+            )
+        }
+        CommandError::Finished(status) => err(
+            "WORKFLOW_FINISHED",
+            format!("the workflow has already finished ({status})"),
+        ),
+        CommandError::Unavailable(e) => unavailable(e),
+    }
+}
+
+fn state<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Arc<AppState>> {
+    ctx.data::<Arc<AppState>>()
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+#[ComplexObject]
+impl WorkflowView {
+    /// Labels given at submission.
+    async fn labels(&self) -> Vec<Label> {
+        self.labels
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| Label {
+                        key: k.clone(),
+                        value: v.as_str().unwrap_or_default().to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The workflow's events after `afterSequence`, in order (at most 500).
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 0)] after_sequence: i64,
+        #[graphql(default = 500)] first: i64,
+    ) -> async_graphql::Result<Vec<EventView>> {
+        let s = state(ctx)?;
+        read::events_after(
+            &s.pool,
+            &self.workflow_id,
+            after_sequence,
+            first.clamp(1, 500),
+        )
+        .await
+        .map_err(unavailable)
+    }
+}
+
+#[ComplexObject]
+impl EventView {
+    /// The event without its payloads (sizes only).
+    async fn data(&self) -> Json<serde_json::Value> {
+        Json(self.data.clone())
+    }
+}
+
+/// Filters for `workflows`.
+#[derive(Debug, Clone, Default, InputObject)]
+pub struct WorkflowFilter {
+    /// ACCEPTED, RUNNING, COMPLETED, FAILED, CANCELLED or REJECTED.
+    pub status: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// One workflow from the read model; null when it is not there (yet).
+    async fn workflow(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<Option<WorkflowView>> {
+        read::workflow(&state(ctx)?.pool, &id)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Workflows, newest first, with cursor pagination (`first` at most 100).
+    #[graphql(complexity = "(first.clamp(1, MAX_PAGE) as usize) * child_complexity")]
+    async fn workflows(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<WorkflowFilter>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, WorkflowView>> {
+        if !(1..=MAX_PAGE).contains(&first) {
+            return Err(err(
+                "PAGE_SIZE",
+                format!("first must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        let cursor = match after.as_deref() {
+            None => None,
+            Some(c) => Some(
+                read::Cursor::parse(c)
+                    .ok_or_else(|| err("INVALID_CURSOR", "after is not a cursor from this API"))?,
+            ),
+        };
+        let filter = filter.unwrap_or_default();
+        let s = state(ctx)?;
+        let (page, more) = read::workflows_page(
+            &s.pool,
+            filter.status.as_deref(),
+            filter.name.as_deref(),
+            cursor.as_ref(),
+            i64::from(first),
+        )
+        .await
+        .map_err(unavailable)?;
+        let mut connection = Connection::new(cursor.is_some(), more);
+        for (cursor, view) in page {
+            connection.edges.push(Edge::new(cursor.to_string(), view));
+        }
+        Ok(connection)
+    }
+
+    /// One task of a workflow.
+    async fn task(
+        &self,
+        ctx: &Context<'_>,
+        workflow_id: String,
+        task_id: String,
+    ) -> async_graphql::Result<Option<TaskView>> {
+        let w = read::workflow(&state(ctx)?.pool, &workflow_id)
+            .await
+            .map_err(unavailable)?;
+        Ok(w.and_then(|w| w.tasks.into_iter().find(|t| t.task_id == task_id)))
+    }
+
+    /// Models with their measured statistics (latency percentiles, reliability, spend).
+    async fn models(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ModelView>> {
+        read::models(&state(ctx)?.pool).await.map_err(unavailable)
+    }
+}
+
+/// A task of `submitWorkflow`'s input, mirroring the workflow document.
+#[derive(Debug, Clone, InputObject)]
+pub struct TaskInput {
+    pub id: String,
+    pub prompt: String,
+    pub model: Option<String>,
+    #[graphql(default)]
+    pub specialties: Vec<String>,
+    #[graphql(default)]
+    pub zones: Vec<String>,
+    #[graphql(default)]
+    pub depends_on: Vec<String>,
+    #[graphql(default = 1024)]
+    pub max_tokens: i32,
+    #[graphql(default = 60000)]
+    pub timeout_ms: i64,
+    #[graphql(default = 3)]
+    pub max_attempts: i32,
+    #[graphql(default)]
+    pub auction: bool,
+}
+
+#[derive(Debug, Clone, InputObject)]
+pub struct LabelInput {
+    pub key: String,
+    pub value: String,
+}
+
+/// `submitWorkflow`'s input: the workflow document (docs/workflows.md).
+#[derive(Debug, Clone, InputObject)]
+pub struct WorkflowInput {
+    pub name: String,
+    #[graphql(default)]
+    pub zones: Vec<String>,
+    #[graphql(default)]
+    pub labels: Vec<LabelInput>,
+    pub tasks: Vec<TaskInput>,
+}
+
+impl WorkflowInput {
+    fn into_workflow(self) -> triad_workflow::Workflow {
+        triad_workflow::Workflow {
+            name: self.name,
+            zones: self.zones,
+            labels: self.labels.into_iter().map(|l| (l.key, l.value)).collect(),
+            tasks: self
+                .tasks
+                .into_iter()
+                .map(|t| triad_workflow::Task {
+                    id: t.id,
+                    prompt: t.prompt,
+                    model: t.model,
+                    specialties: t.specialties,
+                    zones: t.zones,
+                    depends_on: t.depends_on,
+                    max_tokens: t.max_tokens,
+                    timeout_ms: t.timeout_ms,
+                    retry: triad_workflow::RetryPolicy {
+                        max_attempts: t.max_attempts,
+                    },
+                    auction: t.auction,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Submitted {
+    pub workflow_id: String,
+    /// SUBMITTED: the command is durably in Kafka; acceptance arrives as an event.
+    pub status: String,
+    pub stream_url: String,
+}
+
+#[derive(Debug)]
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Validates and submits a workflow; returns once the command is in Kafka (acks=all).
+    /// The same `idempotencyKey` returns the same workflow instead of a second one.
+    async fn submit_workflow(
+        &self,
+        ctx: &Context<'_>,
+        input: WorkflowInput,
+        idempotency_key: Option<String>,
+    ) -> async_graphql::Result<Submitted> {
+        let s = state(ctx)?;
+        let id = commands::submit(s, &input.into_workflow(), idempotency_key, "graphql")
+            .await
+            .map_err(command_error)?;
+        Ok(Submitted {
+            stream_url: format!("/v1/workflows/{id}/events"),
+            workflow_id: id,
+            status: "SUBMITTED".to_owned(),
+        })
+    }
+
+    /// Requests cancellation; the result arrives as a WorkflowCancelled event.
+    async fn cancel_workflow(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        reason: Option<String>,
+    ) -> async_graphql::Result<bool> {
+        commands::cancel(state(ctx)?, &id, reason, "graphql")
+            .await
+            .map_err(command_error)?;
+        Ok(true)
+    }
+}
+
+#[derive(Debug)]
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// The workflow's events after `fromSequence` from the read model, then live, with no gap
+    /// and no duplicate; completes after the final event.
+    async fn workflow_events(
+        &self,
+        ctx: &Context<'_>,
+        workflow_id: String,
+        #[graphql(default = 0)] from_sequence: i64,
+    ) -> async_graphql::Result<impl Stream<Item = EventView> + use<>> {
+        let s = state(ctx)?.clone();
+        let stream = EventStream::new(s, workflow_id, from_sequence.max(0));
+        Ok(futures::stream::unfold(stream, |mut st| async move {
+            st.next().await.map(|e| (e, st))
+        }))
+    }
+}
+
+/// GraphiQL, pointed at this server's endpoints.
+pub async fn graphiql() -> impl IntoResponse {
+    Html(
+        async_graphql::http::GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .finish(),
+    )
+}
+
+/// POST /graphql: one operation per request. The body goes through axum's size limit
+/// (413 above `api.max_body_bytes`); batches (a JSON array) are refused with 400.
+pub async fn execute(
+    State(schema): State<TriadSchema>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return crate::Problem::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "batch_not_supported",
+            "send one GraphQL operation per request",
+        )
+        .into_response();
+    }
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return crate::Problem::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_document",
+                "the body is not a GraphQL request",
+            )
+            .detail(e.to_string())
+            .into_response();
+        }
+    };
+    async_graphql_axum::GraphQLResponse::from(schema.execute(request).await).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/schema.graphql` is the exported SDL; regenerate it with
+    /// `UPDATE_SCHEMA=1 cargo test -p triad-api sdl`.
+    #[test]
+    fn sdl_matches_docs_schema_graphql() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/schema.graphql");
+        let sdl = sdl();
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &sdl).unwrap();
+        }
+        let documented = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            documented == sdl,
+            "docs/schema.graphql is out of date: run UPDATE_SCHEMA=1 cargo test -p triad-api sdl"
+        );
+    }
+}

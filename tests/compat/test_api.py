@@ -1,0 +1,174 @@
+"""Third-party clients against TRIAD's API: the `gql` client (websockets transport, both the
+graphql-transport-ws and the legacy graphql-ws protocols) submits a workflow and receives its
+full, ordered event sequence over the subscription; `curl -N` reads the same events as
+Server-Sent Events and resumes with Last-Event-ID. Starts `triad dev` on topics, consumer
+groups, a read-model schema and a port of its own. Needs the stack (scripts/dev.sh up) and a
+built `triad` binary."""
+
+import asyncio
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+from gql import Client, gql
+from gql.transport.websockets import WebsocketsTransport
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+TRIAD = str(TARGET / "debug" / "triad")
+
+SUBMIT = gql("""
+mutation Submit($input: WorkflowInput!, $key: String) {
+  submitWorkflow(input: $input, idempotencyKey: $key) { workflowId status streamUrl }
+}""")
+EVENTS = gql("""
+subscription Events($id: String!, $from: Int!) {
+  workflowEvents(workflowId: $id, fromSequence: $from) { sequence type eventId taskId }
+}""")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    run = uuid.uuid4().hex
+    port = free_port()
+    env = dict(os.environ,
+               TRIAD_KAFKA__TOPIC_PREFIX=f"compat-api-{run}.",
+               TRIAD_KAFKA__GROUP_PREFIX=f"compat-api-{run}",
+               TRIAD_PROJECTION__SCHEMA=f"compat_{run}",
+               TRIAD_API__LISTEN=f"127.0.0.1:{port}",
+               TRIAD_LOG__FILTER="warn")
+    subprocess.run([TRIAD, "topics", "ensure"], env=env, check=True, capture_output=True)
+    log = tmp_path_factory.mktemp("api") / "dev.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([TRIAD, "dev"], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/v1/health", timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the API never became healthy: " + log.read_text()
+        time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(30)
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "triad", "triad", "-qc",
+                    f"SELECT triad_drop_schema('compat_{run}')"], capture_output=True)
+
+
+def workflow(topic):
+    return {
+        "name": "compat-research",
+        "zones": ["US-EAST"],
+        "labels": [{"key": "suite", "value": "compat"}],
+        "tasks": [
+            {"id": "generate_questions", "prompt": f"Generate 3 questions about {topic}"},
+            {"id": "answer", "prompt": "Answer: {generate_questions.output}",
+             "dependsOn": ["generate_questions"]},
+        ],
+    }
+
+
+async def submit_and_follow(url, subprotocol, key):
+    transport = WebsocketsTransport(url=url, subprotocols=[subprotocol])
+    async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+        SUBMIT.variable_values = {"input": workflow(key), "key": key}
+        submitted = await session.execute(SUBMIT)
+        wid = submitted["submitWorkflow"]["workflowId"]
+        assert submitted["submitWorkflow"]["status"] == "SUBMITTED"
+        events = []
+        EVENTS.variable_values = {"id": wid, "from": 0}
+        async for e in session.subscribe(EVENTS):
+            events.append(e["workflowEvents"])
+        rest = []
+        EVENTS.variable_values = {"id": wid, "from": 5}
+        async for e in session.subscribe(EVENTS):
+            rest.append(e["workflowEvents"])
+        return wid, events, rest
+
+
+@pytest.mark.parametrize("subprotocol", [WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL,
+                                         WebsocketsTransport.APOLLO_SUBPROTOCOL])
+def test_gql_client_submits_and_receives_the_whole_ordered_sequence(api, subprotocol):
+    ws = api.replace("http://", "ws://") + "/graphql/ws"
+    key = f"compat-{uuid.uuid4()}"
+    wid, events, rest = asyncio.run(asyncio.wait_for(submit_and_follow(ws, subprotocol, key), 120))
+    seqs = [e["sequence"] for e in events]
+    assert seqs == list(range(1, len(events) + 1)), events
+    assert events[0]["type"] == "WorkflowAccepted"
+    assert events[-1]["type"] == "WorkflowCompleted"
+    assert sum(e["type"] == "TaskCompleted" for e in events) == 2
+    assert [e["sequence"] for e in rest] == seqs[5:]
+
+    # curl -N reads the same events as SSE, and resumes after an id.
+    out = subprocess.run(["curl", "-sN", f"{api}/v1/workflows/{wid}/events"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    frames = [b for b in out.split("\n\n") if b.startswith("id: ")]
+    ids = [json.loads(f.split("data: ", 1)[1])["event_id"] for f in frames]
+    assert ids == [e["eventId"] for e in events]
+    out = subprocess.run(["curl", "-sN", "-H", "Last-Event-ID: 3",
+                          f"{api}/v1/workflows/{wid}/events"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    resumed = [int(b.split("\n")[0][4:]) for b in out.split("\n\n") if b.startswith("id: ")]
+    assert resumed == seqs[3:]
+
+
+def post_graphql(api, body):
+    req = urllib.request.Request(f"{api}/graphql", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_abusive_queries_are_rejected_before_execution(api):
+    deep = "{ workflows { edges { node { tasks { taskId } events { data } } } } }"
+    nested = "query { " + "workflow(id: \"x\") { " * 1 + "events { sequence } " + "}" * 1 + " }"
+    status, body = post_graphql(api, {"query": nested})
+    assert status == 200 and "errors" not in body, body
+    too_deep = "query { __schema { types { fields { type { " + "ofType { " * 12 + "name" \
+        + " }" * 12 + " } } } } }"
+    status, body = post_graphql(api, {"query": too_deep})
+    assert "errors" in body and "nested too deep" in json.dumps(body), body
+    aliased = "query { " + " ".join(
+        f"a{i}: workflows(first: 100) {{ edges {{ node {{ workflowId tasks {{ taskId }} }} }} }}"
+        for i in range(40)) + " }"
+    status, body = post_graphql(api, {"query": aliased})
+    assert "errors" in body and "too complex" in json.dumps(body), body
+    status, body = post_graphql(api, [{"query": "{ models { modelId } }"}] * 2)
+    assert status == 400, (status, body)
+    status, body = post_graphql(api, {"query": "{ models { modelId } }" + " " * (2 << 20)})
+    assert status == 413, status
+    status, body = post_graphql(api, {"query": "{ workflows(first: 1000) { edges { cursor } } }"})
+    assert body["errors"][0]["extensions"]["code"] == "PAGE_SIZE", body
+    status, body = post_graphql(api, {"query": deep})
+    assert status == 200 and "errors" not in body, body
+
+
+def test_submit_errors_name_the_field(api):
+    bad = {"name": "x", "zones": ["US-EAST"],
+           "tasks": [{"id": "a", "prompt": "hi"}, {"id": "b", "prompt": "{a.output}"}]}
+    status, body = post_graphql(api, {
+        "query": "mutation($i: WorkflowInput!) { submitWorkflow(input: $i) { workflowId } }",
+        "variables": {"i": bad}})
+    ext = body["errors"][0]["extensions"]
+    assert ext["code"] == "INVALID_WORKFLOW", body
+    assert ext["errors"][0]["field"] == "tasks[1].prompt", body
