@@ -26,6 +26,7 @@ use triad_kafka::topics::Names;
 
 pub mod commands;
 pub mod graphql;
+pub mod metrics;
 pub mod read;
 mod rest;
 pub mod stream;
@@ -69,6 +70,7 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Ends the live streams at shutdown (a server waits for open connections).
     pub shutdown: CancellationToken,
+    pub metrics: Arc<metrics::ApiMetrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +151,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/workflows/{id}/events"),
     ("post", "/v1/workflows/{id}/cancel"),
     ("get", "/v1/health"),
+    ("get", "/metrics"),
 ];
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
@@ -169,6 +172,14 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(ROUTES[3].1, post(rest::cancel))
         .route(ROUTES[4].1, get(rest::health))
         .fallback(rest::not_found)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::count,
+        ))
+        .route(
+            ROUTES[5].1,
+            get(metrics::serve).with_state(state.metrics.clone()),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

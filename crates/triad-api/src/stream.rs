@@ -21,11 +21,18 @@ pub struct EventStream {
     done: bool,
 }
 
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.state.metrics.stream_closed();
+    }
+}
+
 impl EventStream {
     /// Events of `workflow` after sequence `after`. Subscribes to changes before the first
     /// read, so a change between a read and the wait still wakes it.
     pub fn new(state: Arc<AppState>, workflow: String, after: i64) -> Self {
         let changes = state.changes.subscribe();
+        state.metrics.stream_opened();
         Self {
             state,
             workflow,

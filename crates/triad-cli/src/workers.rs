@@ -130,6 +130,7 @@ pub fn api(
         changes: tokio::sync::broadcast::channel(64).0,
         http: reqwest::Client::new(),
         shutdown: cancel.clone(),
+        metrics: Arc::default(),
     };
     let options = triad_api::Options {
         listen: config.api.listen,

@@ -255,6 +255,24 @@ async fn submit_stream_resume_read_and_clear_errors_over_rest() {
         .unwrap();
     problem(bad_resume, 400, "invalid_last_event_id").await;
 
+    // Prometheus counters by route template; every stream above has ended.
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "triad_api_requests_total{route=\"/v1/workflows\",method=\"POST\",status=\"202\"} 2",
+        "triad_api_requests_total{route=\"/v1/workflows/{id}\",method=\"GET\",status=\"404\"} 1",
+        "triad_api_requests_total{route=\"/v1/workflows/{id}/events\",method=\"GET\",status=\"200\"} 2",
+        "triad_api_streams_open 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+
     for c in &mut children {
         kill(c);
     }
