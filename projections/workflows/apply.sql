@@ -35,8 +35,9 @@ ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset;
 -- One per batch; listeners re-read what changed (payload: the schema).
 SELECT pg_notify('triad_read_model', $1);
 
--- name: workflow_sequence
-SELECT last_sequence FROM workflows WHERE workflow_id = $1;
+-- name: workflow_sequences
+-- The last applied sequence of every workflow a batch touches, in one round trip.
+SELECT workflow_id, last_sequence FROM workflows WHERE workflow_id = ANY($1);
 
 -- name: insert_event
 INSERT INTO workflow_events

@@ -18,6 +18,12 @@ pub struct Args {
     /// Measure the whole flow (orchestration overhead) instead of the event spine.
     #[arg(long)]
     pub flow: bool,
+    /// Measure the projection worker's apply rate against a binary COPY of the same rows.
+    #[arg(long, conflicts_with = "flow")]
+    pub projection: bool,
+    /// Synthetic workflows for --projection (10 events each).
+    #[arg(long, default_value_t = 2_000)]
+    pub workflows: usize,
     #[command(flatten)]
     pub flow_args: crate::bench_flow::FlowArgs,
     /// Events per measured pass.
@@ -105,6 +111,9 @@ mod futures_unordered {
 pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> {
     if args.flow {
         return crate::bench_flow::run(config, codec, &args.flow_args).await;
+    }
+    if args.projection {
+        return crate::bench_projection::run(config, codec, args.workflows).await;
     }
     let topic = format!("triad.bench-{}", uuid::Uuid::new_v4().simple());
     let spec = TopicSpec {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_flow;
+mod bench_projection;
 mod client;
 mod demo;
 mod workers;

@@ -242,9 +242,26 @@ impl Sink {
         {
             next.insert(row.try_get(0)?, row.try_get(1)?);
         }
-        let mut applied = Applied::default();
+        // The last sequence of every workflow in the batch, in one query; then every
+        // decision is made in memory and the writes are pipelined (tokio-postgres sends
+        // them back to back in this order and PostgreSQL runs them in order), so a batch
+        // costs a few round trips instead of several per event.
+        let ids: Vec<String> = batch
+            .iter()
+            .filter_map(|r| r.event.as_ref().map(|e| e.meta.workflow_id.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let mut sequences: HashMap<String, i64> = HashMap::new();
+        for row in tx
+            .query(&self.stmt(&tx, Stmt::WorkflowSequences).await?, &[&ids])
+            .await?
+        {
+            sequences.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        let mut applied = Applied::default();
         let mut touched: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut writes: Vec<plan::Write> = Vec::new();
         for record in batch {
             let expected = next.get(&record.partition).copied().unwrap_or(0);
             if record.offset < expected {
@@ -265,28 +282,33 @@ impl Sink {
                 continue;
             };
             let wf = &event.meta.workflow_id;
-            let last = match sequences.get(wf) {
-                Some(s) => *s,
-                None => tx
-                    .query_opt(&self.stmt(&tx, Stmt::WorkflowSequence).await?, &[wf])
-                    .await?
-                    .map(|r| r.try_get::<_, i64>(0))
-                    .transpose()?
-                    .unwrap_or(0),
-            };
+            let last = sequences.get(wf).copied().unwrap_or(0);
             if event.meta.sequence <= last {
                 applied.duplicates += 1;
-                sequences.insert(wf.clone(), last);
                 continue;
             }
-            for write in plan::plan(event, record.partition, record.offset)? {
-                let params: Vec<&(dyn ToSql + Sync)> = write.params.iter().map(bind).collect();
-                tx.execute(&self.stmt(&tx, write.stmt).await?, &params)
-                    .await?;
-            }
+            writes.extend(plan::plan(event, record.partition, record.offset)?);
             sequences.insert(wf.clone(), event.meta.sequence);
             applied.events += 1;
         }
+        let mut statements = HashMap::new();
+        for w in &writes {
+            if let std::collections::hash_map::Entry::Vacant(e) = statements.entry(w.stmt.name()) {
+                e.insert(self.stmt(&tx, w.stmt).await?);
+            }
+        }
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes
+            .iter()
+            .map(|w| w.params.iter().map(bind).collect())
+            .collect();
+        let mut pending = Vec::with_capacity(writes.len());
+        for (w, p) in writes.iter().zip(&params) {
+            let statement = statements
+                .get(w.stmt.name())
+                .ok_or(Error::MissingStatement(w.stmt.name()))?;
+            pending.push(tx.execute(statement, p));
+        }
+        futures::future::try_join_all(pending).await?;
         let store = self.stmt(&tx, Stmt::StoreOffset).await?;
         for (partition, offset) in &touched {
             tx.execute(&store, &[&self.topic, partition, offset])
