@@ -45,6 +45,15 @@ INSERT INTO workflow_events
      kafka_offset, data)
 VALUES ($1, $2, $3, $4, $5, micros_ts($6), $7, $8, $9::text::jsonb);
 
+-- name: insert_events
+-- A batch's timeline rows at once (the columns of insert_event, as arrays).
+INSERT INTO workflow_events
+    (workflow_id, sequence, event_id, event_type, task_id, occurred_at, partition,
+     kafka_offset, data)
+SELECT w, s, e, t, k, micros_ts(o), p, ko, d::jsonb
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+            $7::integer[], $8::bigint[], $9::text[]) AS u (w, s, e, t, k, o, p, ko, d);
+
 -- name: touch_workflow
 UPDATE workflows SET last_sequence = $2, updated_at = micros_ts($3) WHERE workflow_id = $1;
 
@@ -113,8 +122,8 @@ UPDATE tasks SET status = 'SKIPPED', error = $3, finished_at = micros_ts($4)
 WHERE workflow_id = $1 AND task_id = $2;
 
 -- name: count_tasks
--- After any task's status changed: the workflow's counters, recounted (cheap, and always
--- right whatever the order of retries).
+-- After any task's status changed (once per workflow per batch, after its other writes):
+-- the workflow's counters, recounted, so always right whatever the order of retries.
 UPDATE workflows SET
     tasks_completed = (SELECT count(*) FROM tasks t
                        WHERE t.workflow_id = $1 AND t.status = 'COMPLETED'),
@@ -122,8 +131,11 @@ UPDATE workflows SET
                     WHERE t.workflow_id = $1 AND t.status = 'FAILED'),
     tasks_skipped = (SELECT count(*) FROM tasks t
                      WHERE t.workflow_id = $1 AND t.status = 'SKIPPED'),
-    total_cost_micros = (SELECT coalesce(sum(cost_micros), 0) FROM tasks t
-                         WHERE t.workflow_id = $1 AND t.status = 'COMPLETED')
+    -- The running cost until WorkflowCompleted sets the billed total; a batch may run this
+    -- after or before that event, and the result must not depend on where batches end.
+    total_cost_micros = CASE WHEN status = 'COMPLETED' THEN total_cost_micros
+        ELSE (SELECT coalesce(sum(cost_micros), 0) FROM tasks t
+              WHERE t.workflow_id = $1 AND t.status = 'COMPLETED') END
 WHERE workflow_id = $1;
 
 -- name: workflow_completed

@@ -291,6 +291,7 @@ impl Sink {
             sequences.insert(wf.clone(), event.meta.sequence);
             applied.events += 1;
         }
+        let writes = plan::condense(writes);
         let mut statements = HashMap::new();
         for w in &writes {
             if let std::collections::hash_map::Entry::Vacant(e) = statements.entry(w.stmt.name()) {
@@ -345,6 +346,9 @@ fn bind(p: &Param) -> &(dyn ToSql + Sync) {
         Param::OptBigInt(v) => v,
         Param::TextArray(v) => v,
         Param::OptBytes(v) => v,
+        Param::OptTextArray(v) => v,
+        Param::IntArray(v) => v,
+        Param::BigIntArray(v) => v,
     }
 }
 

@@ -16,6 +16,9 @@ pub enum Param {
     OptBigInt(Option<i64>),
     TextArray(Vec<String>),
     OptBytes(Option<Vec<u8>>),
+    OptTextArray(Vec<Option<String>>),
+    IntArray(Vec<i32>),
+    BigIntArray(Vec<i64>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +216,89 @@ pub fn plan(event: &WorkflowEvent, partition: i32, offset: i64) -> crate::Result
     Ok(out)
 }
 
+/// A batch's writes with fewer statements, same result: the timeline rows become one
+/// `insert_events` of arrays, each workflow is touched once (with its last event) and
+/// recounted once, after every other write; the other writes keep their order.
+pub fn condense(writes: Vec<Write>) -> Vec<Write> {
+    let mut ordered = Vec::new();
+    let mut columns: [Vec<Param>; 9] = Default::default();
+    let mut rows = 0;
+    let mut touches: Vec<Write> = Vec::new();
+    let mut counts: Vec<Write> = Vec::new();
+    for w in writes {
+        match w.stmt {
+            Stmt::InsertEvent if w.params.len() == 9 => {
+                for (column, p) in columns.iter_mut().zip(w.params) {
+                    column.push(p);
+                }
+                rows += 1;
+            }
+            Stmt::TouchWorkflow => {
+                // Later events of a workflow come later in the batch: the last one wins.
+                touches.retain(|t| t.params.first() != w.params.first());
+                touches.push(w);
+            }
+            Stmt::CountTasks => {
+                if !counts.iter().any(|c| c.params.first() == w.params.first()) {
+                    counts.push(w);
+                }
+            }
+            _ => ordered.push(w),
+        }
+    }
+    if rows > 0 {
+        let [wf, seq, id, ty, task, at, part, off, data] = columns;
+        let texts = |c: Vec<Param>| -> Vec<String> {
+            c.into_iter()
+                .map(|p| match p {
+                    Param::Text(s) => s,
+                    _ => String::new(),
+                })
+                .collect()
+        };
+        let bigints = |c: Vec<Param>| -> Vec<i64> {
+            c.into_iter()
+                .map(|p| match p {
+                    Param::BigInt(n) => n,
+                    _ => 0,
+                })
+                .collect()
+        };
+        let insert = Write {
+            stmt: Stmt::InsertEvents,
+            params: vec![
+                Param::TextArray(texts(wf)),
+                Param::BigIntArray(bigints(seq)),
+                Param::TextArray(texts(id)),
+                Param::TextArray(texts(ty)),
+                Param::OptTextArray(
+                    task.into_iter()
+                        .map(|p| match p {
+                            Param::OptText(t) => t,
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                Param::BigIntArray(bigints(at)),
+                Param::IntArray(
+                    part.into_iter()
+                        .map(|p| match p {
+                            Param::Int(n) => n,
+                            _ => 0,
+                        })
+                        .collect(),
+                ),
+                Param::BigIntArray(bigints(off)),
+                Param::TextArray(texts(data)),
+            ],
+        };
+        ordered.insert(0, insert);
+    }
+    ordered.extend(touches);
+    ordered.extend(counts);
+    ordered
+}
+
 fn task_of(body: &EventBody) -> Option<&str> {
     Some(match body {
         EventBody::TaskScheduled(e) => &e.task_id,
@@ -349,6 +435,52 @@ mod tests {
             );
             assert_eq!(s.contains(&Stmt::CountTasks), recount, "{s:?}");
         }
+    }
+
+    #[test]
+    fn condense_keeps_the_order_and_merges_the_repeats() {
+        let events = fixtures::workflow_events();
+        let mut writes = Vec::new();
+        for (n, e) in events.iter().enumerate() {
+            writes.extend(plan(e, 0, n as i64).unwrap());
+        }
+        let others: Vec<Write> = writes
+            .iter()
+            .filter(|w| {
+                !matches!(
+                    w.stmt,
+                    Stmt::InsertEvent | Stmt::TouchWorkflow | Stmt::CountTasks
+                )
+            })
+            .cloned()
+            .collect();
+        let condensed = condense(writes);
+        assert_eq!(condensed[0].stmt, Stmt::InsertEvents);
+        let Param::BigIntArray(seqs) = &condensed[0].params[1] else {
+            panic!("sequences")
+        };
+        assert_eq!(seqs.len(), events.len());
+        assert_eq!(condensed[1..=others.len()].to_vec(), others, "order kept");
+        let touches: Vec<&Write> = condensed
+            .iter()
+            .filter(|w| w.stmt == Stmt::TouchWorkflow)
+            .collect();
+        assert_eq!(touches.len(), 1, "one workflow, touched once");
+        assert_eq!(
+            touches[0].params[1],
+            Param::BigInt(events.last().unwrap().meta.sequence)
+        );
+        assert_eq!(
+            condensed
+                .iter()
+                .filter(|w| w.stmt == Stmt::CountTasks)
+                .count(),
+            1
+        );
+        assert!(matches!(
+            condensed[condensed.len() - 1].stmt,
+            Stmt::CountTasks
+        ));
     }
 
     #[test]

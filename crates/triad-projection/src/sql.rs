@@ -20,6 +20,7 @@ pub enum Stmt {
     Notify,
     WorkflowSequences,
     InsertEvent,
+    InsertEvents,
     TouchWorkflow,
     WorkflowAccepted,
     TaskDeclared,
@@ -40,7 +41,7 @@ pub enum Stmt {
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 27] = [
+    pub const ALL: [Stmt; 28] = [
         Self::SearchPath,
         Self::LockShared,
         Self::LockExclusive,
@@ -51,6 +52,7 @@ impl Stmt {
         Self::Notify,
         Self::WorkflowSequences,
         Self::InsertEvent,
+        Self::InsertEvents,
         Self::TouchWorkflow,
         Self::WorkflowAccepted,
         Self::TaskDeclared,
@@ -82,6 +84,7 @@ impl Stmt {
             Self::Notify => "notify",
             Self::WorkflowSequences => "workflow_sequences",
             Self::InsertEvent => "insert_event",
+            Self::InsertEvents => "insert_events",
             Self::TouchWorkflow => "touch_workflow",
             Self::WorkflowAccepted => "workflow_accepted",
             Self::TaskDeclared => "task_declared",
