@@ -104,7 +104,7 @@ output_micros_per_1k = 2000
     let mut step = 0;
     let mut seen_for_step = 0;
     let mut kills: HashMap<Phase, usize> = HashMap::new();
-    let mut zombie: Option<Child> = None;
+    let mut zombie: Option<support::Guarded> = None;
     let mut zombie_state = 0; // 0 not yet, 1 frozen + replaced, 2 woken, 3 done
     let deadline = tokio::time::Instant::now() + Duration::from_secs(420);
     while finished.len() < WORKFLOWS {

@@ -102,10 +102,11 @@ impl Env {
         c
     }
 
-    /// A worker process whose stderr goes to a log file in the test's directory.
-    pub fn spawn(&self, name: &str, args: &[&str]) -> Child {
+    /// A worker process whose stderr goes to a log file in the test's directory; killed
+    /// when dropped, so a failing test leaves no worker running.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Guarded {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
-        self.triad(args).stderr(log).spawn().unwrap()
+        Guarded(self.triad(args).stderr(log).spawn().unwrap())
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
@@ -261,6 +262,29 @@ pub fn assert_each_completed(per_workflow: &BTreeMap<String, Vec<WorkflowEvent>>
                 .any(|e| matches!(e.body, EventBody::WorkflowCompleted(_))),
             "{wf}"
         );
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, also when a test panics.
+#[derive(Debug)]
+pub struct Guarded(pub Child);
+
+impl std::ops::Deref for Guarded {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        kill(&mut self.0);
     }
 }
 
