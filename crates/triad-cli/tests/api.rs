@@ -211,27 +211,20 @@ async fn submit_stream_resume_read_and_clear_errors_over_rest() {
         .unwrap();
     let body = problem(invalid, 422, "invalid_workflow").await;
     assert_eq!(body["errors"][0]["field"], "tasks[1].prompt", "{body}");
-    let garbled = http
-        .post(format!("{base}/v1/workflows"))
-        .header("content-type", "application/json")
-        .body("{\"name\": ")
-        .send()
+    // A raw body of the given content type to the submit endpoint.
+    let post_raw = |content_type: &'static str, body: Vec<u8>| {
+        http.post(format!("{base}/v1/workflows"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let garbled = post_raw("application/json", b"{\"name\": ".to_vec())
         .await
         .unwrap();
     problem(garbled, 400, "invalid_document").await;
-    let form = http
-        .post(format!("{base}/v1/workflows"))
-        .header("content-type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
+    let form = post_raw("text/plain", b"hello".to_vec()).await.unwrap();
     problem(form, 415, "unsupported_media_type").await;
-    let big = http
-        .post(format!("{base}/v1/workflows"))
-        .header("content-type", "application/json")
-        .body(vec![b' '; 8192])
-        .send()
+    let big = post_raw("application/json", vec![b' '; 8192])
         .await
         .unwrap();
     assert_eq!(big.status(), 413);

@@ -623,19 +623,15 @@ pub async fn replay(
         total: u64::try_from(total).unwrap_or(0),
         progress,
     };
-    read_range(
+    let ctx = RangeContext {
         options,
-        &sink,
-        &target,
-        &codec,
-        &dlq,
-        &group,
-        &zero,
-        &live_offsets,
-        &mut report,
-        &mut tracker,
-    )
-    .await?;
+        sink: &sink,
+        target: &target,
+        codec: &codec,
+        dlq: &dlq,
+        group: &group,
+    };
+    read_range(&ctx, &zero, &live_offsets, &mut report, &mut tracker).await?;
 
     let mut client = sink.client().await?;
     let tx = client.transaction().await?;
@@ -656,19 +652,7 @@ pub async fn replay(
             .iter()
             .map(|(p, o)| u64::try_from(o - from.get(p).copied().unwrap_or(0)).unwrap_or(0))
             .sum::<u64>();
-        read_range(
-            options,
-            &sink,
-            &target,
-            &codec,
-            &dlq,
-            &group,
-            &from,
-            &now,
-            &mut report,
-            &mut tracker,
-        )
-        .await?;
+        read_range(&ctx, &from, &now, &mut report, &mut tracker).await?;
     }
     if verify {
         let (a, b) = (sink.hashes(live).await?, sink.hashes(&shadow).await?);
@@ -707,21 +691,33 @@ fn high_watermarks(kafka: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, i64
     Ok(out)
 }
 
+/// What every range of a replay is read with.
+struct RangeContext<'a> {
+    options: &'a Options,
+    sink: &'a Sink,
+    target: &'a Target,
+    codec: &'a Codec,
+    dlq: &'a DeadLetterWriter,
+    group: &'a str,
+}
+
 /// Applies the records of each partition from `from` up to (not including) `until` into
-/// `target`, in batches.
-#[allow(clippy::too_many_arguments)]
+/// `ctx.target`, in batches.
 async fn read_range(
-    options: &Options,
-    sink: &Sink,
-    target: &Target,
-    codec: &Codec,
-    dlq: &DeadLetterWriter,
-    group: &str,
+    ctx: &RangeContext<'_>,
     from: &BTreeMap<i32, i64>,
     until: &BTreeMap<i32, i64>,
     report: &mut ReplayReport,
     tracker: &mut Tracker<'_>,
 ) -> Result<()> {
+    let RangeContext {
+        options,
+        sink,
+        target,
+        codec,
+        dlq,
+        group,
+    } = ctx;
     let mut open: BTreeMap<i32, i64> = from
         .iter()
         .filter(|(p, o)| until.get(p).is_some_and(|u| u > o))
