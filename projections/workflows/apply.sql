@@ -1,11 +1,16 @@
 -- The `workflows` projection: what it runs for each event of `triad.workflow-events`.
 -- Sections start with `-- name: <statement>`; `triad-projection` loads them by name and
 -- fails at start-up if one is missing. Unqualified names resolve through search_path (the
--- live schema or a replay's shadow). Times are bound as microseconds (micros_ts).
+-- live schema or a replay's shadow). Times are bound as timestamptz.
 --
--- Every event first goes through `insert_event` (the timeline) and `touch_workflow`; an event
--- whose sequence is not above its workflow's `last_sequence` is a duplicate (a repair or a
--- zombie wrote it again) and is skipped entirely, the same rule the processor folds by.
+-- A batch is folded in memory first (`triad-projection`'s plan.rs): an event whose sequence
+-- is not above its workflow's `last_sequence` is a duplicate (a repair or a zombie wrote it
+-- again) and is skipped entirely, the same rule the processor folds by; the others become
+-- one row each in the set-based statements below, run in this order, each at most once per
+-- batch. Rows arrive as parallel arrays (`unnest`); a per-row text[] (dependencies, zones,
+-- models used) travels as an array literal (`{"a","b"}`) because PostgreSQL arrays of
+-- arrays must be rectangular. The result is the same wherever batches start and end, which
+-- is what lets a rebuild hash identically to the live tables.
 
 -- name: search_path
 -- For this transaction only; `public` holds the triad_* helper functions.
@@ -39,123 +44,144 @@ SELECT pg_notify('triad_read_model', $1);
 -- The last applied sequence of every workflow a batch touches, in one round trip.
 SELECT workflow_id, last_sequence FROM workflows WHERE workflow_id = ANY($1);
 
--- name: insert_event
-INSERT INTO workflow_events
-    (workflow_id, sequence, event_id, event_type, task_id, occurred_at, partition,
-     kafka_offset, data)
-VALUES ($1, $2, $3, $4, $5, micros_ts($6), $7, $8, $9::text::jsonb);
+-- name: insert_workflows
+-- Workflows first seen in the batch (accepted or rejected), whole: the batch's later
+-- changes to them were folded in memory by the rules of update_workflows and count_tasks.
+INSERT INTO workflows
+    (workflow_id, name, status, created_at, finished_at, task_count, tasks_completed,
+     tasks_failed, tasks_skipped, total_cost_micros, models_used, labels, default_zones,
+     error, error_field, failed_task, last_sequence, updated_at)
+SELECT w, n, s, c, f, tc, td, tf, ts, tcm, mu::text[], l::jsonb, z::text[], e, ef, ft, ls,
+       ua
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+            $6::integer[], $7::integer[], $8::integer[], $9::integer[], $10::bigint[],
+            $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+            $17::bigint[], $18::timestamptz[])
+     AS u (w, n, s, c, f, tc, td, tf, ts, tcm, mu, l, z, e, ef, ft, ls, ua);
+
+-- name: insert_tasks
+-- The tasks declared by the batch's WorkflowAccepted events, whole (as insert_workflows).
+INSERT INTO tasks
+    (workflow_id, task_id, status, depends_on, zones, model_id, zone, attempts, latency_ms,
+     input_tokens, output_tokens, cost_micros, error, output, output_sha256, output_size,
+     scheduled_at, finished_at)
+SELECT w, k, s, d::text[], z::text[], m, zn, a, lat, it, ot, c, e, o, sha, sz, sa, fa
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::integer[], $9::bigint[], $10::bigint[], $11::bigint[],
+            $12::bigint[], $13::text[], $14::bytea[], $15::text[], $16::bigint[],
+            $17::timestamptz[], $18::timestamptz[])
+     AS u (w, k, s, d, z, m, zn, a, lat, it, ot, c, e, o, sha, sz, sa, fa);
 
 -- name: insert_events
--- A batch's timeline rows at once (the columns of insert_event, as arrays).
+-- The timeline: one row per event.
 INSERT INTO workflow_events
     (workflow_id, sequence, event_id, event_type, task_id, occurred_at, partition,
      kafka_offset, data)
-SELECT w, s, e, t, k, micros_ts(o), p, ko, d::jsonb
-FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+SELECT w, s, e, t, k, o, p, ko, d::jsonb
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
             $7::integer[], $8::bigint[], $9::text[]) AS u (w, s, e, t, k, o, p, ko, d);
 
--- name: touch_workflow
-UPDATE workflows SET last_sequence = $2, updated_at = micros_ts($3) WHERE workflow_id = $1;
-
--- name: workflow_accepted
-INSERT INTO workflows
-    (workflow_id, name, status, created_at, task_count, labels, default_zones,
-     last_sequence, updated_at)
-VALUES ($1, $2, 'ACCEPTED', micros_ts($3), $4, $5::text::jsonb, $6, $7, micros_ts($3));
-
--- name: task_declared
-INSERT INTO tasks (workflow_id, task_id, status, depends_on, zones)
-VALUES ($1, $2, 'PENDING', $3, $4);
-
--- name: workflow_rejected
-INSERT INTO workflows
-    (workflow_id, status, created_at, finished_at, error, error_field, last_sequence,
-     updated_at)
-VALUES ($1, 'REJECTED', micros_ts($2), micros_ts($2), $3, $4, $5, micros_ts($2));
-
--- name: task_scheduled
-UPDATE tasks SET status = 'SCHEDULED', attempts = $3,
-    scheduled_at = coalesce(scheduled_at, micros_ts($4))
-WHERE workflow_id = $1 AND task_id = $2;
-
--- name: task_dispatched
-UPDATE tasks SET status = 'DISPATCHED', attempts = $3, model_id = $4, zone = $5
-WHERE workflow_id = $1 AND task_id = $2;
-
--- name: workflow_running
-UPDATE workflows SET status = 'RUNNING' WHERE workflow_id = $1 AND status = 'ACCEPTED';
-
--- name: task_completed
-UPDATE tasks SET status = 'COMPLETED', attempts = $3, model_id = $4, zone = $5,
-    latency_ms = $6, input_tokens = $7, output_tokens = $8, cost_micros = $9, output = $10,
-    output_sha256 = $11, output_size = $12, finished_at = micros_ts($13), error = NULL
-WHERE workflow_id = $1 AND task_id = $2;
-
--- name: model_completed
-INSERT INTO models
-    (model_id, tasks_completed, total_latency_ms, input_tokens, output_tokens, cost_micros,
-     last_used_at)
-VALUES ($1, 1, $2, $3, $4, $5, micros_ts($6))
+-- name: model_failures
+-- A failed attempt of a task from an earlier batch counts against the model it was
+-- dispatched to: the batch's own dispatch when it has one ($3), else the task row's model as
+-- it was before the batch (this runs before update_tasks). Tasks that do not exist count
+-- nothing. (Failures of the batch's new tasks are summed in memory into upsert_models.)
+INSERT INTO models (model_id, tasks_failed, last_used_at)
+SELECT m, count(*), max(o)
+FROM (SELECT coalesce(u.h, t.model_id) AS m, u.o
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u (w, k, h, o)
+      JOIN tasks t ON t.workflow_id = u.w AND t.task_id = u.k) AS f
+WHERE m IS NOT NULL
+GROUP BY m
 ON CONFLICT (model_id) DO UPDATE SET
-    tasks_completed = models.tasks_completed + 1,
+    tasks_failed = models.tasks_failed + EXCLUDED.tasks_failed,
+    last_used_at = greatest(models.last_used_at, EXCLUDED.last_used_at);
+
+-- name: update_tasks
+-- Each change in the batch to a task from an earlier batch, folded: status is the last one; a NULL leaves a column
+-- as it was, except where a flag says the batch set it (a completion sets every result
+-- column, NULL included; an error can be set or cleared); scheduled_at keeps the first.
+UPDATE tasks t SET
+    status = u.s,
+    attempts = coalesce(u.a, t.attempts),
+    model_id = coalesce(u.m, t.model_id),
+    zone = coalesce(u.z, t.zone),
+    latency_ms = CASE WHEN u.done THEN u.lat ELSE t.latency_ms END,
+    input_tokens = CASE WHEN u.done THEN u.it ELSE t.input_tokens END,
+    output_tokens = CASE WHEN u.done THEN u.ot ELSE t.output_tokens END,
+    cost_micros = CASE WHEN u.done THEN u.c ELSE t.cost_micros END,
+    output = CASE WHEN u.done THEN u.o ELSE t.output END,
+    output_sha256 = CASE WHEN u.done THEN u.sha ELSE t.output_sha256 END,
+    output_size = CASE WHEN u.done THEN u.sz ELSE t.output_size END,
+    error = CASE WHEN u.es THEN u.e ELSE t.error END,
+    scheduled_at = coalesce(t.scheduled_at, u.sa),
+    finished_at = coalesce(u.fa, t.finished_at)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::text[],
+            $7::boolean[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[],
+            $12::bytea[], $13::text[], $14::bigint[], $15::boolean[], $16::text[],
+            $17::timestamptz[], $18::timestamptz[])
+     AS u (w, k, s, a, m, z, done, lat, it, ot, c, o, sha, sz, es, e, sa, fa)
+WHERE t.workflow_id = u.w AND t.task_id = u.k;
+
+-- name: upsert_models
+-- Completions, failures of new tasks and discarded results, summed per model in the batch.
+INSERT INTO models
+    (model_id, tasks_completed, tasks_failed, total_latency_ms, input_tokens, output_tokens,
+     cost_micros, results_discarded, discarded_micros, last_used_at)
+SELECT m, n, nf, lat, it, ot, c, dn, dc, lu
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+            $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[])
+     AS u (m, n, nf, lat, it, ot, c, dn, dc, lu)
+ON CONFLICT (model_id) DO UPDATE SET
+    tasks_completed = models.tasks_completed + EXCLUDED.tasks_completed,
+    tasks_failed = models.tasks_failed + EXCLUDED.tasks_failed,
     total_latency_ms = models.total_latency_ms + EXCLUDED.total_latency_ms,
     input_tokens = models.input_tokens + EXCLUDED.input_tokens,
     output_tokens = models.output_tokens + EXCLUDED.output_tokens,
     cost_micros = models.cost_micros + EXCLUDED.cost_micros,
-    last_used_at = greatest(models.last_used_at, EXCLUDED.last_used_at);
-
--- name: task_failed
-UPDATE tasks SET status = 'FAILED', attempts = $3, error = $4, finished_at = micros_ts($5)
-WHERE workflow_id = $1 AND task_id = $2;
-
--- name: model_failed
--- The failed attempt's model is the one it was dispatched to.
-INSERT INTO models (model_id, tasks_failed, last_used_at)
-SELECT model_id, 1, micros_ts($3) FROM tasks
-WHERE workflow_id = $1 AND task_id = $2 AND model_id IS NOT NULL
-ON CONFLICT (model_id) DO UPDATE SET
-    tasks_failed = models.tasks_failed + 1,
-    last_used_at = greatest(models.last_used_at, EXCLUDED.last_used_at);
-
--- name: task_skipped
-UPDATE tasks SET status = 'SKIPPED', error = $3, finished_at = micros_ts($4)
-WHERE workflow_id = $1 AND task_id = $2;
-
--- name: count_tasks
--- After any task's status changed (once per workflow per batch, after its other writes):
--- the workflow's counters, recounted, so always right whatever the order of retries.
-UPDATE workflows SET
-    tasks_completed = (SELECT count(*) FROM tasks t
-                       WHERE t.workflow_id = $1 AND t.status = 'COMPLETED'),
-    tasks_failed = (SELECT count(*) FROM tasks t
-                    WHERE t.workflow_id = $1 AND t.status = 'FAILED'),
-    tasks_skipped = (SELECT count(*) FROM tasks t
-                     WHERE t.workflow_id = $1 AND t.status = 'SKIPPED'),
-    -- The running cost until WorkflowCompleted sets the billed total; a batch may run this
-    -- after or before that event, and the result must not depend on where batches end.
-    total_cost_micros = CASE WHEN status = 'COMPLETED' THEN total_cost_micros
-        ELSE (SELECT coalesce(sum(cost_micros), 0) FROM tasks t
-              WHERE t.workflow_id = $1 AND t.status = 'COMPLETED') END
-WHERE workflow_id = $1;
-
--- name: workflow_completed
-UPDATE workflows SET status = 'COMPLETED', finished_at = micros_ts($2),
-    total_cost_micros = $3, models_used = $4
-WHERE workflow_id = $1;
-
--- name: workflow_failed
-UPDATE workflows SET status = 'FAILED', finished_at = micros_ts($2), error = $3,
-    failed_task = $4
-WHERE workflow_id = $1;
-
--- name: workflow_cancelled
-UPDATE workflows SET status = 'CANCELLED', finished_at = micros_ts($2), error = $3
-WHERE workflow_id = $1;
-
--- name: result_discarded
-INSERT INTO models (model_id, results_discarded, discarded_micros, last_used_at)
-VALUES ($1, 1, $2, micros_ts($3))
-ON CONFLICT (model_id) DO UPDATE SET
-    results_discarded = models.results_discarded + 1,
+    results_discarded = models.results_discarded + EXCLUDED.results_discarded,
     discarded_micros = models.discarded_micros + EXCLUDED.discarded_micros,
     last_used_at = greatest(models.last_used_at, EXCLUDED.last_used_at);
+
+-- name: update_workflows
+-- Each change in the batch to a workflow from an earlier batch, folded. Status: NULL leaves it, RUNNING applies
+-- only to an ACCEPTED workflow (a dispatch), anything else (a terminal event) is set.
+UPDATE workflows wf SET
+    status = CASE
+        WHEN u.s IS NULL THEN wf.status
+        WHEN u.s = 'RUNNING' THEN CASE WHEN wf.status = 'ACCEPTED' THEN 'RUNNING'
+                                       ELSE wf.status END
+        ELSE u.s END,
+    finished_at = coalesce(u.f, wf.finished_at),
+    error = CASE WHEN u.es THEN u.e ELSE wf.error END,
+    failed_task = CASE WHEN u.fs THEN u.ft ELSE wf.failed_task END,
+    total_cost_micros = coalesce(u.c, wf.total_cost_micros),
+    models_used = coalesce(u.mu::text[], wf.models_used),
+    last_sequence = coalesce(u.ls, wf.last_sequence),
+    updated_at = coalesce(u.ua, wf.updated_at)
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::boolean[], $5::text[],
+            $6::boolean[], $7::text[], $8::bigint[], $9::text[], $10::bigint[],
+            $11::timestamptz[])
+     AS u (w, s, f, es, e, fs, ft, c, mu, ls, ua)
+WHERE wf.workflow_id = u.w;
+
+-- name: count_tasks
+-- After the task and workflow updates: the counters of every workflow from an earlier batch
+-- whose tasks changed,
+-- recounted, so always right whatever the order of retries. The cost is the running sum
+-- until WorkflowCompleted sets the billed total, which it then keeps.
+UPDATE workflows wf SET
+    tasks_completed = c.done,
+    tasks_failed = c.failed,
+    tasks_skipped = c.skipped,
+    total_cost_micros = CASE WHEN wf.status = 'COMPLETED' THEN wf.total_cost_micros
+                             ELSE c.cost END
+FROM (SELECT u.w,
+             count(t.task_id) FILTER (WHERE t.status = 'COMPLETED') AS done,
+             count(t.task_id) FILTER (WHERE t.status = 'FAILED') AS failed,
+             count(t.task_id) FILTER (WHERE t.status = 'SKIPPED') AS skipped,
+             coalesce(sum(t.cost_micros) FILTER (WHERE t.status = 'COMPLETED'), 0) AS cost
+      FROM unnest($1::text[]) AS u (w)
+      LEFT JOIN tasks t ON t.workflow_id = u.w
+      GROUP BY u.w) AS c
+WHERE wf.workflow_id = c.w;

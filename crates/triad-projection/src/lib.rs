@@ -222,46 +222,54 @@ impl Sink {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let schema = target.schema();
-        tx.query(&self.stmt(&tx, Stmt::SearchPath).await?, &[&schema])
-            .await?;
-        if let Target::Live { schema, build } = target {
-            tx.query(&self.stmt(&tx, Stmt::LockShared).await?, &[schema])
-                .await?;
-            let current: String = tx
-                .query_one(&self.stmt(&tx, Stmt::Build).await?, &[])
-                .await?
-                .try_get(0)?;
-            if &current != build {
-                return Err(Error::Rebuilt(current));
-            }
-        }
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        for row in tx
-            .query(&self.stmt(&tx, Stmt::Offsets).await?, &[&self.topic])
-            .await?
-        {
-            next.insert(row.try_get(0)?, row.try_get(1)?);
-        }
-        // The last sequence of every workflow in the batch, in one query; then every
-        // decision is made in memory and the writes are pipelined (tokio-postgres sends
-        // them back to back in this order and PostgreSQL runs them in order), so a batch
-        // costs a few round trips instead of several per event.
         let ids: Vec<String> = batch
             .iter()
             .filter_map(|r| r.event.as_ref().map(|e| e.meta.workflow_id.clone()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        // The search path first: statements are prepared (once per connection) against it.
+        // Then the reads a batch needs are pipelined: tokio-postgres sends them back to back
+        // and PostgreSQL runs them in that order, so the offsets and sequences are read with
+        // the swap lock held. The batch is then folded in memory into a few set-based
+        // statements (plan.rs), pipelined the same way, so a batch costs a handful of round
+        // trips whatever its size.
+        tx.query(&self.stmt(&tx, Stmt::SearchPath).await?, &[&schema])
+            .await?;
+        let lock = self.stmt(&tx, Stmt::LockShared).await?;
+        let build = self.stmt(&tx, Stmt::Build).await?;
+        let offsets = self.stmt(&tx, Stmt::Offsets).await?;
+        let last = self.stmt(&tx, Stmt::WorkflowSequences).await?;
+        let check = async {
+            if let Target::Live {
+                schema,
+                build: ours,
+            } = target
+            {
+                tx.query(&lock, &[schema]).await?;
+                let current: String = tx.query_one(&build, &[]).await?.try_get(0)?;
+                if &current != ours {
+                    return Err(Error::Rebuilt(current));
+                }
+            }
+            Ok(())
+        };
+        let ((), offsets, last) = futures::try_join!(
+            check,
+            async { Ok(tx.query(&offsets, &[&self.topic]).await?) },
+            async { Ok(tx.query(&last, &[&ids]).await?) },
+        )?;
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for row in offsets {
+            next.insert(row.try_get(0)?, row.try_get(1)?);
+        }
         let mut sequences: HashMap<String, i64> = HashMap::new();
-        for row in tx
-            .query(&self.stmt(&tx, Stmt::WorkflowSequences).await?, &[&ids])
-            .await?
-        {
+        for row in last {
             sequences.insert(row.try_get(0)?, row.try_get(1)?);
         }
         let mut applied = Applied::default();
         let mut touched: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut writes: Vec<plan::Write> = Vec::new();
+        let mut folded = plan::Batch::default();
         for record in batch {
             let expected = next.get(&record.partition).copied().unwrap_or(0);
             if record.offset < expected {
@@ -287,28 +295,23 @@ impl Sink {
                 applied.duplicates += 1;
                 continue;
             }
-            writes.extend(plan::plan(event, record.partition, record.offset)?);
+            folded.add(event, record.partition, record.offset)?;
             sequences.insert(wf.clone(), event.meta.sequence);
             applied.events += 1;
         }
-        let writes = plan::condense(writes);
-        let mut statements = HashMap::new();
+        let writes = folded.writes();
+        let mut statements = Vec::with_capacity(writes.len());
         for w in &writes {
-            if let std::collections::hash_map::Entry::Vacant(e) = statements.entry(w.stmt.name()) {
-                e.insert(self.stmt(&tx, w.stmt).await?);
-            }
+            statements.push(self.stmt(&tx, w.stmt).await?);
         }
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes
             .iter()
             .map(|w| w.params.iter().map(bind).collect())
             .collect();
-        let mut pending = Vec::with_capacity(writes.len());
-        for (w, p) in writes.iter().zip(&params) {
-            let statement = statements
-                .get(w.stmt.name())
-                .ok_or(Error::MissingStatement(w.stmt.name()))?;
-            pending.push(tx.execute(statement, p));
-        }
+        let pending = statements
+            .iter()
+            .zip(&params)
+            .map(|(statement, p)| tx.execute(statement, p));
         futures::future::try_join_all(pending).await?;
         let store = self.stmt(&tx, Stmt::StoreOffset).await?;
         for (partition, offset) in &touched {
@@ -321,6 +324,28 @@ impl Sink {
         }
         tx.commit().await?;
         Ok(applied)
+    }
+
+    /// Applies `records` (partition, offset, event) to `schema` in one transaction, as a
+    /// replay does; the offsets must continue where `schema` stands. For tools and tests that
+    /// hold events already decoded.
+    pub async fn apply_events(
+        &self,
+        schema: &str,
+        records: &[(i32, i64, WorkflowEvent)],
+    ) -> Result<Applied> {
+        let batch: Vec<Decoded> = records
+            .iter()
+            .map(|(partition, offset, event)| Decoded {
+                partition: *partition,
+                offset: *offset,
+                event: Some(event.clone()),
+            })
+            .collect();
+        let target = Target::Shadow {
+            schema: schema.to_owned(),
+        };
+        self.apply(&target, &batch).await
     }
 
     /// The content hash of each of [`TABLES`] in `schema`.
@@ -339,16 +364,16 @@ impl Sink {
 
 fn bind(p: &Param) -> &(dyn ToSql + Sync) {
     match p {
-        Param::Text(v) => v,
-        Param::OptText(v) => v,
-        Param::Int(v) => v,
-        Param::BigInt(v) => v,
-        Param::OptBigInt(v) => v,
         Param::TextArray(v) => v,
-        Param::OptBytes(v) => v,
         Param::OptTextArray(v) => v,
         Param::IntArray(v) => v,
+        Param::OptIntArray(v) => v,
         Param::BigIntArray(v) => v,
+        Param::OptBigIntArray(v) => v,
+        Param::BoolArray(v) => v,
+        Param::OptBytesArray(v) => v,
+        Param::TimeArray(v) => v,
+        Param::OptTimeArray(v) => v,
     }
 }
 
@@ -567,6 +592,16 @@ pub struct ReplayReport {
     pub applied: Applied,
     /// Table hashes compared equal before the swap (with `verify`).
     pub verified: Vec<(&'static str, String)>,
+    /// Where the time went: waiting for Kafka, decoding Avro, applying to PostgreSQL (a
+    /// reader task fetches and decodes the next batches while one is applied).
+    pub timings: Timings,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    pub read: Duration,
+    pub decode: Duration,
+    pub apply: Duration,
 }
 
 /// Rebuilds projection `name` from offset 0 into a shadow schema and swaps it in.
@@ -615,6 +650,7 @@ pub async fn replay(
         records: 0,
         applied: Applied::default(),
         verified: Vec::new(),
+        timings: Timings::default(),
     };
     let zero = start_offsets(&options.kafka, &options.topic, &BTreeMap::new())?;
     let total: i64 = live_offsets.values().sum();
@@ -696,9 +732,90 @@ struct RangeContext<'a> {
     options: &'a Options,
     sink: &'a Sink,
     target: &'a Target,
-    codec: &'a Codec,
+    codec: &'a Arc<Codec>,
     dlq: &'a DeadLetterWriter,
     group: &'a str,
+}
+
+/// A decoded batch of a replay range and what reading it took.
+struct ReadBatch {
+    decoded: Vec<Decoded>,
+    read: Duration,
+    decode: Duration,
+}
+
+/// The reading side of a replay range, run as its own task.
+struct Reader {
+    consumer: StreamConsumer,
+    until: BTreeMap<i32, i64>,
+    /// Partitions not yet read up to `until`.
+    open: BTreeMap<i32, i64>,
+    batch_max_records: usize,
+    flush_interval: Duration,
+    codec: Arc<Codec>,
+    dlq: DeadLetterWriter,
+    group: String,
+}
+
+impl Reader {
+    /// Sends decoded batches until every partition reached `until` (then the channel
+    /// closes), an error (sent, then it stops), or `stop`.
+    async fn run(
+        mut self,
+        tx: tokio::sync::mpsc::Sender<Result<ReadBatch>>,
+        stop: CancellationToken,
+    ) {
+        while !self.open.is_empty() {
+            let batch = tokio::select! {
+                () = stop.cancelled() => return,
+                b = self.next() => b,
+            };
+            let failed = batch.is_err();
+            if tx.send(batch).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Result<ReadBatch> {
+        let started = std::time::Instant::now();
+        let never = CancellationToken::new();
+        let mut stream = self.consumer.stream();
+        let batch = tokio::time::timeout(
+            Duration::from_secs(30),
+            collect(
+                &mut stream,
+                self.batch_max_records,
+                self.flush_interval,
+                &never,
+            ),
+        )
+        .await
+        .map_err(|_| {
+            triad_kafka::Error::Timeout(Duration::from_secs(30), "the replay's next record")
+        })??;
+        drop(stream);
+        let until = &self.until;
+        let batch: Vec<OwnedMessage> = batch
+            .into_iter()
+            .filter(|m| until.get(&m.partition()).is_some_and(|u| m.offset() < *u))
+            .collect();
+        for m in &batch {
+            if until
+                .get(&m.partition())
+                .is_some_and(|u| m.offset() + 1 >= *u)
+            {
+                self.open.remove(&m.partition());
+            }
+        }
+        let read = started.elapsed();
+        let decoded = decode(&self.codec, &self.dlq, &self.group, &batch).await?;
+        Ok(ReadBatch {
+            decoded,
+            read,
+            decode: started.elapsed() - read,
+        })
+    }
 }
 
 /// Applies the records of each partition from `from` up to (not including) `until` into
@@ -718,7 +835,7 @@ async fn read_range(
         dlq,
         group,
     } = ctx;
-    let mut open: BTreeMap<i32, i64> = from
+    let open: BTreeMap<i32, i64> = from
         .iter()
         .filter(|(p, o)| until.get(p).is_some_and(|u| u > o))
         .map(|(p, o)| (*p, *o))
@@ -726,45 +843,40 @@ async fn read_range(
     if open.is_empty() {
         return Ok(());
     }
+    // A reader task fetches and decodes the next batches while this one applies: Kafka
+    // fetches, Avro decoding and PostgreSQL writes take comparable time, so the replay goes
+    // at the slowest of them instead of their sum.
     let consumer = assign(&options.kafka, &options.topic, &open)?;
-    let mut stream = consumer.stream();
-    let never = CancellationToken::new();
-    while !open.is_empty() {
-        let batch = tokio::time::timeout(
-            Duration::from_secs(30),
-            collect(
-                &mut stream,
-                options.batch_max_records,
-                options.flush_interval,
-                &never,
-            ),
-        )
-        .await
-        .map_err(|_| {
-            triad_kafka::Error::Timeout(Duration::from_secs(30), "the replay's next record")
-        })??;
-        let batch: Vec<OwnedMessage> = batch
-            .into_iter()
-            .filter(|m| until.get(&m.partition()).is_some_and(|u| m.offset() < *u))
-            .collect();
-        for m in &batch {
-            if until
-                .get(&m.partition())
-                .is_some_and(|u| m.offset() + 1 >= *u)
-            {
-                open.remove(&m.partition());
-            }
-        }
-        if batch.is_empty() {
+    let stop = CancellationToken::new();
+    let _stop_reader = stop.clone().drop_guard();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ReadBatch>>(2);
+    let reader = Reader {
+        consumer,
+        until: until.clone(),
+        open,
+        batch_max_records: options.batch_max_records,
+        flush_interval: options.flush_interval,
+        codec: Arc::clone(codec),
+        dlq: (*dlq).clone(),
+        group: (*group).to_owned(),
+    };
+    tokio::spawn(reader.run(tx, stop));
+    while let Some(read) = rx.recv().await {
+        let read = read?;
+        report.timings.read += read.read;
+        report.timings.decode += read.decode;
+        if read.decoded.is_empty() {
             continue;
         }
-        let decoded = decode(codec, dlq, group, &batch).await?;
-        let applied = sink.apply(target, &decoded).await?;
-        report.records += u64::try_from(batch.len()).unwrap_or(0);
+        let records = u64::try_from(read.decoded.len()).unwrap_or(0);
+        let started = std::time::Instant::now();
+        let applied = sink.apply(target, &read.decoded).await?;
+        report.timings.apply += started.elapsed();
+        report.records += records;
         report.applied.events += applied.events;
         report.applied.duplicates += applied.duplicates;
         report.applied.dead_lettered += applied.dead_lettered;
-        tracker.done += u64::try_from(batch.len()).unwrap_or(0);
+        tracker.done += records;
         (tracker.progress)(Progress {
             done: tracker.done,
             total: tracker.total,

@@ -7,7 +7,8 @@ pub const SCHEMA: &str = include_str!("../../../projections/workflows/schema.sql
 pub const ANALYTICS: &str = include_str!("../../../projections/workflows/analytics.sql");
 const APPLY: &str = include_str!("../../../projections/workflows/apply.sql");
 
-/// Every statement of `apply.sql`, by its `-- name:`.
+/// Every statement of `apply.sql`, by its `-- name:`; the batch statements are listed in
+/// the order a batch runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stmt {
     SearchPath,
@@ -19,29 +20,18 @@ pub enum Stmt {
     StoreOffset,
     Notify,
     WorkflowSequences,
-    InsertEvent,
+    InsertWorkflows,
+    InsertTasks,
     InsertEvents,
-    TouchWorkflow,
-    WorkflowAccepted,
-    TaskDeclared,
-    WorkflowRejected,
-    TaskScheduled,
-    TaskDispatched,
-    WorkflowRunning,
-    TaskCompleted,
-    ModelCompleted,
-    TaskFailed,
-    ModelFailed,
-    TaskSkipped,
+    ModelFailures,
+    UpdateTasks,
+    UpsertModels,
+    UpdateWorkflows,
     CountTasks,
-    WorkflowCompleted,
-    WorkflowFailed,
-    WorkflowCancelled,
-    ResultDiscarded,
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 28] = [
+    pub const ALL: [Stmt; 17] = [
         Self::SearchPath,
         Self::LockShared,
         Self::LockExclusive,
@@ -51,25 +41,14 @@ impl Stmt {
         Self::StoreOffset,
         Self::Notify,
         Self::WorkflowSequences,
-        Self::InsertEvent,
+        Self::InsertWorkflows,
+        Self::InsertTasks,
         Self::InsertEvents,
-        Self::TouchWorkflow,
-        Self::WorkflowAccepted,
-        Self::TaskDeclared,
-        Self::WorkflowRejected,
-        Self::TaskScheduled,
-        Self::TaskDispatched,
-        Self::WorkflowRunning,
-        Self::TaskCompleted,
-        Self::ModelCompleted,
-        Self::TaskFailed,
-        Self::ModelFailed,
-        Self::TaskSkipped,
+        Self::ModelFailures,
+        Self::UpdateTasks,
+        Self::UpsertModels,
+        Self::UpdateWorkflows,
         Self::CountTasks,
-        Self::WorkflowCompleted,
-        Self::WorkflowFailed,
-        Self::WorkflowCancelled,
-        Self::ResultDiscarded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,25 +62,14 @@ impl Stmt {
             Self::StoreOffset => "store_offset",
             Self::Notify => "notify",
             Self::WorkflowSequences => "workflow_sequences",
-            Self::InsertEvent => "insert_event",
+            Self::InsertWorkflows => "insert_workflows",
+            Self::InsertTasks => "insert_tasks",
             Self::InsertEvents => "insert_events",
-            Self::TouchWorkflow => "touch_workflow",
-            Self::WorkflowAccepted => "workflow_accepted",
-            Self::TaskDeclared => "task_declared",
-            Self::WorkflowRejected => "workflow_rejected",
-            Self::TaskScheduled => "task_scheduled",
-            Self::TaskDispatched => "task_dispatched",
-            Self::WorkflowRunning => "workflow_running",
-            Self::TaskCompleted => "task_completed",
-            Self::ModelCompleted => "model_completed",
-            Self::TaskFailed => "task_failed",
-            Self::ModelFailed => "model_failed",
-            Self::TaskSkipped => "task_skipped",
+            Self::ModelFailures => "model_failures",
+            Self::UpdateTasks => "update_tasks",
+            Self::UpsertModels => "upsert_models",
+            Self::UpdateWorkflows => "update_workflows",
             Self::CountTasks => "count_tasks",
-            Self::WorkflowCompleted => "workflow_completed",
-            Self::WorkflowFailed => "workflow_failed",
-            Self::WorkflowCancelled => "workflow_cancelled",
-            Self::ResultDiscarded => "result_discarded",
         }
     }
 }
@@ -161,8 +129,8 @@ mod tests {
             assert!(!sql.text(stmt).ends_with(';'), "{}", stmt.name());
         }
         assert!(
-            sql.text(Stmt::InsertEvent)
-                .starts_with("INSERT INTO workflow_events")
+            sql.text(Stmt::InsertEvents)
+                .contains("INSERT INTO workflow_events")
         );
     }
 
