@@ -90,6 +90,8 @@ CREATE TABLE IF NOT EXISTS workflow_events (
     data         jsonb       NOT NULL,
     PRIMARY KEY (workflow_id, sequence)
 );
+-- The dashboard subscription finds what changed between two event-store positions.
+CREATE INDEX IF NOT EXISTS workflow_events_by_offset ON workflow_events (partition, kafka_offset);
 
 CREATE TABLE IF NOT EXISTS models (
     model_id          text        PRIMARY KEY,

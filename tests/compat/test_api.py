@@ -1,6 +1,7 @@
 """Third-party clients against TRIAD's API: the `gql` client (websockets transport, both the
 graphql-transport-ws and the legacy graphql-ws protocols) submits a workflow and receives its
-full, ordered event sequence over the subscription; `curl -N` reads the same events as
+full, ordered event sequence over the subscription, and follows the dashboard feed of
+workflows that change; `curl -N` reads the same events as
 Server-Sent Events and resumes with Last-Event-ID. Starts `triad dev` on topics, consumer
 groups, a read-model schema and a port of its own. Needs the stack (scripts/dev.sh up) and a
 built `triad` binary."""
@@ -30,6 +31,13 @@ mutation Submit($input: WorkflowInput!, $key: String) {
 EVENTS = gql("""
 subscription Events($id: String!, $from: Int!) {
   workflowEvents(workflowId: $id, fromSequence: $from) { sequence type eventId taskId }
+}""")
+
+UPDATES = gql("""
+subscription Updates($status: String, $name: String) {
+  workflowUpdates(filter: {status: $status, name: $name}) {
+    workflowId name status tasksCompleted
+  }
 }""")
 
 
@@ -72,9 +80,9 @@ def api(tmp_path_factory):
                     f"SELECT triad_drop_schema('compat_{run}')"], capture_output=True)
 
 
-def workflow(topic):
+def workflow(topic, name="compat-research"):
     return {
-        "name": "compat-research",
+        "name": name,
         "zones": ["US-EAST"],
         "labels": [{"key": "suite", "value": "compat"}],
         "tasks": [
@@ -127,6 +135,41 @@ def test_gql_client_submits_and_receives_the_whole_ordered_sequence(api, subprot
                          capture_output=True, text=True, timeout=60, check=True).stdout
     resumed = [int(b.split("\n")[0][4:]) for b in out.split("\n\n") if b.startswith("id: ")]
     assert resumed == seqs[3:]
+
+
+async def watch_dashboard(url, name, count):
+    """Opens the dashboard feed filtered to COMPLETED workflows named `name`, then submits
+    `count` such workflows on the same connection; returns their ids and the updates."""
+    transport = WebsocketsTransport(url=url,
+                                    subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
+    async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+        UPDATES.variable_values = {"status": "COMPLETED", "name": name}
+        updates = []
+        ids = set()
+        feed = session.subscribe(UPDATES)
+        first = asyncio.ensure_future(feed.__anext__())
+        # The subscription is sent before the mutations on this connection; a workflow takes
+        # several Kafka hops to complete, long after the feed took its starting position.
+        for n in range(count):
+            SUBMIT.variable_values = {"input": workflow(f"dashboards {n}", name), "key": None}
+            submitted = await session.execute(SUBMIT)
+            ids.add(submitted["submitWorkflow"]["workflowId"])
+        updates.append((await first)["workflowUpdates"])
+        while {u["workflowId"] for u in updates} != ids:
+            updates.append((await feed.__anext__())["workflowUpdates"])
+        await feed.aclose()
+        return ids, updates
+
+
+def test_the_dashboard_feed_delivers_every_matching_workflow_that_changes(api):
+    ws = api.replace("http://", "ws://") + "/graphql/ws"
+    name = f"dashboard-{uuid.uuid4().hex[:8]}"
+    ids, updates = asyncio.run(asyncio.wait_for(watch_dashboard(ws, name, 3), 120))
+    assert {u["workflowId"] for u in updates} == ids
+    for u in updates:
+        assert u["status"] == "COMPLETED", u
+        assert u["name"] == name, u
+        assert u["tasksCompleted"] == 2, u
 
 
 def post_graphql(api, body):

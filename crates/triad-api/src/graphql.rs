@@ -16,7 +16,7 @@ use futures::Stream;
 
 use crate::commands::{self, CommandError};
 use crate::read::{self, EventView, ModelView, TaskView, WorkflowView};
-use crate::stream::EventStream;
+use crate::stream::{ChangeStream, EventStream};
 use crate::{AppState, Error};
 
 /// Largest page `workflows(first:)` returns.
@@ -353,6 +353,23 @@ impl SubscriptionRoot {
         let stream = EventStream::new(s, workflow_id, from_sequence.max(0));
         Ok(futures::stream::unfold(stream, |mut st| async move {
             st.next().await.map(|e| (e, st))
+        }))
+    }
+
+    /// The dashboard feed: every workflow matching `filter` whose state changes after the
+    /// subscription starts, as its current state, in the order the changes were applied (a
+    /// workflow that changes several times within one projection batch arrives once, with
+    /// its latest state). Does not complete.
+    async fn workflow_updates(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<WorkflowFilter>,
+    ) -> async_graphql::Result<impl Stream<Item = WorkflowView> + use<>> {
+        let s = state(ctx)?.clone();
+        let filter = filter.unwrap_or_default();
+        let stream = ChangeStream::new(s, filter.status, filter.name);
+        Ok(futures::stream::unfold(stream, |mut st| async move {
+            st.next().await.map(|w| (w, st))
         }))
     }
 }

@@ -67,6 +67,8 @@ pub struct AppState {
     pub registry_url: String,
     /// Ticks whenever the read models changed (one per projection batch).
     pub changes: broadcast::Sender<()>,
+    /// Timeline reads shared by the streams of the same workflow.
+    pub hub: stream::EventHub,
     pub http: reqwest::Client,
     /// Ends the live streams at shutdown (a server waits for open connections).
     pub shutdown: CancellationToken,

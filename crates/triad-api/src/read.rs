@@ -117,6 +117,18 @@ const WORKFLOWS_PAGE: &str = "SELECT workflow_id, \
     AND ($3::bigint IS NULL OR (created_at, workflow_id) < (micros_ts($3), $4)) \
     ORDER BY created_at DESC, workflow_id DESC LIMIT $5";
 
+/// Where the read model is in each event-store partition (the next offset to apply).
+const POSITIONS: &str = "SELECT partition, next_offset FROM projection_offsets";
+
+/// The workflows (matching the filter) with an event applied in the given offset ranges,
+/// in the order they last changed. The ranges are (partition, from, until) as arrays.
+const CHANGED: &str = "SELECT w.workflow_id FROM workflows w \
+    WHERE w.workflow_id IN (SELECT e.workflow_id FROM workflow_events e \
+        JOIN unnest($1::integer[], $2::bigint[], $3::bigint[]) AS r (p, lo, hi) \
+        ON e.partition = r.p AND e.kafka_offset >= r.lo AND e.kafka_offset < r.hi) \
+    AND ($4::text IS NULL OR w.status = $4) AND ($5::text IS NULL OR w.name = $5) \
+    ORDER BY w.updated_at, w.workflow_id";
+
 const MODELS: &str = "SELECT model_id, tasks_completed, tasks_failed, results_discarded, \
     cost_micros, discarded_micros, input_tokens, output_tokens, success_rate, p50_ms, p95_ms, \
     p99_ms FROM model_stats ORDER BY model_id";
@@ -275,6 +287,63 @@ pub async fn workflows_page(
         }
     }
     Ok((out, more))
+}
+
+/// Event-store positions the read model has applied: partition → next offset.
+pub type Positions = std::collections::BTreeMap<i32, i64>;
+
+pub async fn positions(pool: &deadpool_postgres::Pool) -> Result<Positions> {
+    let client = client(pool).await?;
+    client
+        .query(POSITIONS, &[])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// The ids of the workflows matching `status`/`name` that changed after `from`, and the
+/// positions they were read at — from one snapshot, so the next call starts exactly where
+/// this one ended. The positions are Kafka offsets, which a rebuild from offset 0 keeps.
+pub async fn changed_since(
+    pool: &deadpool_postgres::Pool,
+    from: &Positions,
+    status: Option<&str>,
+    name: Option<&str>,
+) -> Result<(Positions, Vec<String>)> {
+    let mut client = client(pool).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let to: Positions = tx
+        .query(POSITIONS, &[])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_>>()?;
+    let (mut partitions, mut lows, mut highs) = (Vec::new(), Vec::new(), Vec::new());
+    for (partition, until) in &to {
+        let since = from.get(partition).copied().unwrap_or(0);
+        if *until > since {
+            partitions.push(*partition);
+            lows.push(since);
+            highs.push(*until);
+        }
+    }
+    let ids = if partitions.is_empty() {
+        Vec::new()
+    } else {
+        tx.query(CHANGED, &[&partitions, &lows, &highs, &status, &name])
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?
+    };
+    tx.commit().await?;
+    Ok((to, ids))
 }
 
 pub async fn models(pool: &deadpool_postgres::Pool) -> Result<Vec<ModelView>> {

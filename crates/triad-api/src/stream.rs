@@ -1,21 +1,97 @@
 //! A workflow's events in sequence order: the backlog from the timeline, then live, until
-//! the final event. Shared by the SSE stream and the GraphQL subscription.
+//! the final event (shared by the SSE stream and the GraphQL subscription); and the
+//! dashboard's feed of changed workflows.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::AppState;
-use crate::read::{self, EventView};
+use crate::read::{self, EventView, Positions, WorkflowView};
 
 /// Timeline rows read per query.
 const PAGE: i64 = 256;
+
+/// Shares timeline reads between the streams of one workflow: when a change wakes a
+/// thousand subscribers of the same workflow, one of them queries PostgreSQL and the others
+/// take its rows. A stream reuses a read only if it started after the stream was woken
+/// (so it saw the change that woke it) and covers the stream's position.
+#[derive(Debug, Default)]
+pub struct EventHub {
+    slots: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Slot>>>,
+}
+
+type Slot = tokio::sync::Mutex<Option<Cached>>;
+
+/// The last read of one workflow's timeline.
+#[derive(Debug)]
+struct Cached {
+    /// When the query was sent.
+    read_at: Instant,
+    /// The rows are the events after this sequence...
+    after: i64,
+    /// ...up to the end of the timeline at `read_at`, unless the page was full.
+    complete: bool,
+    events: Vec<EventView>,
+}
+
+impl EventHub {
+    fn slot(&self, workflow: &str) -> Arc<Slot> {
+        let Ok(mut slots) = self.slots.lock() else {
+            // A panic while holding this lock cannot happen (no code in it panics); serve
+            // without sharing if it ever did.
+            return Arc::new(Slot::default());
+        };
+        if let Some(slot) = slots.get(workflow).and_then(std::sync::Weak::upgrade) {
+            return slot;
+        }
+        if slots.len() >= 1024 {
+            slots.retain(|_, w| w.strong_count() > 0);
+        }
+        let slot = Arc::new(Slot::default());
+        slots.insert(workflow.to_owned(), Arc::downgrade(&slot));
+        slot
+    }
+}
+
+async fn shared_read(
+    slot: &Slot,
+    pool: &deadpool_postgres::Pool,
+    workflow: &str,
+    after: i64,
+    woke: Instant,
+) -> crate::Result<Vec<EventView>> {
+    let mut cached = slot.lock().await;
+    if let Some(c) = cached.as_ref() {
+        let last = c.events.last().map_or(c.after, |e| e.sequence);
+        if c.read_at >= woke && c.after <= after && (c.complete || last > after) {
+            return Ok(c
+                .events
+                .iter()
+                .filter(|e| e.sequence > after)
+                .cloned()
+                .collect());
+        }
+    }
+    let read_at = Instant::now();
+    let events = read::events_after(pool, workflow, after, PAGE).await?;
+    *cached = Some(Cached {
+        read_at,
+        after,
+        complete: i64::try_from(events.len()).unwrap_or(i64::MAX) < PAGE,
+        events: events.clone(),
+    });
+    Ok(events)
+}
 
 #[derive(Debug)]
 pub struct EventStream {
     state: Arc<AppState>,
     workflow: String,
+    slot: Arc<Slot>,
     after: i64,
+    /// When the stream was created or last woken by a change.
+    woke: Instant,
     changes: tokio::sync::broadcast::Receiver<()>,
     buffer: VecDeque<EventView>,
     done: bool,
@@ -33,10 +109,13 @@ impl EventStream {
     pub fn new(state: Arc<AppState>, workflow: String, after: i64) -> Self {
         let changes = state.changes.subscribe();
         state.metrics.stream_opened();
+        let slot = state.hub.slot(&workflow);
         Self {
             state,
             workflow,
+            slot,
             after,
+            woke: Instant::now(),
             changes,
             buffer: VecDeque::new(),
             done: false,
@@ -54,7 +133,15 @@ impl EventStream {
             if self.done || self.state.shutdown.is_cancelled() {
                 return None;
             }
-            match read::events_after(&self.state.pool, &self.workflow, self.after, PAGE).await {
+            let read = shared_read(
+                &self.slot,
+                &self.state.pool,
+                &self.workflow,
+                self.after,
+                self.woke,
+            )
+            .await;
+            match read {
                 Ok(page) if !page.is_empty() => {
                     self.buffer.extend(page);
                     continue;
@@ -76,6 +163,115 @@ impl EventStream {
                 // Reads that failed above, or notifications lost while reconnecting.
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
+            self.woke = Instant::now();
+        }
+    }
+}
+
+/// Every workflow matching a filter whose read-model row changes after the stream starts,
+/// as its current state, in the order the changes were applied. A workflow that changes
+/// several times between two reads is delivered once, with its latest state. The cursor is
+/// the projection's event-store positions, so it stays valid across a rebuild.
+#[derive(Debug)]
+pub struct ChangeStream {
+    state: Arc<AppState>,
+    status: Option<String>,
+    name: Option<String>,
+    positions: Option<Positions>,
+    changes: tokio::sync::broadcast::Receiver<()>,
+    buffer: VecDeque<String>,
+}
+
+impl Drop for ChangeStream {
+    fn drop(&mut self) {
+        self.state.metrics.stream_closed();
+    }
+}
+
+impl ChangeStream {
+    /// Subscribes to changes before the first read (as [`EventStream::new`]).
+    pub fn new(state: Arc<AppState>, status: Option<String>, name: Option<String>) -> Self {
+        let changes = state.changes.subscribe();
+        state.metrics.stream_opened();
+        Self {
+            state,
+            status,
+            name,
+            positions: None,
+            changes,
+            buffer: VecDeque::new(),
+        }
+    }
+
+    fn matches(&self, view: &WorkflowView) -> bool {
+        self.status.as_ref().is_none_or(|s| *s == view.status)
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| view.name.as_ref() == Some(n))
+    }
+
+    /// The next changed workflow; `None` at shutdown.
+    pub async fn next(&mut self) -> Option<WorkflowView> {
+        loop {
+            if self.state.shutdown.is_cancelled() {
+                return None;
+            }
+            if let Some(id) = self.buffer.pop_front() {
+                match read::workflow(&self.state.pool, &id).await {
+                    // Read after the snapshot: it may have moved on (and out of the filter,
+                    // in which case a later read reports it if it comes back).
+                    Ok(Some(view)) if self.matches(&view) => return Some(view),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, workflow.id = %id, "change stream read failed; retrying");
+                        self.buffer.push_front(id);
+                        self.wait().await;
+                    }
+                }
+                continue;
+            }
+            let read = match &self.positions {
+                None => read::positions(&self.state.pool)
+                    .await
+                    .map(|p| (p, Vec::new())),
+                Some(from) => {
+                    read::changed_since(
+                        &self.state.pool,
+                        from,
+                        self.status.as_deref(),
+                        self.name.as_deref(),
+                    )
+                    .await
+                }
+            };
+            match read {
+                Ok((positions, ids)) => {
+                    self.positions = Some(positions);
+                    if !ids.is_empty() {
+                        self.buffer.extend(ids);
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "change stream read failed; retrying");
+                }
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Until the read models change (or a slow tick for notifications lost while
+    /// reconnecting), or shutdown.
+    async fn wait(&mut self) {
+        tokio::select! {
+            () = self.state.shutdown.cancelled() => {}
+            r = self.changes.recv() => {
+                if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

@@ -21,9 +21,29 @@ pub struct Args {
     /// Measure the projection worker's apply rate against a binary COPY of the same rows.
     #[arg(long, conflicts_with = "flow")]
     pub projection: bool,
-    /// Synthetic workflows for --projection (10 events each).
+    /// Synthetic workflows for --projection (9 events each).
     #[arg(long, default_value_t = 2_000)]
     pub workflows: usize,
+    /// Measure append → visible-in-the-read-model latency at --rate events/s for
+    /// --seconds, next to a plain consumer's latency for the same records.
+    #[arg(long, conflicts_with_all = ["flow", "projection"])]
+    pub visibility: bool,
+    /// Events appended per second for --visibility.
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u32,
+    /// Measure one workflow's events delivered to --subscribers GraphQL subscriptions
+    /// against a raw WebSocket broadcast to as many clients.
+    #[arg(long, conflicts_with_all = ["flow", "projection", "visibility"])]
+    pub fanout: bool,
+    /// Subscribers for --fanout.
+    #[arg(long, default_value_t = 1_000)]
+    pub subscribers: usize,
+    /// Events appended at 20/s for --fanout's latency phase.
+    #[arg(long, default_value_t = 40)]
+    pub paced_events: usize,
+    /// Events appended at once for --fanout's throughput phase.
+    #[arg(long, default_value_t = 200)]
+    pub burst_events: usize,
     #[command(flatten)]
     pub flow_args: crate::bench_flow::FlowArgs,
     /// Events per measured pass.
@@ -114,6 +134,20 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> 
     }
     if args.projection {
         return crate::bench_projection::run(config, codec, args.workflows).await;
+    }
+    if args.fanout {
+        return crate::bench_fanout::run(
+            config,
+            codec,
+            args.subscribers,
+            args.paced_events,
+            args.burst_events,
+        )
+        .await;
+    }
+    if args.visibility {
+        return crate::bench_visibility::run(config, codec, args.rate, args.flow_args.seconds)
+            .await;
     }
     let topic = format!("triad.bench-{}", uuid::Uuid::new_v4().simple());
     let spec = TopicSpec {

@@ -26,7 +26,7 @@ use triad_kafka::produce::Producer;
 use triad_kafka::topics::{Names, Retention, TopicSpec};
 
 /// The fixture events of one workflow, made unique to `workflow_id`.
-fn events_of(workflow_id: &str) -> Vec<WorkflowEvent> {
+pub(crate) fn events_of(workflow_id: &str) -> Vec<WorkflowEvent> {
     let mut out: Vec<WorkflowEvent> = triad_domain::fixtures::workflow_events()
         .into_iter()
         .filter(|e| {

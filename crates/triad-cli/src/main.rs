@@ -1,8 +1,10 @@
 //! `triad`: the one binary. Each subcommand is a thin shell over a library crate.
 
 mod bench;
+mod bench_fanout;
 mod bench_flow;
 mod bench_projection;
+mod bench_visibility;
 mod client;
 mod demo;
 mod workers;

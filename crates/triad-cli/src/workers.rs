@@ -128,6 +128,7 @@ pub fn api(
         policy: triad_processor::policy_from(&config.policy, &catalogue.ids()),
         registry_url: config.registry.url.clone(),
         changes: tokio::sync::broadcast::channel(64).0,
+        hub: triad_api::stream::EventHub::default(),
         http: reqwest::Client::new(),
         shutdown: cancel.clone(),
         metrics: Arc::default(),
