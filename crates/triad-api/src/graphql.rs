@@ -386,6 +386,26 @@ pub async fn graphiql() -> impl IntoResponse {
 
 /// POST /graphql: one operation per request. The body goes through axum's size limit
 /// (413 above `api.max_body_bytes`); batches (a JSON array) are refused with 400.
+/// Read buffer of a subscription connection. Clients send little (init, subscribe,
+/// complete), and tungstenite zero-fills the free part of this buffer on every read attempt,
+/// so at its 128 KiB default a server with a thousand subscribers spends most of its time in
+/// memset (measured with `triad bench --fanout`).
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// `/graphql/ws`: graphql-transport-ws or graphql-ws, chosen by the client's subprotocol.
+pub async fn subscriptions(
+    State(schema): State<TriadSchema>,
+    protocol: async_graphql_axum::GraphQLProtocol,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            async_graphql_axum::GraphQLWebSocket::new(stream, schema, protocol).serve()
+        })
+}
+
 pub async fn execute(
     State(schema): State<TriadSchema>,
     body: axum::body::Bytes,

@@ -160,11 +160,8 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let schema = graphql::schema(state.clone());
     let gql = Router::new()
         .route("/graphql", get(graphql::graphiql).post(graphql::execute))
-        .with_state(schema.clone())
-        .route_service(
-            "/graphql/ws",
-            async_graphql_axum::GraphQLSubscription::new(schema),
-        );
+        .route("/graphql/ws", get(graphql::subscriptions))
+        .with_state(schema);
     // Same order as ROUTES.
     Router::new()
         .merge(gql)
