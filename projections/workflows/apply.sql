@@ -6,9 +6,9 @@
 -- A batch is folded in memory first (`triad-projection`'s plan.rs): an event whose sequence
 -- is not above its workflow's `last_sequence` is a duplicate (a repair or a zombie wrote it
 -- again) and is skipped entirely, the same rule the processor folds by; the others become
--- one row each in the set-based statements below, run in this order, each at most once per
--- batch. Rows arrive as parallel arrays (`unnest`); a per-row text[] (dependencies, zones,
--- models used) travels as an array literal (`{"a","b"}`) because PostgreSQL arrays of
+-- rows of the COPYs and set-based statements below, run in this order, each at most once
+-- per batch. The statements take their rows as parallel arrays (`unnest`); a per-row text[]
+-- (models used) travels as an array literal (`{"a","b"}`) because PostgreSQL arrays of
 -- arrays must be rectangular. The result is the same wherever batches start and end, which
 -- is what lets a rebuild hash identically to the live tables.
 
@@ -44,42 +44,30 @@ SELECT pg_notify('triad_read_model', $1);
 -- The last applied sequence of every workflow a batch touches, in one round trip.
 SELECT workflow_id, last_sequence FROM workflows WHERE workflow_id = ANY($1);
 
--- name: insert_workflows
--- Workflows first seen in the batch (accepted or rejected), whole: the batch's later
--- changes to them were folded in memory by the rules of update_workflows and count_tasks.
-INSERT INTO workflows
+-- name: copy_workflows
+-- The rows a batch creates are written whole with binary COPY (the batch's later changes to
+-- them were folded in memory by the rules of update_tasks, update_workflows and
+-- count_tasks): workflows first seen in the batch (accepted or rejected)...
+COPY workflows
     (workflow_id, name, status, created_at, finished_at, task_count, tasks_completed,
      tasks_failed, tasks_skipped, total_cost_micros, models_used, labels, default_zones,
      error, error_field, failed_task, last_sequence, updated_at)
-SELECT w, n, s, c, f, tc, td, tf, ts, tcm, mu::text[], l::jsonb, z::text[], e, ef, ft, ls,
-       ua
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-            $6::integer[], $7::integer[], $8::integer[], $9::integer[], $10::bigint[],
-            $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-            $17::bigint[], $18::timestamptz[])
-     AS u (w, n, s, c, f, tc, td, tf, ts, tcm, mu, l, z, e, ef, ft, ls, ua);
+FROM STDIN (FORMAT binary);
 
--- name: insert_tasks
--- The tasks declared by the batch's WorkflowAccepted events, whole (as insert_workflows).
-INSERT INTO tasks
+-- name: copy_tasks
+-- ...the tasks their WorkflowAccepted events declared...
+COPY tasks
     (workflow_id, task_id, status, depends_on, zones, model_id, zone, attempts, latency_ms,
      input_tokens, output_tokens, cost_micros, error, output, output_sha256, output_size,
      scheduled_at, finished_at)
-SELECT w, k, s, d::text[], z::text[], m, zn, a, lat, it, ot, c, e, o, sha, sz, sa, fa
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::integer[], $9::bigint[], $10::bigint[], $11::bigint[],
-            $12::bigint[], $13::text[], $14::bytea[], $15::text[], $16::bigint[],
-            $17::timestamptz[], $18::timestamptz[])
-     AS u (w, k, s, d, z, m, zn, a, lat, it, ot, c, e, o, sha, sz, sa, fa);
+FROM STDIN (FORMAT binary);
 
--- name: insert_events
--- The timeline: one row per event.
-INSERT INTO workflow_events
+-- name: copy_events
+-- ...and the timeline: one row per event.
+COPY workflow_events
     (workflow_id, sequence, event_id, event_type, task_id, occurred_at, partition,
      kafka_offset, data)
-SELECT w, s, e, t, k, o, p, ko, d::jsonb
-FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-            $7::integer[], $8::bigint[], $9::text[]) AS u (w, s, e, t, k, o, p, ko, d);
+FROM STDIN (FORMAT binary);
 
 -- name: model_failures
 -- A failed attempt of a task from an earlier batch counts against the model it was

@@ -31,6 +31,7 @@ use triad_config::KafkaConfig;
 use triad_domain::WorkflowEvent;
 use triad_kafka::dlq::DeadLetterWriter;
 
+mod copy;
 pub mod plan;
 pub mod sql;
 
@@ -299,7 +300,8 @@ impl Sink {
             sequences.insert(wf.clone(), event.meta.sequence);
             applied.events += 1;
         }
-        let writes = folded.writes();
+        let plan::Planned { inserts, writes } = folded.writes();
+        copy::write(&tx, &self.sql, &inserts).await?;
         let mut statements = Vec::with_capacity(writes.len());
         for w in &writes {
             statements.push(self.stmt(&tx, w.stmt).await?);

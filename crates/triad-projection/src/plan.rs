@@ -52,45 +52,46 @@ pub struct Write {
 /// A workflow first seen in the batch (accepted or rejected): the whole row, with the
 /// batch's later changes folded in before it is inserted.
 #[derive(Debug, Clone, PartialEq)]
-struct NewWorkflow {
-    name: Option<String>,
-    status: &'static str,
-    created_at: i64,
-    finished_at: Option<i64>,
-    task_count: i32,
-    tasks_completed: i32,
-    tasks_failed: i32,
-    tasks_skipped: i32,
-    total_cost_micros: i64,
-    models_used: String,
-    labels: String,
-    default_zones: String,
-    error: Option<String>,
-    error_field: Option<String>,
-    failed_task: Option<String>,
-    last_sequence: i64,
-    updated_at: i64,
+pub struct NewWorkflow {
+    pub name: Option<String>,
+    pub status: &'static str,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub task_count: i32,
+    pub tasks_completed: i32,
+    pub tasks_failed: i32,
+    pub tasks_skipped: i32,
+    pub total_cost_micros: i64,
+    pub models_used: Vec<String>,
+    /// JSON text.
+    pub labels: String,
+    pub default_zones: Vec<String>,
+    pub error: Option<String>,
+    pub error_field: Option<String>,
+    pub failed_task: Option<String>,
+    pub last_sequence: i64,
+    pub updated_at: i64,
 }
 
 /// A task declared in the batch: the whole row, likewise.
 #[derive(Debug, Clone, PartialEq, Default)]
-struct NewTask {
-    status: &'static str,
-    depends_on: String,
-    zones: String,
-    attempts: i32,
-    model: Option<String>,
-    zone: Option<String>,
-    latency_ms: Option<i64>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    cost_micros: Option<i64>,
-    output: Option<Vec<u8>>,
-    output_sha256: Option<String>,
-    output_size: Option<i64>,
-    error: Option<String>,
-    scheduled_at: Option<i64>,
-    finished_at: Option<i64>,
+pub struct NewTask {
+    pub status: &'static str,
+    pub depends_on: Vec<String>,
+    pub zones: Vec<String>,
+    pub attempts: i32,
+    pub model: Option<String>,
+    pub zone: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cost_micros: Option<i64>,
+    pub output: Option<Vec<u8>>,
+    pub output_sha256: Option<String>,
+    pub output_size: Option<i64>,
+    pub error: Option<String>,
+    pub scheduled_at: Option<i64>,
+    pub finished_at: Option<i64>,
 }
 
 /// One task's changes in the batch. `None` leaves a column as it was; `done` and
@@ -149,7 +150,7 @@ struct WorkflowPatch {
     failed_task_set: bool,
     failed_task: Option<String>,
     total_cost_micros: Option<i64>,
-    models_used: Option<String>,
+    models_used: Option<Vec<String>>,
     last_sequence: Option<i64>,
     updated_at: Option<i64>,
 }
@@ -224,18 +225,35 @@ struct Failure {
     at: i64,
 }
 
-/// The timeline rows, as the columns of `insert_events`.
+/// The timeline rows, column by column.
 #[derive(Debug, Clone, PartialEq, Default)]
-struct Timeline {
-    workflow: Vec<String>,
-    sequence: Vec<i64>,
-    event_id: Vec<String>,
-    event_type: Vec<String>,
-    task: Vec<Option<String>>,
-    occurred_at: Vec<i64>,
-    partition: Vec<i32>,
-    offset: Vec<i64>,
-    data: Vec<String>,
+pub struct Timeline {
+    pub workflow: Vec<String>,
+    pub sequence: Vec<i64>,
+    pub event_id: Vec<String>,
+    pub event_type: Vec<String>,
+    pub task: Vec<Option<String>>,
+    pub occurred_at: Vec<i64>,
+    pub partition: Vec<i32>,
+    pub offset: Vec<i64>,
+    /// JSON text.
+    pub data: Vec<String>,
+}
+
+/// The rows a batch creates, whole: written with binary COPY (`copy_*` in `apply.sql`),
+/// in this order (tasks reference workflows).
+#[derive(Debug, Default)]
+pub struct Inserts {
+    pub workflows: Vec<(String, NewWorkflow)>,
+    pub tasks: Vec<((String, String), NewTask)>,
+    pub timeline: Timeline,
+}
+
+/// What a batch writes: its new rows, then the set-based statements in order.
+#[derive(Debug, Default)]
+pub struct Planned {
+    pub inserts: Inserts,
+    pub writes: Vec<Write>,
 }
 
 /// A batch of events folded into the set-based statements of `apply.sql`: each runs at most
@@ -311,9 +329,9 @@ impl Batch {
                         tasks_failed: 0,
                         tasks_skipped: 0,
                         total_cost_micros: 0,
-                        models_used: "{}".to_owned(),
+                        models_used: Vec::new(),
                         labels: serde_json::to_string(&a.labels)?,
-                        default_zones: array_literal(&a.default_zones),
+                        default_zones: a.default_zones.clone(),
                         error: None,
                         error_field: None,
                         failed_task: None,
@@ -331,8 +349,8 @@ impl Batch {
                         (wf.clone(), task.id.clone()),
                         NewTask {
                             status: "PENDING",
-                            depends_on: array_literal(&task.depends_on),
-                            zones: array_literal(zones),
+                            depends_on: task.depends_on.clone(),
+                            zones: zones.clone(),
                             ..NewTask::default()
                         },
                     );
@@ -353,9 +371,9 @@ impl Batch {
                         tasks_failed: 0,
                         tasks_skipped: 0,
                         total_cost_micros: 0,
-                        models_used: "{}".to_owned(),
+                        models_used: Vec::new(),
                         labels: "{}".to_owned(),
-                        default_zones: "{}".to_owned(),
+                        default_zones: Vec::new(),
                         error: Some(r.reason.clone()),
                         error_field: r.field.clone(),
                         failed_task: None,
@@ -442,7 +460,7 @@ impl Batch {
                 self.recount.insert(wf.clone());
             }
             EventBody::WorkflowCompleted(c) => {
-                let models_used = array_literal(&c.models_used);
+                let models_used = c.models_used.clone();
                 let w = self.workflow(wf);
                 w.status = Some("COMPLETED");
                 w.finished_at = Some(at);
@@ -489,9 +507,9 @@ impl Batch {
         self.workflows.entry(workflow.to_owned()).or_default()
     }
 
-    /// The statements for the batch, in the order they must run (see `apply.sql`); a
-    /// statement with no rows is left out.
-    pub fn writes(mut self) -> Vec<Write> {
+    /// The batch's new rows and its statements, in the order they must run (see
+    /// `apply.sql`); a statement with no rows is left out.
+    pub fn writes(mut self) -> Planned {
         // Rows this batch created take the batch's changes in memory (the same rules as the
         // update statements); a change to a task or workflow that exists neither here nor in
         // an earlier batch changes nothing, as an UPDATE of a missing row would.
@@ -548,72 +566,11 @@ impl Batch {
                 out.push(Write { stmt, params });
             }
         };
-        let (ids, nw): (Vec<String>, Vec<NewWorkflow>) = self.workflows_new.into_iter().unzip();
-        push(
-            Stmt::InsertWorkflows,
-            nw.len(),
-            vec![
-                Param::TextArray(ids),
-                Param::OptTextArray(nw.iter().map(|w| w.name.clone()).collect()),
-                Param::TextArray(nw.iter().map(|w| w.status.to_owned()).collect()),
-                times(nw.iter().map(|w| w.created_at)),
-                opt_times(nw.iter().map(|w| w.finished_at)),
-                Param::IntArray(nw.iter().map(|w| w.task_count).collect()),
-                Param::IntArray(nw.iter().map(|w| w.tasks_completed).collect()),
-                Param::IntArray(nw.iter().map(|w| w.tasks_failed).collect()),
-                Param::IntArray(nw.iter().map(|w| w.tasks_skipped).collect()),
-                Param::BigIntArray(nw.iter().map(|w| w.total_cost_micros).collect()),
-                Param::TextArray(nw.iter().map(|w| w.models_used.clone()).collect()),
-                Param::TextArray(nw.iter().map(|w| w.labels.clone()).collect()),
-                Param::TextArray(nw.iter().map(|w| w.default_zones.clone()).collect()),
-                Param::OptTextArray(nw.iter().map(|w| w.error.clone()).collect()),
-                Param::OptTextArray(nw.iter().map(|w| w.error_field.clone()).collect()),
-                Param::OptTextArray(nw.iter().map(|w| w.failed_task.clone()).collect()),
-                Param::BigIntArray(nw.iter().map(|w| w.last_sequence).collect()),
-                times(nw.iter().map(|w| w.updated_at)),
-            ],
-        );
-        let (keys, nt): (Vec<(String, String)>, Vec<NewTask>) = self.tasks_new.into_iter().unzip();
-        push(
-            Stmt::InsertTasks,
-            nt.len(),
-            vec![
-                Param::TextArray(keys.iter().map(|k| k.0.clone()).collect()),
-                Param::TextArray(keys.iter().map(|k| k.1.clone()).collect()),
-                Param::TextArray(nt.iter().map(|t| t.status.to_owned()).collect()),
-                Param::TextArray(nt.iter().map(|t| t.depends_on.clone()).collect()),
-                Param::TextArray(nt.iter().map(|t| t.zones.clone()).collect()),
-                Param::OptTextArray(nt.iter().map(|t| t.model.clone()).collect()),
-                Param::OptTextArray(nt.iter().map(|t| t.zone.clone()).collect()),
-                Param::IntArray(nt.iter().map(|t| t.attempts).collect()),
-                Param::OptBigIntArray(nt.iter().map(|t| t.latency_ms).collect()),
-                Param::OptBigIntArray(nt.iter().map(|t| t.input_tokens).collect()),
-                Param::OptBigIntArray(nt.iter().map(|t| t.output_tokens).collect()),
-                Param::OptBigIntArray(nt.iter().map(|t| t.cost_micros).collect()),
-                Param::OptTextArray(nt.iter().map(|t| t.error.clone()).collect()),
-                Param::OptBytesArray(nt.iter().map(|t| t.output.clone()).collect()),
-                Param::OptTextArray(nt.iter().map(|t| t.output_sha256.clone()).collect()),
-                Param::OptBigIntArray(nt.iter().map(|t| t.output_size).collect()),
-                opt_times(nt.iter().map(|t| t.scheduled_at)),
-                opt_times(nt.iter().map(|t| t.finished_at)),
-            ],
-        );
-        let t = self.timeline;
-        push(
-            Stmt::InsertEvents,
-            t.sequence.len(),
-            vec![
-                Param::TextArray(t.workflow),
-                Param::BigIntArray(t.sequence),
-                Param::TextArray(t.event_id),
-                Param::TextArray(t.event_type),
-                Param::OptTextArray(t.task),
-                times(t.occurred_at.into_iter()),
-                Param::IntArray(t.partition),
-                Param::BigIntArray(t.offset),
-                Param::TextArray(t.data),
-            ],
-        );
+        let inserts = Inserts {
+            workflows: self.workflows_new.into_iter().collect(),
+            tasks: self.tasks_new.into_iter().collect(),
+            timeline: self.timeline,
+        };
         let f = failures;
         push(
             Stmt::ModelFailures,
@@ -680,7 +637,11 @@ impl Batch {
                 Param::BoolArray(wp.iter().map(|p| p.failed_task_set).collect()),
                 Param::OptTextArray(wp.iter().map(|p| p.failed_task.clone()).collect()),
                 Param::OptBigIntArray(wp.iter().map(|p| p.total_cost_micros).collect()),
-                Param::OptTextArray(wp.iter().map(|p| p.models_used.clone()).collect()),
+                Param::OptTextArray(
+                    wp.iter()
+                        .map(|p| p.models_used.as_deref().map(array_literal))
+                        .collect(),
+                ),
                 Param::OptBigIntArray(wp.iter().map(|p| p.last_sequence).collect()),
                 opt_times(wp.iter().map(|p| p.updated_at)),
             ],
@@ -690,7 +651,10 @@ impl Batch {
             recount.len(),
             vec![Param::TextArray(recount)],
         );
-        out
+        Planned {
+            inserts,
+            writes: out,
+        }
     }
 }
 
@@ -829,10 +793,10 @@ mod tests {
         // The workflow's first event in one batch, the rest in the next: the second batch
         // changes rows from an earlier batch, so it updates them.
         let first = folded(&events[..1]).writes();
-        assert_eq!(
-            order(&first),
-            vec![Stmt::InsertWorkflows, Stmt::InsertTasks, Stmt::InsertEvents]
-        );
+        assert!(first.writes.is_empty(), "{:?}", order(&first.writes));
+        assert_eq!(first.inserts.workflows.len(), 1);
+        assert_eq!(first.inserts.tasks.len(), 2);
+        assert_eq!(first.inserts.timeline.sequence, vec![1]);
         let mut events_b = events[1..].to_vec();
         // A failure and a retry's dispatch in the batch too.
         let failed = fixtures::workflow_events()
@@ -840,11 +804,13 @@ mod tests {
             .find(|e| matches!(e.body, EventBody::TaskFailed(_)))
             .unwrap();
         events_b.insert(0, failed);
-        let writes = folded(&events_b).writes();
+        let planned = folded(&events_b).writes();
+        assert!(planned.inserts.workflows.is_empty() && planned.inserts.tasks.is_empty());
+        assert_eq!(planned.inserts.timeline.sequence.len(), events_b.len());
+        let writes = planned.writes;
         assert_eq!(
             order(&writes),
             vec![
-                Stmt::InsertEvents,
                 Stmt::ModelFailures,
                 Stmt::UpdateTasks,
                 Stmt::UpsertModels,
@@ -882,47 +848,39 @@ mod tests {
             .filter(|e| matches!(e.body, EventBody::TaskRouted(_)))
             .collect();
         assert_eq!(
-            order(&folded(&routed).writes()),
-            vec![Stmt::InsertEvents, Stmt::UpdateWorkflows]
+            order(&folded(&routed).writes().writes),
+            vec![Stmt::UpdateWorkflows]
         );
     }
 
     #[test]
     fn rows_created_by_the_batch_are_inserted_with_its_later_changes() {
         let events = completing();
-        let writes = folded(&events).writes();
+        let planned = folded(&events).writes();
+        assert_eq!(order(&planned.writes), vec![Stmt::UpsertModels]);
+        let (_, w) = &planned.inserts.workflows[0];
+        assert_eq!(w.status, "COMPLETED");
+        // `answer` failed, then was skipped.
         assert_eq!(
-            order(&writes),
-            vec![
-                Stmt::InsertWorkflows,
-                Stmt::InsertTasks,
-                Stmt::InsertEvents,
-                Stmt::UpsertModels
-            ]
-        );
-        let p = &writes[0].params;
-        assert_eq!(p[2], Param::TextArray(vec!["COMPLETED".into()]));
-        // tasks_completed, tasks_failed, tasks_skipped: `answer` failed, then was skipped.
-        assert_eq!(
-            p[6..9].to_vec(),
-            vec![
-                Param::IntArray(vec![1]),
-                Param::IntArray(vec![0]),
-                Param::IntArray(vec![1])
-            ]
+            (w.tasks_completed, w.tasks_failed, w.tasks_skipped),
+            (1, 0, 1)
         );
         // The billed total of WorkflowCompleted, not the recount's running sum (42).
-        assert_eq!(p[9], Param::BigIntArray(vec![84]));
-        let last = events.last().unwrap().meta.sequence;
-        assert_eq!(p[16], Param::BigIntArray(vec![last]));
-        let t = &writes[1].params;
+        assert_eq!(w.total_cost_micros, 84);
+        assert_eq!(w.models_used, vec!["triad-local".to_owned()]);
+        assert_eq!(w.last_sequence, events.last().unwrap().meta.sequence);
+        let statuses: Vec<(&str, &str)> = planned
+            .inserts
+            .tasks
+            .iter()
+            .map(|((_, t), row)| (t.as_str(), row.status))
+            .collect();
         assert_eq!(
-            t[2],
-            Param::TextArray(vec!["SKIPPED".into(), "COMPLETED".into()]),
-            "answer, generate_questions"
+            statuses,
+            vec![("answer", "SKIPPED"), ("generate_questions", "COMPLETED")]
         );
         // `answer` was never dispatched in the batch: its failure counts for no model.
-        let models = &writes[3].params;
+        let models = &planned.writes[0].params;
         assert_eq!(models[0], Param::TextArray(vec!["triad-local".into()]));
         assert_eq!(models[2], Param::BigIntArray(vec![0]));
     }
@@ -943,7 +901,9 @@ mod tests {
             .into_iter()
             .find(|e| matches!(e.body, EventBody::TaskFailed(_)))
             .unwrap();
-        let writes = folded(&[events[0].clone(), dispatch, failed]).writes();
+        let writes = folded(&[events[0].clone(), dispatch, failed])
+            .writes()
+            .writes;
         let models = writes
             .iter()
             .find(|w| w.stmt == Stmt::UpsertModels)
@@ -1039,7 +999,7 @@ mod tests {
             "a cancel without reason clears it"
         );
         assert_eq!(w.last_sequence, Some(cancelled.meta.sequence));
-        assert_eq!(w.models_used.as_deref(), Some(r#"{"triad-local"}"#));
+        assert_eq!(w.models_used, Some(vec!["triad-local".to_owned()]));
     }
 
     #[test]

@@ -20,9 +20,9 @@ pub enum Stmt {
     StoreOffset,
     Notify,
     WorkflowSequences,
-    InsertWorkflows,
-    InsertTasks,
-    InsertEvents,
+    CopyWorkflows,
+    CopyTasks,
+    CopyEvents,
     ModelFailures,
     UpdateTasks,
     UpsertModels,
@@ -41,9 +41,9 @@ impl Stmt {
         Self::StoreOffset,
         Self::Notify,
         Self::WorkflowSequences,
-        Self::InsertWorkflows,
-        Self::InsertTasks,
-        Self::InsertEvents,
+        Self::CopyWorkflows,
+        Self::CopyTasks,
+        Self::CopyEvents,
         Self::ModelFailures,
         Self::UpdateTasks,
         Self::UpsertModels,
@@ -62,9 +62,9 @@ impl Stmt {
             Self::StoreOffset => "store_offset",
             Self::Notify => "notify",
             Self::WorkflowSequences => "workflow_sequences",
-            Self::InsertWorkflows => "insert_workflows",
-            Self::InsertTasks => "insert_tasks",
-            Self::InsertEvents => "insert_events",
+            Self::CopyWorkflows => "copy_workflows",
+            Self::CopyTasks => "copy_tasks",
+            Self::CopyEvents => "copy_events",
             Self::ModelFailures => "model_failures",
             Self::UpdateTasks => "update_tasks",
             Self::UpsertModels => "upsert_models",
@@ -128,10 +128,7 @@ mod tests {
             assert!(!sql.text(stmt).is_empty(), "{}", stmt.name());
             assert!(!sql.text(stmt).ends_with(';'), "{}", stmt.name());
         }
-        assert!(
-            sql.text(Stmt::InsertEvents)
-                .contains("INSERT INTO workflow_events")
-        );
+        assert!(sql.text(Stmt::CopyEvents).contains("COPY workflow_events"));
     }
 
     #[test]
