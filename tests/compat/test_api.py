@@ -171,6 +171,31 @@ def test_the_dashboard_feed_delivers_every_matching_workflow_that_changes(api):
         assert u["name"] == name, u
         assert u["tasksCompleted"] == 2, u
 
+    # The same workflows through the list, two per page, each with its tasks.
+    query = """query($name: String, $after: String) {
+      workflows(filter: {name: $name}, first: 2, after: $after) {
+        edges { cursor node { workflowId status tasks { taskId status } } }
+        pageInfo { hasNextPage endCursor }
+      }
+    }"""
+    pages, after = [], None
+    while True:
+        status, body = post_graphql(api, {"query": query,
+                                          "variables": {"name": name, "after": after}})
+        assert status == 200 and "errors" not in body, body
+        page = body["data"]["workflows"]
+        pages.append(page)
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert [len(p["edges"]) for p in pages] == [2, 1], pages
+    listed = [e["node"] for p in pages for e in p["edges"]]
+    assert {w["workflowId"] for w in listed} == ids and len(listed) == 3
+    for w in listed:
+        assert w["status"] == "COMPLETED", w
+        assert sorted((t["taskId"], t["status"]) for t in w["tasks"]) == [
+            ("answer", "COMPLETED"), ("generate_questions", "COMPLETED")], w
+
 
 def post_graphql(api, body):
     req = urllib.request.Request(f"{api}/graphql", data=json.dumps(body).encode(),

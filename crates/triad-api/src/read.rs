@@ -5,16 +5,19 @@ use serde_json::Value;
 
 use crate::{Error, Result};
 
-const WORKFLOW: &str = "SELECT workflow_id, name, status, \
+/// Workflows by id (`$1`: text[]), with the columns `workflow_from` reads.
+const WORKFLOWS: &str = "SELECT workflow_id, name, status, \
     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
     to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
     task_count, tasks_completed, tasks_failed, tasks_skipped, total_cost_micros, models_used, \
     labels::text, error, error_field, failed_task, last_sequence \
-    FROM workflows WHERE workflow_id = $1";
+    FROM workflows WHERE workflow_id = ANY($1)";
 
+/// The tasks of those workflows, with the columns `task_from` reads, then the workflow id.
 const TASKS: &str = "SELECT task_id, status, depends_on, zones, model_id, zone, attempts, \
     latency_ms, input_tokens, output_tokens, cost_micros, error, output, output_sha256, \
-    output_size FROM tasks WHERE workflow_id = $1 ORDER BY task_id";
+    output_size, workflow_id FROM tasks WHERE workflow_id = ANY($1) \
+    ORDER BY workflow_id, task_id";
 
 const EVENTS_AFTER: &str = "SELECT sequence, event_id, event_type, task_id, \
     to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), data::text \
@@ -181,12 +184,38 @@ async fn client(pool: &deadpool_postgres::Pool) -> Result<deadpool_postgres::Obj
 }
 
 pub async fn workflow(pool: &deadpool_postgres::Pool, id: &str) -> Result<Option<WorkflowView>> {
+    Ok(workflows(pool, &[id.to_owned()]).await?.pop())
+}
+
+/// The workflows with these ids that exist, in the order of `ids`, each with its tasks: two
+/// queries whatever the number (a page of the list is not N+1 queries).
+pub async fn workflows(
+    pool: &deadpool_postgres::Pool,
+    ids: &[String],
+) -> Result<Vec<WorkflowView>> {
     let client = client(pool).await?;
-    let Some(r) = client.query_opt(WORKFLOW, &[&id]).await? else {
-        return Ok(None);
-    };
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let (rows, tasks) = futures::try_join!(
+        client.query(WORKFLOWS, &params),
+        client.query(TASKS, &params)
+    )?;
+    let mut by_id = std::collections::HashMap::new();
+    for r in &rows {
+        let view = workflow_from(r)?;
+        by_id.insert(view.workflow_id.clone(), view);
+    }
+    for r in &tasks {
+        let workflow: String = r.try_get(15)?;
+        if let Some(view) = by_id.get_mut(&workflow) {
+            view.tasks.push(task_from(r)?);
+        }
+    }
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+fn workflow_from(r: &tokio_postgres::Row) -> Result<WorkflowView> {
     let labels: String = r.try_get(11)?;
-    let mut view = WorkflowView {
+    Ok(WorkflowView {
         workflow_id: r.try_get(0)?,
         name: r.try_get(1)?,
         status: r.try_get(2)?,
@@ -204,28 +233,28 @@ pub async fn workflow(pool: &deadpool_postgres::Pool, id: &str) -> Result<Option
         failed_task: r.try_get(14)?,
         last_sequence: r.try_get(15)?,
         tasks: Vec::new(),
-    };
-    for r in client.query(TASKS, &[&id]).await? {
-        let output: Option<Vec<u8>> = r.try_get(12)?;
-        view.tasks.push(TaskView {
-            task_id: r.try_get(0)?,
-            status: r.try_get(1)?,
-            depends_on: r.try_get(2)?,
-            zones: r.try_get(3)?,
-            model_id: r.try_get(4)?,
-            zone: r.try_get(5)?,
-            attempts: r.try_get(6)?,
-            latency_ms: r.try_get(7)?,
-            input_tokens: r.try_get(8)?,
-            output_tokens: r.try_get(9)?,
-            cost_micros: r.try_get(10)?,
-            error: r.try_get(11)?,
-            output: output.and_then(|b| String::from_utf8(b).ok()),
-            output_sha256: r.try_get(13)?,
-            output_size: r.try_get(14)?,
-        });
-    }
-    Ok(Some(view))
+    })
+}
+
+fn task_from(r: &tokio_postgres::Row) -> Result<TaskView> {
+    let output: Option<Vec<u8>> = r.try_get(12)?;
+    Ok(TaskView {
+        task_id: r.try_get(0)?,
+        status: r.try_get(1)?,
+        depends_on: r.try_get(2)?,
+        zones: r.try_get(3)?,
+        model_id: r.try_get(4)?,
+        zone: r.try_get(5)?,
+        attempts: r.try_get(6)?,
+        latency_ms: r.try_get(7)?,
+        input_tokens: r.try_get(8)?,
+        output_tokens: r.try_get(9)?,
+        cost_micros: r.try_get(10)?,
+        error: r.try_get(11)?,
+        output: output.and_then(|b| String::from_utf8(b).ok()),
+        output_sha256: r.try_get(13)?,
+        output_size: r.try_get(14)?,
+    })
 }
 
 /// Up to `limit` events of `workflow` after sequence `after`, in order.
@@ -275,17 +304,23 @@ pub async fn workflows_page(
             .await?
     };
     let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > first;
-    let mut out = Vec::new();
+    let mut cursors = Vec::new();
     for r in rows.iter().take(usize::try_from(first).unwrap_or(0)) {
-        let id: String = r.try_get(0)?;
-        let cursor = Cursor {
+        cursors.push(Cursor {
             created_micros: r.try_get(1)?,
-            workflow_id: id.clone(),
-        };
-        if let Some(view) = workflow(pool, &id).await? {
-            out.push((cursor, view));
-        }
+            workflow_id: r.try_get(0)?,
+        });
     }
+    let ids: Vec<String> = cursors.iter().map(|c| c.workflow_id.clone()).collect();
+    let mut views: std::collections::HashMap<String, WorkflowView> = workflows(pool, &ids)
+        .await?
+        .into_iter()
+        .map(|v| (v.workflow_id.clone(), v))
+        .collect();
+    let out = cursors
+        .into_iter()
+        .filter_map(|c| views.remove(&c.workflow_id).map(|v| (c, v)))
+        .collect();
     Ok((out, more))
 }
 
