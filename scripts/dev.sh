@@ -5,6 +5,7 @@
 #   scripts/dev.sh demo     set up, start the stack, run the demo
 #   scripts/dev.sh test     set up, start the stack, run every check and test
 #   scripts/dev.sh install | up | down | status
+#   scripts/dev.sh pg-restart   fast-restart the stack's PostgreSQL (used by a test)
 #
 # Environment (none needed):
 #   STACK_DIR        state, logs and pids (default: <repo>/.dev)
@@ -132,6 +133,17 @@ stop_postgres() {
   fi
 }
 
+# Fast restart (open transactions aborted, every connection dropped), for the restart test.
+restart_postgres() {
+  pg_bin
+  [ -f "$PG_DATA/postmaster.pid" ] || die "PostgreSQL is not running from $PG_DATA"
+  (cd / && su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$PG_DATA' -l '$PG_DATA/postgres.log' \
+    -m fast -w -o \"-h 127.0.0.1 -p $PG_PORT -k '$PG_DATA'\" restart >/dev/null") \
+    || die "PostgreSQL did not restart; see $PG_DATA/postgres.log"
+  wait_for 30 "PostgreSQL (127.0.0.1:$PG_PORT)" pg_ready || die "PostgreSQL not ready"
+  say "PostgreSQL restarted"
+}
+
 # --- background processes with pid files --------------------------------------------------
 running() { [ -f "$STACK_DIR/$1.pid" ] && kill -0 "$(cat "$STACK_DIR/$1.pid")" 2>/dev/null; }
 stop_proc() {
@@ -226,5 +238,6 @@ case "${1:-}" in
   status) cmd_status ;;
   demo) cmd_demo ;;
   test) cmd_test ;;
+  pg-restart) restart_postgres ;;
   *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

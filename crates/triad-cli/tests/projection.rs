@@ -12,49 +12,11 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rdkafka::message::Message;
-use support::{Env, distinct_gap_free, kill};
+use support::{Env, distinct_gap_free, kill, pg, wait_for};
 use triad_domain::{DeadLetter, EventBody};
 
 const WORKFLOWS: usize = 24;
 const TASKS: usize = 4;
-
-async fn pg() -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=triad dbname=triad",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
-/// Polls `query` (one bigint) until `done` holds for it; fails the test after `timeout`.
-async fn wait_for(
-    pg: &tokio_postgres::Client,
-    query: &str,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(i64) -> bool,
-) -> i64 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        // The schema may not exist yet right after the worker started.
-        let value = pg
-            .query_one(query, &[])
-            .await
-            .ok()
-            .and_then(|r| r.try_get::<_, i64>(0).ok());
-        if let Some(v) = value.filter(|v| done(*v)) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what} (last value {value:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Content hashes of the read model tables (not the offsets, which move with every record).
 async fn hashes(pg: &tokio_postgres::Client, schema: &str) -> Vec<String> {
