@@ -26,7 +26,6 @@ use triad_codec::Codec;
 use triad_config::Config;
 use triad_domain::{EventBody, TaskScheduled, WorkflowEvent};
 use triad_kafka::produce::Producer;
-use triad_kafka::topics::{Names, Retention, TopicSpec};
 
 const SUBSCRIPTION: &str = "subscription($w: String!, $f: Int!) { \
     workflowEvents(workflowId: $w, fromSequence: $f) { sequence } }";
@@ -151,6 +150,18 @@ async fn clients(
     Ok(set)
 }
 
+/// Waits (up to two minutes) for every client to have received all its frames.
+async fn join_clients(set: &mut tokio::task::JoinSet<Result<()>>, what: &str) -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(c) = set.join_next().await {
+            c??;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .with_context(|| format!("waiting for {what}"))?
+}
+
 fn free_port() -> Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
@@ -192,20 +203,12 @@ pub async fn run(
         "counts must be above 0"
     );
     let frames = paced + burst;
-    let run = uuid::Uuid::new_v4().simple().to_string();
+    let scratch = crate::bench_projection::Scratch::create(config, "fan").await?;
+    let (run, names) = (scratch.run, scratch.names);
     let mut config = config.clone();
-    config.kafka.topic_prefix = format!("bench-fan-{}.", &run[..12]);
-    config.kafka.group_prefix = format!("bench-fan-{}", &run[..12]);
-    config.projection.schema = format!("bench_fan_{}", &run[..12]);
+    config.kafka = scratch.kafka;
+    config.projection.schema = scratch.schema;
     config.api.listen = free_port()?;
-    let names = Names::new(&config.kafka);
-    let specs = [names.events.clone(), names.dlq.clone()].map(|name| TopicSpec {
-        name,
-        partitions: config.kafka.partitions,
-        retention: Retention::Bounded { ms: 3_600_000 },
-        purpose: "bench",
-    });
-    triad_kafka::topics::ensure(&config.kafka, &specs, false).await?;
 
     let cancel = CancellationToken::new();
     let mut services = tokio::task::JoinSet::new();
@@ -331,14 +334,7 @@ pub async fn run(
     tokio::time::timeout(Duration::from_secs(120), observer)
         .await
         .context("waiting for the events to become visible")???;
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(c) = triad_clients.join_next().await {
-            c??;
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .context("waiting for the subscribers")??;
+    join_clients(&mut triad_clients, "the subscribers").await?;
     let published: Vec<Instant> = visible
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -459,14 +455,7 @@ async fn raw_broadcast(subscribers: usize, paced: usize, burst: usize) -> Result
         published.push(Instant::now());
         let _ = tx.send(frame(k));
     }
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(c) = set.join_next().await {
-            c??;
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .context("waiting for the raw clients")??;
+    join_clients(&mut set, "the raw clients").await?;
     cancel.cancel();
     let _ = server.await;
     let got = arrivals

@@ -21,23 +21,46 @@ use anyhow::{Context as _, Result};
 use futures::{SinkExt as _, StreamExt as _};
 use triad_codec::Codec;
 use triad_config::Config;
-use triad_domain::{EventBody, WorkflowEvent};
+use triad_domain::WorkflowEvent;
 use triad_kafka::produce::Producer;
 use triad_kafka::topics::{Names, Retention, TopicSpec};
 
+/// A bench's own event-store and dead-letter topics (bounded retention) and read-model
+/// schema name, so runs never mix with each other or with the stack's data.
+pub(crate) struct Scratch {
+    pub run: String,
+    pub kafka: triad_config::KafkaConfig,
+    pub names: Names,
+    pub schema: String,
+}
+
+impl Scratch {
+    pub(crate) async fn create(config: &Config, tag: &str) -> Result<Self> {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let mut kafka = config.kafka.clone();
+        kafka.topic_prefix = format!("bench-{tag}-{}.", &run[..12]);
+        kafka.group_prefix = format!("bench-{tag}-{}", &run[..12]);
+        let names = Names::new(&kafka);
+        let schema = format!("bench_{tag}_{}", &run[..12]);
+        let specs = [names.events.clone(), names.dlq.clone()].map(|name| TopicSpec {
+            name,
+            partitions: kafka.partitions,
+            retention: Retention::Bounded { ms: 3_600_000 },
+            purpose: "bench",
+        });
+        triad_kafka::topics::ensure(&kafka, &specs, false).await?;
+        Ok(Self {
+            run,
+            kafka,
+            names,
+            schema,
+        })
+    }
+}
+
 /// The fixture events of one workflow, made unique to `workflow_id`.
 pub(crate) fn events_of(workflow_id: &str) -> Vec<WorkflowEvent> {
-    let mut out: Vec<WorkflowEvent> = triad_domain::fixtures::workflow_events()
-        .into_iter()
-        .filter(|e| {
-            !matches!(
-                e.body,
-                EventBody::WorkflowRejected(_)
-                    | EventBody::WorkflowFailed(_)
-                    | EventBody::WorkflowCancelled(_)
-            )
-        })
-        .collect();
+    let mut out = triad_domain::fixtures::completed_workflow_events();
     for (n, e) in out.iter_mut().enumerate() {
         e.meta.workflow_id = workflow_id.to_owned();
         e.meta.sequence = i64::try_from(n).unwrap_or(0) + 1;
@@ -51,18 +74,12 @@ pub(crate) fn events_of(workflow_id: &str) -> Vec<WorkflowEvent> {
 }
 
 pub async fn run(config: &Config, codec: Arc<Codec>, workflows: usize) -> Result<()> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut kafka = config.kafka.clone();
-    kafka.topic_prefix = format!("bench-proj-{}.", &run[..12]);
-    let names = Names::new(&kafka);
-    let schema = format!("bench_proj_{}", &run[..12]);
-    let specs = [names.events.clone(), names.dlq.clone()].map(|name| TopicSpec {
-        name,
-        partitions: kafka.partitions,
-        retention: Retention::Bounded { ms: 3_600_000 },
-        purpose: "bench",
-    });
-    triad_kafka::topics::ensure(&kafka, &specs, false).await?;
+    let Scratch {
+        run,
+        kafka,
+        names,
+        schema,
+    } = Scratch::create(config, "proj").await?;
 
     eprintln!(
         "bench --projection: producing {workflows} workflows to {}",

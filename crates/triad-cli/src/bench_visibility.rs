@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use triad_codec::Codec;
 use triad_config::Config;
 use triad_kafka::produce::Producer;
-use triad_kafka::topics::{Names, Retention, TopicSpec};
 
 /// The timeline rows applied between two positions (partition → next offset).
 const APPLIED: &str = "SELECT e.event_id FROM workflow_events e \
@@ -58,18 +57,12 @@ pub async fn run(config: &Config, codec: Arc<Codec>, rate: u32, seconds: u64) ->
         rate > 0 && seconds > 0,
         "--rate and --seconds must be above 0"
     );
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut kafka = config.kafka.clone();
-    kafka.topic_prefix = format!("bench-vis-{}.", &run[..12]);
-    let names = Names::new(&kafka);
-    let schema = format!("bench_vis_{}", &run[..12]);
-    let specs = [names.events.clone(), names.dlq.clone()].map(|name| TopicSpec {
-        name,
-        partitions: kafka.partitions,
-        retention: Retention::Bounded { ms: 3_600_000 },
-        purpose: "bench",
-    });
-    triad_kafka::topics::ensure(&kafka, &specs, false).await?;
+    let crate::bench_projection::Scratch {
+        run,
+        kafka,
+        names,
+        schema,
+    } = crate::bench_projection::Scratch::create(config, "vis").await?;
 
     // Every record encoded before the clock starts; one warm-up workflow first.
     let total = usize::try_from(rate)? * usize::try_from(seconds)?;

@@ -103,20 +103,7 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_rebuilds_identically() {
         "the worker's connections should have been cut by the restart: {log}"
     );
 
-    let out = env
-        .triad(&["replay", "--projection", "workflows", "--verify"])
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "replay failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for table in ["workflows", "tasks", "workflow_events", "models"] {
-        assert!(stdout.contains(&format!("verified {table}: ")), "{stdout}");
-    }
+    env.replay_and_verify();
 
     for child in [&mut projection, &mut executor, &mut processor] {
         kill(child);

@@ -270,26 +270,7 @@ async fn read_models_hold_each_event_once_across_kill_9_and_rebuild_identically(
     );
 
     // Rebuild from offset 0 while the live worker runs: identical tables, then swapped in.
-    let out = env
-        .triad(&["replay", "--projection", "workflows", "--verify"])
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "replay failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for table in [
-        "workflows",
-        "tasks",
-        "workflow_events",
-        "models",
-        "projection_offsets",
-    ] {
-        assert!(stdout.contains(&format!("verified {table}: ")), "{stdout}");
-    }
+    env.replay_and_verify();
     assert_eq!(
         hashes(&pg, &schema).await,
         before,

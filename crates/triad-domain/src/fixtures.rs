@@ -354,6 +354,22 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
         .collect()
 }
 
+/// The events of [`workflow_events`] a workflow that completes has: without the rejection
+/// and the other terminal events.
+pub fn completed_workflow_events() -> Vec<WorkflowEvent> {
+    workflow_events()
+        .into_iter()
+        .filter(|e| {
+            !matches!(
+                e.body,
+                EventBody::WorkflowRejected(_)
+                    | EventBody::WorkflowFailed(_)
+                    | EventBody::WorkflowCancelled(_)
+            )
+        })
+        .collect()
+}
+
 /// A dead letter for a record that was not Avro at all.
 pub fn dead_letter() -> DeadLetter {
     DeadLetter {

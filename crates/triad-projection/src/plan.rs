@@ -741,19 +741,8 @@ mod tests {
     use super::*;
     use triad_domain::fixtures;
 
-    /// The fixtures of a workflow that completes (the other terminal events left out).
     fn completing() -> Vec<WorkflowEvent> {
-        fixtures::workflow_events()
-            .into_iter()
-            .filter(|e| {
-                !matches!(
-                    e.body,
-                    EventBody::WorkflowRejected(_)
-                        | EventBody::WorkflowFailed(_)
-                        | EventBody::WorkflowCancelled(_)
-                )
-            })
-            .collect()
+        fixtures::completed_workflow_events()
     }
 
     fn folded(events: &[WorkflowEvent]) -> Batch {

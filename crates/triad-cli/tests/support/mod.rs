@@ -109,6 +109,31 @@ impl Env {
         Guarded(self.triad(args).stderr(log).spawn().unwrap())
     }
 
+    /// Runs `triad replay --projection workflows --verify` and asserts that it succeeded and
+    /// compared every read-model table (and the offsets) equal before swapping.
+    pub fn replay_and_verify(&self) {
+        let out = self
+            .triad(&["replay", "--projection", "workflows", "--verify"])
+            .stdout(Stdio::piped())
+            .output()
+            .expect("running triad replay");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "replay failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for table in [
+            "workflows",
+            "tasks",
+            "workflow_events",
+            "models",
+            "projection_offsets",
+        ] {
+            assert!(stdout.contains(&format!("verified {table}: ")), "{stdout}");
+        }
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
