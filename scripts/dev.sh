@@ -5,7 +5,8 @@
 #   scripts/dev.sh demo     set up, start the stack, run the demo
 #   scripts/dev.sh test     set up, start the stack, run every check and test
 #   scripts/dev.sh install | up | down | status
-#   scripts/dev.sh pg-restart   fast-restart the stack's PostgreSQL (used by a test)
+#   scripts/dev.sh pg-restart [fast|immediate]   restart the stack's PostgreSQL (a test uses
+#                    immediate: a crash, recovered from the WAL on start)
 #
 # Environment (none needed):
 #   STACK_DIR        state, logs and pids (default: <repo>/.dev)
@@ -135,13 +136,15 @@ stop_postgres() {
 
 # Fast restart (open transactions aborted, every connection dropped), for the restart test.
 restart_postgres() {
+  local mode=${1:-fast}
+  case $mode in fast|immediate) ;; *) die "pg-restart: mode must be fast or immediate, not '$mode'" ;; esac
   pg_bin
   [ -f "$PG_DATA/postmaster.pid" ] || die "PostgreSQL is not running from $PG_DATA"
   (cd / && su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$PG_DATA' -l '$PG_DATA/postgres.log' \
-    -m fast -w -o \"-h 127.0.0.1 -p $PG_PORT -k '$PG_DATA'\" restart >/dev/null") \
+    -m $mode -w -o \"-h 127.0.0.1 -p $PG_PORT -k '$PG_DATA'\" restart >/dev/null") \
     || die "PostgreSQL did not restart; see $PG_DATA/postgres.log"
   wait_for 30 "PostgreSQL (127.0.0.1:$PG_PORT)" pg_ready || die "PostgreSQL not ready"
-  say "PostgreSQL restarted"
+  say "PostgreSQL restarted ($mode)"
 }
 
 # --- background processes with pid files --------------------------------------------------
@@ -238,6 +241,6 @@ case "${1:-}" in
   status) cmd_status ;;
   demo) cmd_demo ;;
   test) cmd_test ;;
-  pg-restart) restart_postgres ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  pg-restart) restart_postgres "${2:-fast}" ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
 esac

@@ -16,6 +16,12 @@
 -- For this transaction only; `public` holds the triad_* helper functions.
 SELECT set_config('search_path', quote_ident($1) || ', public', true);
 
+-- name: async_commit
+-- A batch commits without waiting for its WAL to reach the disk (docs/adr/0011): its offsets
+-- commit in the same transaction, so a crash that loses the last commits loses rows and
+-- offsets together, and the worker applies those records again from the log.
+SELECT set_config('synchronous_commit', 'off', true);
+
 -- name: lock_shared
 -- Held by the live worker for each batch; a replay's swap takes it exclusively.
 SELECT pg_advisory_xact_lock_shared(hashtext($1));

@@ -142,11 +142,13 @@ pub async fn run(config: &Config, codec: Arc<Codec>, workflows: usize) -> Result
 
     // The baseline: the same rows (every row the projection ended with, read back with
     // a binary COPY TO), binary COPY FROM into tables of the same shape and indexes, in
-    // transactions of the same batch size.
+    // transactions of the same batch size, committed the way the projection commits
+    // (without waiting for the WAL flush, ADR 0011).
     let mut client = pool.get().await.context("connecting to PostgreSQL")?;
     client
         .query(
-            "SELECT set_config('search_path', quote_ident($1) || ', public', false)",
+            "SELECT set_config('search_path', quote_ident($1) || ', public', false), \
+             set_config('synchronous_commit', 'off', false)",
             &[&schema],
         )
         .await?;

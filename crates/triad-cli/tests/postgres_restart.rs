@@ -1,7 +1,9 @@
-//! PostgreSQL itself restarted in the middle of a run (`scripts/dev.sh pg-restart`: a fast
-//! restart, which aborts open transactions and drops every connection) while the projection
-//! worker applies batches: the worker reconnects and carries on, every event is in the read
-//! model once, and `triad replay --verify` finds it identical to a rebuild from offset 0.
+//! PostgreSQL crashed and restarted in the middle of a run (`scripts/dev.sh pg-restart
+//! immediate`: no shutdown checkpoint, open transactions aborted, every connection dropped,
+//! and the most recent batches — committed without waiting for their WAL flush — may be lost
+//! and recovered from the log) while the projection worker applies batches: the worker
+//! reconnects and carries on, every event is in the read model once, and `triad replay
+//! --verify` finds it identical to a rebuild from offset 0.
 //! Its own test binary, so no other test runs while PostgreSQL is down.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,7 +16,7 @@ use support::{Env, distinct_gap_free, kill, pg, wait_for};
 const WORKFLOWS: usize = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_restart_mid_run_loses_nothing_and_rebuilds_identically() {
+async fn a_postgres_crash_mid_run_loses_nothing_and_rebuilds_identically() {
     let mut env = Env::new(2).await;
     let schema = format!("it_{}", env.group.trim_start_matches("it-"));
     env.extra_env.extend([
@@ -52,6 +54,7 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_rebuilds_identically() {
     let restart = std::process::Command::new("bash")
         .arg("scripts/dev.sh")
         .arg("pg-restart")
+        .arg("immediate")
         .current_dir(root)
         .output()
         .unwrap();
@@ -61,7 +64,7 @@ async fn a_postgres_restart_mid_run_loses_nothing_and_rebuilds_identically() {
         String::from_utf8_lossy(&restart.stdout),
         String::from_utf8_lossy(&restart.stderr)
     );
-    eprintln!("PostgreSQL restarted with {before} of {expected} events applied");
+    eprintln!("PostgreSQL crashed and restarted with {before} of {expected} events applied");
 
     let raw = env
         .events_until_finished(&ids, Duration::from_secs(180))

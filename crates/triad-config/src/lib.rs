@@ -323,7 +323,7 @@ pub struct ProjectionConfig {
     pub schema: String,
     /// A batch (one transaction) closes at this many records...
     pub batch_max_records: usize,
-    /// ...or this long after its first record, whichever comes first.
+    /// ...or this long after its first record arrived, whichever comes first.
     pub flush_interval_ms: u64,
 }
 
@@ -332,7 +332,7 @@ impl Default for ProjectionConfig {
         Self {
             schema: "triad_read".to_owned(),
             batch_max_records: 500,
-            flush_interval_ms: 20,
+            flush_interval_ms: 10,
         }
     }
 }

@@ -3,13 +3,13 @@
 
 use std::pin::pin;
 
-use bytes::BufMut as _;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use bytes::{BufMut as _, BytesMut};
+use futures::SinkExt as _;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use crate::Result;
 use crate::plan::{Inserts, time};
 use crate::sql::{Sql, Stmt};
+use crate::{Error, Result};
 
 /// JSON text sent as `jsonb` (its binary format: version 1, then the text, which PostgreSQL
 /// parses and normalises exactly as it does a text cast).
@@ -32,6 +32,62 @@ impl ToSql for Jsonb<'_> {
     }
 
     to_sql_checked!();
+}
+
+/// The signature, flags and header-extension length that open a binary COPY body.
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// A binary COPY body built in memory and sent in one piece. (tokio-postgres's
+/// `BinaryCopyInWriter` sends every 4 KiB, each send a trip through the connection task and a
+/// wake-up; a batch's rows are a few hundred KiB at most, and the bench's baseline sends its
+/// body whole too.)
+struct CopyBody {
+    types: &'static [Type],
+    buf: BytesMut,
+}
+
+impl CopyBody {
+    fn new(types: &'static [Type]) -> Self {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.put_slice(HEADER);
+        Self { types, buf }
+    }
+
+    /// Appends one row: the field count, then each field's length (-1 for NULL) and value.
+    fn row(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<()> {
+        if values.len() != self.types.len() {
+            return Err(Error::Encode(format!(
+                "a row of {} values for {} columns",
+                values.len(),
+                self.types.len()
+            )));
+        }
+        let fields = i16::try_from(values.len()).map_err(|e| Error::Encode(e.to_string()))?;
+        self.buf.put_i16(fields);
+        for (value, ty) in values.iter().zip(self.types) {
+            let at = self.buf.len();
+            self.buf.put_i32(0);
+            let len = match value
+                .to_sql_checked(ty, &mut self.buf)
+                .map_err(|e| Error::Encode(format!("{ty}: {e}")))?
+            {
+                IsNull::Yes => -1,
+                IsNull::No => i32::try_from(self.buf.len() - at - 4)
+                    .map_err(|e| Error::Encode(e.to_string()))?,
+            };
+            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Runs `statement` (a `COPY … FROM STDIN (FORMAT binary)`) with the rows appended.
+    async fn send(mut self, tx: &tokio_postgres::Transaction<'_>, statement: &str) -> Result<()> {
+        self.buf.put_i16(-1);
+        let mut sink = pin!(tx.copy_in(statement).await?);
+        sink.send(self.buf.freeze()).await?;
+        sink.as_mut().finish().await?;
+        Ok(())
+    }
 }
 
 /// The column types of `copy_workflows`, `copy_tasks` and `copy_events`, in their order.
@@ -95,93 +151,81 @@ pub(crate) async fn write(
     inserts: &Inserts,
 ) -> Result<()> {
     if !inserts.workflows.is_empty() {
-        let sink = tx.copy_in(sql.text(Stmt::CopyWorkflows)).await?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &WORKFLOWS));
+        let mut body = CopyBody::new(&WORKFLOWS);
         for (id, w) in &inserts.workflows {
             let (created, updated) = (time(w.created_at), time(w.updated_at));
             let finished = w.finished_at.map(time);
             let labels = Jsonb(&w.labels);
-            writer
-                .as_mut()
-                .write(&[
-                    id,
-                    &w.name,
-                    &w.status,
-                    &created,
-                    &finished,
-                    &w.task_count,
-                    &w.tasks_completed,
-                    &w.tasks_failed,
-                    &w.tasks_skipped,
-                    &w.total_cost_micros,
-                    &w.models_used,
-                    &labels,
-                    &w.default_zones,
-                    &w.error,
-                    &w.error_field,
-                    &w.failed_task,
-                    &w.last_sequence,
-                    &updated,
-                ])
-                .await?;
+            body.row(&[
+                id,
+                &w.name,
+                &w.status,
+                &created,
+                &finished,
+                &w.task_count,
+                &w.tasks_completed,
+                &w.tasks_failed,
+                &w.tasks_skipped,
+                &w.total_cost_micros,
+                &w.models_used,
+                &labels,
+                &w.default_zones,
+                &w.error,
+                &w.error_field,
+                &w.failed_task,
+                &w.last_sequence,
+                &updated,
+            ])?;
         }
-        writer.finish().await?;
+        body.send(tx, sql.text(Stmt::CopyWorkflows)).await?;
     }
     if !inserts.tasks.is_empty() {
-        let sink = tx.copy_in(sql.text(Stmt::CopyTasks)).await?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &TASKS));
+        let mut body = CopyBody::new(&TASKS);
         for ((workflow, task), t) in &inserts.tasks {
             let scheduled = t.scheduled_at.map(time);
             let finished = t.finished_at.map(time);
-            writer
-                .as_mut()
-                .write(&[
-                    workflow,
-                    task,
-                    &t.status,
-                    &t.depends_on,
-                    &t.zones,
-                    &t.model,
-                    &t.zone,
-                    &t.attempts,
-                    &t.latency_ms,
-                    &t.input_tokens,
-                    &t.output_tokens,
-                    &t.cost_micros,
-                    &t.error,
-                    &t.output,
-                    &t.output_sha256,
-                    &t.output_size,
-                    &scheduled,
-                    &finished,
-                ])
-                .await?;
+            body.row(&[
+                workflow,
+                task,
+                &t.status,
+                &t.depends_on,
+                &t.zones,
+                &t.model,
+                &t.zone,
+                &t.attempts,
+                &t.latency_ms,
+                &t.input_tokens,
+                &t.output_tokens,
+                &t.cost_micros,
+                &t.error,
+                &t.output,
+                &t.output_sha256,
+                &t.output_size,
+                &scheduled,
+                &finished,
+            ])?;
         }
-        writer.finish().await?;
+        body.send(tx, sql.text(Stmt::CopyTasks)).await?;
     }
     let t = &inserts.timeline;
     if !t.sequence.is_empty() {
-        let sink = tx.copy_in(sql.text(Stmt::CopyEvents)).await?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &EVENTS));
+        let mut body = CopyBody::new(&EVENTS);
         for i in 0..t.sequence.len() {
             let at = time(t.occurred_at[i]);
             let data = Jsonb(&t.data[i]);
-            writer
-                .as_mut()
-                .write(&[
-                    &t.workflow[i],
-                    &t.sequence[i],
-                    &t.event_id[i],
-                    &t.event_type[i],
-                    &t.task[i],
-                    &at,
-                    &t.partition[i],
-                    &t.offset[i],
-                    &data,
-                ])
-                .await?;
+            body.row(&[
+                &t.workflow[i],
+                &t.sequence[i],
+                &t.event_id[i],
+                &t.event_type[i],
+                &t.task[i],
+                &at,
+                &t.partition[i],
+                &t.offset[i],
+                &data,
+            ])?;
         }
-        writer.finish().await?;
+        body.send(tx, sql.text(Stmt::CopyEvents)).await?;
     }
     Ok(())
 }

@@ -10,7 +10,9 @@
 //!   skipped by the processor's own rule: an event whose sequence is not above its workflow's
 //!   `last_sequence`.
 //! - **Batching.** A batch closes at `batch_max_records` or `flush_interval_ms` after its first
-//!   record, whichever comes first; one `NOTIFY triad_read_model` per batch.
+//!   record arrived, whichever comes first; one `NOTIFY triad_read_model` per batch. A feed
+//!   task reads ahead while a batch is applied (group commit), and batches commit without
+//!   waiting for the WAL flush: rows and offsets are lost or kept together (ADR 0011).
 //! - **PostgreSQL down**: the batch is retried with backoff until it commits; nothing is
 //!   skipped. Undecodable records go to the dead-letter topic with their reason.
 //! - **Rebuild** ([`replay`]): a shadow schema is built from offset 0 while the live one keeps
@@ -84,6 +86,8 @@ pub enum Error {
         live: String,
         rebuilt: String,
     },
+    #[error("encoding a COPY row: {0}")]
+    Encode(String),
     #[error("unknown projection {0:?} (known: workflows)")]
     UnknownProjection(String),
 }
@@ -130,7 +134,23 @@ impl Target {
 struct Decoded {
     partition: i32,
     offset: i64,
-    event: Option<WorkflowEvent>,
+    /// None when the record was dead-lettered.
+    event: Option<Prepared>,
+}
+
+/// An event with its timeline `data` rendered as JSON, done by the reading task so the
+/// apply path (which holds the transaction) only folds and writes.
+#[derive(Debug)]
+struct Prepared {
+    event: WorkflowEvent,
+    data: String,
+}
+
+impl Prepared {
+    fn new(event: WorkflowEvent) -> Result<Self> {
+        let data = plan::data(&event.body)?.to_string();
+        Ok(Self { event, data })
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +245,7 @@ impl Sink {
         let schema = target.schema();
         let ids: Vec<String> = batch
             .iter()
-            .filter_map(|r| r.event.as_ref().map(|e| e.meta.workflow_id.clone()))
+            .filter_map(|r| r.event.as_ref().map(|e| e.event.meta.workflow_id.clone()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -237,6 +257,7 @@ impl Sink {
         // trips whatever its size.
         tx.query(&self.stmt(&tx, Stmt::SearchPath).await?, &[&schema])
             .await?;
+        let async_commit = self.stmt(&tx, Stmt::AsyncCommit).await?;
         let lock = self.stmt(&tx, Stmt::LockShared).await?;
         let build = self.stmt(&tx, Stmt::Build).await?;
         let offsets = self.stmt(&tx, Stmt::Offsets).await?;
@@ -255,7 +276,8 @@ impl Sink {
             }
             Ok(())
         };
-        let ((), offsets, last) = futures::try_join!(
+        let (_, (), offsets, last) = futures::try_join!(
+            async { Ok(tx.query(&async_commit, &[]).await?) },
             check,
             async { Ok(tx.query(&offsets, &[&self.topic]).await?) },
             async { Ok(tx.query(&last, &[&ids]).await?) },
@@ -286,7 +308,7 @@ impl Sink {
             }
             next.insert(record.partition, record.offset + 1);
             touched.insert(record.partition, record.offset + 1);
-            let Some(event) = &record.event else {
+            let Some(Prepared { event, data }) = &record.event else {
                 applied.dead_lettered += 1;
                 continue;
             };
@@ -296,34 +318,34 @@ impl Sink {
                 applied.duplicates += 1;
                 continue;
             }
-            folded.add(event, record.partition, record.offset)?;
+            folded.add_rendered(event, data.clone(), record.partition, record.offset)?;
             sequences.insert(wf.clone(), event.meta.sequence);
             applied.events += 1;
         }
         let plan::Planned { inserts, writes } = folded.writes();
         copy::write(&tx, &self.sql, &inserts).await?;
-        let mut statements = Vec::with_capacity(writes.len());
+        // The updates, the offsets and the notification go out back to back (pipelined, run
+        // in this order) and the commit follows: one wait instead of one per statement.
+        let mut statements = Vec::with_capacity(writes.len() + touched.len() + 1);
+        let mut params: Vec<Vec<&(dyn ToSql + Sync)>> = Vec::with_capacity(statements.capacity());
         for w in &writes {
             statements.push(self.stmt(&tx, w.stmt).await?);
+            params.push(w.params.iter().map(bind).collect());
         }
-        let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes
-            .iter()
-            .map(|w| w.params.iter().map(bind).collect())
-            .collect();
+        let store = self.stmt(&tx, Stmt::StoreOffset).await?;
+        for (partition, offset) in &touched {
+            statements.push(store.clone());
+            params.push(vec![&self.topic, partition, offset]);
+        }
+        if applied.events > 0 {
+            statements.push(self.stmt(&tx, Stmt::Notify).await?);
+            params.push(vec![&schema]);
+        }
         let pending = statements
             .iter()
             .zip(&params)
             .map(|(statement, p)| tx.execute(statement, p));
         futures::future::try_join_all(pending).await?;
-        let store = self.stmt(&tx, Stmt::StoreOffset).await?;
-        for (partition, offset) in &touched {
-            tx.execute(&store, &[&self.topic, partition, offset])
-                .await?;
-        }
-        if applied.events > 0 {
-            tx.query(&self.stmt(&tx, Stmt::Notify).await?, &[&schema])
-                .await?;
-        }
         tx.commit().await?;
         Ok(applied)
     }
@@ -336,14 +358,16 @@ impl Sink {
         schema: &str,
         records: &[(i32, i64, WorkflowEvent)],
     ) -> Result<Applied> {
-        let batch: Vec<Decoded> = records
+        let batch = records
             .iter()
-            .map(|(partition, offset, event)| Decoded {
-                partition: *partition,
-                offset: *offset,
-                event: Some(event.clone()),
+            .map(|(partition, offset, event)| {
+                Ok(Decoded {
+                    partition: *partition,
+                    offset: *offset,
+                    event: Some(Prepared::new(event.clone())?),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Decoded>>>()?;
         let target = Target::Shadow {
             schema: schema.to_owned(),
         };
@@ -436,6 +460,119 @@ async fn collect(
     Ok(batch)
 }
 
+/// A record the live worker's feed fetched and decoded, and when it arrived.
+struct Fed {
+    arrived: tokio::time::Instant,
+    decoded: Decoded,
+}
+
+/// The reading side of the live worker, run as its own task: it fetches and decodes records
+/// as they arrive, so the next batch fills while one is applied, and a record that waited
+/// through an apply is not held back a flush interval more (see [`gather`]).
+struct Feed {
+    consumer: StreamConsumer,
+    codec: Arc<Codec>,
+    dlq: DeadLetterWriter,
+    group: String,
+}
+
+impl Feed {
+    /// Sends each record until `stop`, the receiver going away, or a Kafka error (sent, then
+    /// it stops). A record that cannot be decoded for now (registry unreachable) is retried
+    /// with backoff; one that can never be decoded is dead-lettered and still sent, so its
+    /// offset advances with its batch.
+    async fn run(self, tx: tokio::sync::mpsc::Sender<Result<Fed>>, stop: CancellationToken) {
+        let mut stream = self.consumer.stream();
+        let mut attempt = 0;
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                m = stream.next() => m,
+            };
+            let message = match next {
+                None => return,
+                Some(Err(e)) => {
+                    let _closed = tx.send(Err(e.into())).await;
+                    return;
+                }
+                Some(Ok(m)) => m.detach(),
+            };
+            let arrived = tokio::time::Instant::now();
+            let event = loop {
+                let failure = match self.codec.decode::<WorkflowEvent>(message.payload()).await {
+                    Ok(e) => match Prepared::new(e) {
+                        Ok(p) => break Some(p),
+                        Err(e) => self.dead_letter(&message, &e.to_string()).await,
+                    },
+                    Err(e) if e.is_undecodable() => {
+                        self.dead_letter(&message, &e.to_string()).await
+                    }
+                    Err(e) => Some(Error::from(e)),
+                };
+                let Some(failure) = failure else {
+                    break None;
+                };
+                tracing::warn!(error = %failure, "decoding a record; retrying");
+                if !backoff(&mut attempt, &stop).await {
+                    return;
+                }
+            };
+            attempt = 0;
+            let decoded = Decoded {
+                partition: message.partition(),
+                offset: message.offset(),
+                event,
+            };
+            if tx.send(Ok(Fed { arrived, decoded })).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Feed {
+    /// Dead-letters `message` with `reason`; the error if the dead-letter topic refused it.
+    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Option<Error> {
+        self.dlq
+            .write(message, &self.group, "decode", reason)
+            .await
+            .err()
+            .map(Error::from)
+    }
+}
+
+/// The next batch from the feed: it closes at `max` records or `interval` after its first
+/// record *arrived*, whichever comes first. Records that arrived while the previous batch
+/// was applied are already due, so under load a batch is whatever queued during the last
+/// apply (group commit) and latency stays near max(interval, apply), not their sum. Empty
+/// when cancelled before a first record or when the feed stopped.
+async fn gather(
+    rx: &mut tokio::sync::mpsc::Receiver<Result<Fed>>,
+    max: usize,
+    interval: Duration,
+    cancel: &CancellationToken,
+) -> Result<Vec<Decoded>> {
+    let first = tokio::select! {
+        () = cancel.cancelled() => return Ok(Vec::new()),
+        f = rx.recv() => f,
+    };
+    let Some(first) = first else {
+        return Ok(Vec::new());
+    };
+    let first = first?;
+    let deadline = first.arrived + interval;
+    let mut batch = vec![first.decoded];
+    while batch.len() < max {
+        // `timeout_at` polls the receiver before the deadline, so a past deadline still
+        // takes every record already queued.
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(f)) => batch.push(f?.decoded),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
 /// Decodes `batch`; undecodable records are dead-lettered (their offsets still advance).
 /// Other failures (the registry unreachable) are errors: the caller retries.
 async fn decode(
@@ -446,13 +583,17 @@ async fn decode(
 ) -> Result<Vec<Decoded>> {
     let mut out = Vec::with_capacity(batch.len());
     for m in batch {
-        let event = match codec.decode::<WorkflowEvent>(m.payload()).await {
-            Ok(e) => Some(e),
-            Err(e) if e.is_undecodable() => {
-                dlq.write(m, group, "decode", &e.to_string()).await?;
+        let prepared = match codec.decode::<WorkflowEvent>(m.payload()).await {
+            Ok(e) => Prepared::new(e).map_err(|e| e.to_string()),
+            Err(e) if e.is_undecodable() => Err(e.to_string()),
+            Err(e) => return Err(e.into()),
+        };
+        let event = match prepared {
+            Ok(p) => Some(p),
+            Err(reason) => {
+                dlq.write(m, group, "decode", &reason).await?;
                 None
             }
-            Err(e) => return Err(e.into()),
         };
         out.push(Decoded {
             partition: m.partition(),
@@ -514,30 +655,29 @@ pub async fn run(
             }
         };
         let from = start_offsets(&options.kafka, &options.topic, &stored)?;
-        let consumer = assign(&options.kafka, &options.topic, &from)?;
-        let mut stream = consumer.stream();
+        // The feed fetches and decodes while a batch is applied; it stops when this seek
+        // ends (re-seek, return).
+        let (tx, mut rx) = tokio::sync::mpsc::channel(options.batch_max_records.max(1));
+        let stop = cancel.child_token();
+        let _stop_feed = stop.clone().drop_guard();
+        let feed = Feed {
+            consumer: assign(&options.kafka, &options.topic, &from)?,
+            codec: Arc::clone(&codec),
+            dlq: dlq.clone(),
+            group: group.clone(),
+        };
+        tokio::spawn(feed.run(tx, stop));
         loop {
-            let batch = collect(
-                &mut stream,
+            let decoded = gather(
+                &mut rx,
                 options.batch_max_records,
                 options.flush_interval,
                 &cancel,
             )
             .await?;
-            if batch.is_empty() {
+            if decoded.is_empty() {
                 return Ok(());
             }
-            let decoded = loop {
-                match decode(&codec, &dlq, &group, &batch).await {
-                    Ok(d) => break d,
-                    Err(error) => {
-                        tracing::warn!(%error, "decoding a batch; retrying");
-                        if !backoff(&mut attempt, &cancel).await {
-                            return Ok(());
-                        }
-                    }
-                }
-            };
             let target = Target::Live {
                 schema: options.schema.clone(),
                 build: build.clone(),
@@ -885,4 +1025,129 @@ async fn read_range(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
+    fn fed(offset: i64, arrived: Instant) -> Result<Fed> {
+        Ok(Fed {
+            arrived,
+            decoded: Decoded {
+                partition: 0,
+                offset,
+                event: None,
+            },
+        })
+    }
+
+    fn offsets(batch: &[Decoded]) -> Vec<i64> {
+        batch.iter().map(|d| d.offset).collect()
+    }
+
+    // The clock is paused: a wait shows up as virtual time passing, without sleeping.
+    #[tokio::test(start_paused = true)]
+    async fn records_that_waited_through_an_apply_are_taken_at_once() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        for o in 0..3 {
+            tx.send(fed(o, long_ago)).await.unwrap();
+        }
+        let start = Instant::now();
+        let batch = gather(
+            &mut rx,
+            10,
+            Duration::from_millis(50),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(offsets(&batch), [0, 1, 2]);
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "a due batch must not linger"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_record_lingers_one_interval_for_company() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let start = Instant::now();
+        tx.send(fed(7, start)).await.unwrap();
+        let late = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                tx.send(fed(8, Instant::now())).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                tx.send(fed(9, Instant::now())).await.unwrap();
+            }
+        });
+        let batch = gather(
+            &mut rx,
+            10,
+            Duration::from_millis(50),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        // Offset 8 arrived inside the interval, 9 after it closed.
+        assert_eq!(offsets(&batch), [7, 8]);
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+        late.await.unwrap();
+        let next = gather(
+            &mut rx,
+            10,
+            Duration::from_millis(50),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(offsets(&next), [9]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_closes_at_max_records_and_the_rest_waits() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let now = Instant::now();
+        for o in 0..5 {
+            tx.send(fed(o, now)).await.unwrap();
+        }
+        let cancel = CancellationToken::new();
+        let first = gather(&mut rx, 2, Duration::from_secs(1), &cancel)
+            .await
+            .unwrap();
+        assert_eq!(offsets(&first), [0, 1]);
+        assert_eq!(now.elapsed(), Duration::ZERO);
+        let second = gather(&mut rx, 2, Duration::from_secs(1), &cancel)
+            .await
+            .unwrap();
+        assert_eq!(offsets(&second), [2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_end_the_batch_and_a_closed_feed_or_cancel_gives_nothing() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let cancel = CancellationToken::new();
+        tx.send(fed(0, Instant::now())).await.unwrap();
+        tx.send(Err(Error::Pool("gone".into()))).await.unwrap();
+        let failed = gather(&mut rx, 10, Duration::from_secs(1), &cancel).await;
+        assert!(matches!(failed, Err(Error::Pool(_))), "{failed:?}");
+        drop(tx);
+        let closed = gather(&mut rx, 10, Duration::from_secs(1), &cancel)
+            .await
+            .unwrap();
+        assert!(closed.is_empty());
+
+        let (_tx, mut rx) = mpsc::channel::<Result<Fed>>(1);
+        cancel.cancel();
+        let cancelled = gather(&mut rx, 10, Duration::from_secs(1), &cancel)
+            .await
+            .unwrap();
+        assert!(cancelled.is_empty());
+    }
 }

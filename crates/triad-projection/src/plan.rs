@@ -301,6 +301,18 @@ impl Batch {
     /// Adds `event`, read at `partition`/`offset` of the event store, given that it is the
     /// next event of its workflow (the caller skips duplicates).
     pub fn add(&mut self, event: &WorkflowEvent, partition: i32, offset: i64) -> crate::Result<()> {
+        self.add_rendered(event, data(&event.body)?.to_string(), partition, offset)
+    }
+
+    /// [`Batch::add`] with the timeline's `data` already rendered ([`data`] as JSON text),
+    /// which the workers do while reading, off the apply path.
+    pub fn add_rendered(
+        &mut self,
+        event: &WorkflowEvent,
+        rendered: String,
+        partition: i32,
+        offset: i64,
+    ) -> crate::Result<()> {
         let m = &event.meta;
         let wf = &m.workflow_id;
         let at = m.occurred_at;
@@ -313,7 +325,7 @@ impl Batch {
         t.occurred_at.push(at);
         t.partition.push(partition);
         t.offset.push(offset);
-        t.data.push(data(&event.body)?.to_string());
+        t.data.push(rendered);
 
         match &event.body {
             EventBody::WorkflowAccepted(a) => {

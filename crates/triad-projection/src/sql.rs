@@ -12,6 +12,7 @@ const APPLY: &str = include_str!("../../../projections/workflows/apply.sql");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stmt {
     SearchPath,
+    AsyncCommit,
     LockShared,
     LockExclusive,
     Build,
@@ -31,8 +32,9 @@ pub enum Stmt {
 }
 
 impl Stmt {
-    pub const ALL: [Stmt; 17] = [
+    pub const ALL: [Stmt; 18] = [
         Self::SearchPath,
+        Self::AsyncCommit,
         Self::LockShared,
         Self::LockExclusive,
         Self::Build,
@@ -54,6 +56,7 @@ impl Stmt {
     pub fn name(self) -> &'static str {
         match self {
             Self::SearchPath => "search_path",
+            Self::AsyncCommit => "async_commit",
             Self::LockShared => "lock_shared",
             Self::LockExclusive => "lock_exclusive",
             Self::Build => "build",
@@ -134,6 +137,6 @@ mod tests {
     #[test]
     fn a_missing_statement_is_named() {
         let err = Sql::parse("-- name: search_path\nSELECT 1;\n").unwrap_err();
-        assert!(err.to_string().contains("lock_shared"), "{err}");
+        assert!(err.to_string().contains("async_commit"), "{err}");
     }
 }
