@@ -26,6 +26,7 @@ use triad_kafka::topics::Names;
 
 pub mod commands;
 pub mod graphql;
+pub mod long;
 pub mod metrics;
 pub mod read;
 mod rest;

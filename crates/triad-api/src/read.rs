@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::long::Long;
 use crate::{Error, Result};
 
 /// Workflows by id (`$1`: text[]), with the columns `workflow_from` reads.
@@ -35,13 +36,14 @@ pub struct WorkflowView {
     pub tasks_completed: i32,
     pub tasks_failed: i32,
     pub tasks_skipped: i32,
-    pub total_cost_micros: i64,
+    pub total_cost_micros: Long,
     pub models_used: Vec<String>,
     #[graphql(skip)]
     pub labels: Value,
     pub error: Option<String>,
     pub error_field: Option<String>,
     pub failed_task: Option<String>,
+    /// `Int`, not `Long`: a workflow's events are bounded by its limits (tasks, attempts).
     pub last_sequence: i64,
     pub tasks: Vec<TaskView>,
 }
@@ -56,16 +58,16 @@ pub struct TaskView {
     pub model_id: Option<String>,
     pub zone: Option<String>,
     pub attempts: i32,
-    pub latency_ms: Option<i64>,
-    pub input_tokens: Option<i64>,
-    pub output_tokens: Option<i64>,
-    pub cost_micros: Option<i64>,
+    pub latency_ms: Option<Long>,
+    pub input_tokens: Option<Long>,
+    pub output_tokens: Option<Long>,
+    pub cost_micros: Option<Long>,
     pub error: Option<String>,
     /// The output when it is inline UTF-8 text (sealed payloads: the sovereignty issue).
     pub output: Option<String>,
     /// Set when the output is in the blob store (claim check).
     pub output_sha256: Option<String>,
-    pub output_size: Option<i64>,
+    pub output_size: Option<Long>,
 }
 
 /// One timeline entry.
@@ -141,13 +143,13 @@ const MODELS: &str = "SELECT model_id, tasks_completed, tasks_failed, results_di
 #[graphql(name = "Model")]
 pub struct ModelView {
     pub model_id: String,
-    pub tasks_completed: i64,
-    pub tasks_failed: i64,
-    pub results_discarded: i64,
-    pub cost_micros: i64,
-    pub discarded_micros: i64,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
+    pub tasks_completed: Long,
+    pub tasks_failed: Long,
+    pub results_discarded: Long,
+    pub cost_micros: Long,
+    pub discarded_micros: Long,
+    pub input_tokens: Long,
+    pub output_tokens: Long,
     pub success_rate: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
