@@ -75,7 +75,7 @@ install_tansu() {
 install_wasm_target() {
   if ! rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2; then
     say "adding the wasm32-wasip2 target"
-    rustup target add wasm32-wasip2 || say "warning: could not add wasm32-wasip2 (needed from the WASM issue on)"
+    rustup target add wasm32-wasip2 || die "could not add the wasm32-wasip2 target (the WebAssembly adapters in adapters/ need it)"
   fi
 }
 
@@ -224,9 +224,11 @@ cmd_test() {
   cmd_install
   cmd_up
   say "cargo fmt --check"
-  (cd "$ROOT" && cargo fmt --all -- --check)
-  say "cargo clippy -D warnings"
+  (cd "$ROOT" && cargo fmt --all -- --check && cargo fmt --all --manifest-path adapters/Cargo.toml -- --check)
+  say "cargo clippy -D warnings (the workspace, then the WebAssembly adapters)"
   (cd "$ROOT" && cargo clippy --locked --workspace --all-targets -- -D warnings)
+  (cd "$ROOT" && cargo clippy --locked --manifest-path adapters/Cargo.toml --target wasm32-wasip2 \
+    --target-dir "$TARGET_DIR/wasm-adapters" -- -D warnings)
   say "cargo test (integration tests use the stack above)"
   (cd "$ROOT" && cargo test --locked --workspace -- --test-threads 2)
   say "Python compatibility tests (confluent-kafka, fastavro)"

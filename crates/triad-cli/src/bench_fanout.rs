@@ -220,7 +220,7 @@ pub async fn run(
             anyhow::Ok(())
         });
     }
-    let (state, api) = crate::workers::api(&config, codec.clone(), &cancel)?;
+    let (state, api) = crate::workers::api(&config, codec.clone(), &cancel).await?;
     {
         let (state, cancel) = (state.clone(), cancel.clone());
         services.spawn(async move {

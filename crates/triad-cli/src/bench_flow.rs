@@ -329,7 +329,7 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
     );
 
     let cancel = CancellationToken::new();
-    let catalogue = crate::workers::catalogue(&config)?;
+    let catalogue = crate::workers::catalogue(&config).await?;
     let mut workers = tokio::task::JoinSet::new();
     {
         let options = crate::workers::processor_options(&config, &catalogue, 0);

@@ -49,7 +49,7 @@ pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Res
             "2. workers: the processor and executors for {} in this process",
             config.policy.zones.join(", ")
         );
-        Some(crate::workers::spawn_all(config, codec.clone(), &cancel)?)
+        Some(crate::workers::spawn_all(config, codec.clone(), &cancel).await?)
     } else {
         println!("2. workers: using the running `triad process` / `triad execute` instances");
         None
@@ -140,7 +140,7 @@ pub async fn submit_file(
     timeout: u64,
 ) -> Result<()> {
     let workflow = read_workflow(file)?;
-    let catalogue = crate::workers::catalogue(config)?;
+    let catalogue = crate::workers::catalogue(config).await?;
     let policy = triad_processor::policy_from(&config.policy, &catalogue.ids());
     let ctx = triad_workflow::Context {
         zones: &policy.zones,

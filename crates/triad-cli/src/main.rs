@@ -248,12 +248,12 @@ async fn main() -> Result<()> {
             triad_registry::server::serve(&options, listener, shutdown_token()).await?;
         }
         Command::Process { instance } => {
-            let catalogue = workers::catalogue(&config)?;
+            let catalogue = workers::catalogue(&config).await?;
             let options = workers::processor_options(&config, &catalogue, instance);
             triad_processor::run(&options, codec(&config)?, shutdown_token()).await?;
         }
         Command::Execute { zone, instance } => {
-            let catalogue = workers::catalogue(&config)?;
+            let catalogue = workers::catalogue(&config).await?;
             let options = workers::executor_options(&config, &zone, instance)?;
             let cancel = shutdown_token();
             workers::serve_metrics(&config, cancel.clone()).await?;
@@ -270,18 +270,18 @@ async fn main() -> Result<()> {
             let cancel = shutdown_token();
             workers::serve_metrics(&config, cancel.clone()).await?;
             let codec = codec(&config)?;
-            let mut set = workers::spawn_all(&config, codec.clone(), &cancel)?;
+            let mut set = workers::spawn_all(&config, codec.clone(), &cancel).await?;
             let (options, pool) = workers::projection(&config)?;
             let (t, c) = (cancel.clone(), codec.clone());
             set.spawn(async move { Ok(triad_projection::run(&options, pool, c, t).await?) });
-            let (state, options) = workers::api(&config, codec, &cancel)?;
+            let (state, options) = workers::api(&config, codec, &cancel).await?;
             let t = cancel.clone();
             set.spawn(async move { Ok(triad_api::serve(state, &options, t).await?) });
             workers::join(set).await?;
         }
         Command::Api => {
             let cancel = shutdown_token();
-            let (state, options) = workers::api(&config, codec(&config)?, &cancel)?;
+            let (state, options) = workers::api(&config, codec(&config)?, &cancel).await?;
             triad_api::serve(state, &options, cancel).await?;
         }
         Command::Project => {

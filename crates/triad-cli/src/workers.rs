@@ -10,10 +10,19 @@ use triad_codec::Codec;
 use triad_config::Config;
 use triad_models::Catalogue;
 
-pub fn catalogue(config: &Config) -> Result<Catalogue> {
-    Ok(Catalogue::from_config(&config.models, |v| {
-        std::env::var(v).ok()
-    })?)
+/// The configured models, WebAssembly ones loaded into this process's wasmtime host.
+pub async fn catalogue(config: &Config) -> Result<Catalogue> {
+    Ok(triad_wasm::load_catalogue(&config.models, |v| std::env::var(v).ok(), wasm_host()?).await?)
+}
+
+/// One wasmtime engine per process (its pooling allocator reserves the instance slots).
+pub fn wasm_host() -> Result<&'static triad_wasm::WasmHost> {
+    static HOST: std::sync::OnceLock<triad_wasm::WasmHost> = std::sync::OnceLock::new();
+    if let Some(h) = HOST.get() {
+        return Ok(h);
+    }
+    let host = triad_wasm::WasmHost::new(triad_wasm::HostConfig::default())?;
+    Ok(HOST.get_or_init(|| host))
 }
 
 pub fn processor_options(
@@ -106,12 +115,12 @@ pub fn pg_pool(config: &Config) -> Result<deadpool_postgres::Pool> {
 }
 
 /// The API's shared state and options.
-pub fn api(
+pub async fn api(
     config: &Config,
     codec: Arc<Codec>,
     cancel: &CancellationToken,
 ) -> Result<(Arc<triad_api::AppState>, triad_api::Options)> {
-    let catalogue = catalogue(config)?;
+    let catalogue = catalogue(config).await?;
     let password = std::env::var("PGPASSWORD").ok();
     let pool = triad_store::pool_in_schema(
         &config.postgres.url,
@@ -188,12 +197,12 @@ pub async fn replay(config: &Config, codec: Arc<Codec>, name: &str, verify: bool
 }
 
 /// Starts the processor and one executor per zone of the policy as tasks of this process.
-pub fn spawn_all(
+pub async fn spawn_all(
     config: &Config,
     codec: Arc<Codec>,
     cancel: &CancellationToken,
 ) -> Result<JoinSet<Result<()>>> {
-    let catalogue = catalogue(config)?;
+    let catalogue = catalogue(config).await?;
     let mut set = JoinSet::new();
     let options = processor_options(config, &catalogue, 0);
     let (c, t) = (codec.clone(), cancel.clone());

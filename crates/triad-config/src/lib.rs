@@ -114,6 +114,9 @@ pub enum ModelKind {
     Openai,
     /// The Anthropic Messages API.
     Anthropic,
+    /// A WebAssembly component of the `triad:adapter` world (`component`; without it, the
+    /// embedded `triad-local` component), run sandboxed in the executor.
+    Wasm,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +153,13 @@ pub struct ModelConfig {
     /// Per-call HTTP timeout.
     #[serde(default = "default_call_timeout")]
     pub timeout_ms: u64,
+    /// `wasm`: the component file. Absent: the embedded `triad-local` component.
+    #[serde(default)]
+    pub component: Option<String>,
+    /// `wasm`: the hosts the component may call through the host's egress (exact names).
+    /// Empty: no egress, and the model runs in the executor's zone like `local`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_latency() -> u64 {
@@ -166,6 +176,17 @@ fn default_call_timeout() -> u64 {
 
 impl ModelConfig {
     /// The embedded model's entry.
+    /// The default `triad-local`: the embedded component (`adapters/local`), sandboxed in
+    /// wasmtime. Its fingerprint is the component's own `capabilities`.
+    pub fn embedded() -> Self {
+        Self {
+            kind: ModelKind::Wasm,
+            specialties: vec![],
+            ..Self::local()
+        }
+    }
+
+    /// The same model run as native code (`kind = "local"`).
     pub fn local() -> Self {
         Self {
             kind: ModelKind::Local,
@@ -183,6 +204,18 @@ impl ModelConfig {
             latency_p99_ms: 5,
             max_context: 65_536,
             timeout_ms: 5_000,
+            component: None,
+            allowed_hosts: vec![],
+        }
+    }
+
+    /// True for models that run inside the executor and send data nowhere (their zone is
+    /// the executor's): `local`, and `wasm` without egress.
+    pub fn in_executor(&self) -> bool {
+        match self.kind {
+            ModelKind::Local => true,
+            ModelKind::Wasm => self.allowed_hosts.is_empty(),
+            ModelKind::Openai | ModelKind::Anthropic => false,
         }
     }
 }
@@ -383,7 +416,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             processor: ProcessorConfig::default(),
             executor: ExecutorConfig::default(),
-            models: BTreeMap::from([("triad-local".to_owned(), ModelConfig::local())]),
+            models: BTreeMap::from([("triad-local".to_owned(), ModelConfig::embedded())]),
         }
     }
 }
@@ -612,12 +645,17 @@ impl Config {
             return invalid("models", "the catalogue needs at least one model");
         }
         for (id, m) in &self.models {
-            let reason = if m.kind != ModelKind::Local && m.base_url.is_none() {
+            let http = matches!(m.kind, ModelKind::Openai | ModelKind::Anthropic);
+            let reason = if http && m.base_url.is_none() {
                 Some("base_url is required for a remote model".to_owned())
             } else if let Some(z) = m.zones.iter().find(|z| !self.policy.zones.contains(z)) {
                 Some(format!("zone {z:?} is not in policy.zones"))
-            } else if m.kind != ModelKind::Local && m.zones.is_empty() {
+            } else if !m.in_executor() && m.zones.is_empty() {
                 Some("a remote model needs the zones where it processes data".to_owned())
+            } else if m.kind != ModelKind::Wasm
+                && (m.component.is_some() || !m.allowed_hosts.is_empty())
+            {
+                Some("component and allowed_hosts are for kind = \"wasm\"".to_owned())
             } else {
                 None
             };

@@ -300,6 +300,8 @@ impl Catalogue {
                     latency_p99_ms: p.p50 * 6,
                     max_context: p.context,
                     timeout_ms: 60_000,
+                    component: None,
+                    allowed_hosts: Vec::new(),
                 },
             );
         }
@@ -332,6 +334,9 @@ impl Catalogue {
             let provider_model = m.model.clone().unwrap_or_else(|| id.clone());
             let timeout = Duration::from_millis(m.timeout_ms);
             let adapter: Arc<dyn ModelAdapter> = match m.kind {
+                // Components are loaded by `triad_wasm::load_catalogue`, which calls this for
+                // the others (this crate knows no wasmtime).
+                ModelKind::Wasm => continue,
                 ModelKind::Local => Arc::new(local::LocalModel::new(fingerprint)),
                 ModelKind::Openai => Arc::new(openai::OpenAiCompatible::new(
                     fingerprint,

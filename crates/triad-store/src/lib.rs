@@ -26,6 +26,16 @@ pub enum Error {
     Pool(String),
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error(
+        "migration {name} was edited after it was applied (recorded sha256 {recorded}, the \
+         file's is {current}): applied migrations are never changed; put the change in a new \
+         migration file"
+    )]
+    MigrationChanged {
+        name: &'static str,
+        recorded: String,
+        current: String,
+    },
     #[error("migration {name} failed: {source}")]
     Migration {
         name: &'static str,
