@@ -227,7 +227,7 @@ cmd_test() {
   (cd "$ROOT" && cargo fmt --all -- --check && cargo fmt --all --manifest-path adapters/Cargo.toml -- --check)
   say "cargo clippy -D warnings (the workspace, then the WebAssembly adapters)"
   (cd "$ROOT" && cargo clippy --locked --workspace --all-targets -- -D warnings)
-  (cd "$ROOT" && cargo clippy --locked --manifest-path adapters/Cargo.toml --target wasm32-wasip2 \
+  (cd "$ROOT/adapters" && cargo clippy --locked --target wasm32-wasip2 \
     --target-dir "$TARGET_DIR/wasm-adapters" -- -D warnings)
   say "cargo test (integration tests use the stack above)"
   (cd "$ROOT" && cargo test --locked --workspace -- --test-threads 2)

@@ -7,6 +7,7 @@ use std::process::Command;
 
 const COMPONENTS: &[(&str, &str)] = &[
     ("TRIAD_LOCAL_ADAPTER_WASM", "triad_local_adapter.wasm"),
+    ("TRIAD_OPENAI_ADAPTER_WASM", "triad_openai_adapter.wasm"),
     ("TRIAD_TESTBED_ADAPTER_WASM", "triad_testbed_adapter.wasm"),
 ];
 
@@ -17,8 +18,11 @@ fn main() -> Result<(), String> {
     for watched in [
         "adapters/Cargo.toml",
         "adapters/Cargo.lock",
+        "adapters/.cargo/config.toml",
         "adapters/local/src",
         "adapters/local/Cargo.toml",
+        "adapters/openai/src",
+        "adapters/openai/Cargo.toml",
         "adapters/testbed/src",
         "adapters/testbed/Cargo.toml",
         "wit",
@@ -34,6 +38,8 @@ fn main() -> Result<(), String> {
         .join("wasm-adapters");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
+        // From adapters/, so its .cargo/config.toml (the guests' link flags) applies.
+        .current_dir(&adapters)
         .args([
             "build",
             "--release",

@@ -35,6 +35,13 @@ pub struct Args {
     /// against a raw WebSocket broadcast to as many clients.
     #[arg(long, conflicts_with_all = ["flow", "projection", "visibility"])]
     pub fanout: bool,
+    /// Measure instantiate + invoke of a trivial WebAssembly component against a native
+    /// adapter call (--count calls each; no services needed).
+    #[arg(long, conflicts_with_all = ["flow", "projection", "visibility", "fanout"])]
+    pub wasm: bool,
+    /// Tasks calling at once in --wasm's load pass.
+    #[arg(long, default_value_t = 4)]
+    pub wasm_concurrency: usize,
     /// Subscribers for --fanout.
     #[arg(long, default_value_t = 1_000)]
     pub subscribers: usize,
@@ -131,6 +138,9 @@ mod futures_unordered {
 pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> {
     if args.flow {
         return crate::bench_flow::run(config, codec, &args.flow_args).await;
+    }
+    if args.wasm {
+        return crate::bench_wasm::run(args.count, args.wasm_concurrency).await;
     }
     if args.projection {
         return crate::bench_projection::run(config, codec, args.workflows).await;

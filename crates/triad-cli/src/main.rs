@@ -5,6 +5,7 @@ mod bench_fanout;
 mod bench_flow;
 mod bench_projection;
 mod bench_visibility;
+mod bench_wasm;
 mod client;
 mod demo;
 mod workers;

@@ -40,7 +40,17 @@ pub async fn load_catalogue(
             None => None,
         };
         let egress = Egress::new(m.allowed_hosts.clone(), credential)?;
-        let model = WasmModel::load(host, id, m.zones.clone(), &bytes, egress).await?;
+        let mut settings = BTreeMap::new();
+        if let Some(url) = &m.base_url {
+            settings.insert("base-url".to_owned(), url.clone());
+        }
+        settings.insert(
+            "model".to_owned(),
+            m.model.clone().unwrap_or_else(|| id.clone()),
+        );
+        let model =
+            WasmModel::load_with_settings(host, id, m.zones.clone(), &bytes, egress, settings)
+                .await?;
         tracing::info!(
             model = %id,
             sha256 = %model.version().sha256,

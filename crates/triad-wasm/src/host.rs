@@ -13,6 +13,9 @@ use crate::egress::Egress;
 use crate::model::bindings::{Adapter, AdapterPre};
 use crate::{Error, Result, content_hash};
 
+/// Bytes of each pooled memory, table and async stack kept resident between calls.
+const KEEP_RESIDENT: usize = 256 << 10;
+
 /// Limits and sizes of the host; the defaults suit a model adapter.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -43,6 +46,8 @@ pub(crate) struct State {
     pub(crate) limits: StoreLimits,
     pub(crate) model: Arc<str>,
     pub(crate) egress: Arc<Egress>,
+    /// The model's `host.setting` values.
+    pub(crate) settings: Arc<std::collections::BTreeMap<String, String>>,
     /// The end of the call (the task's timeout), for egress.
     pub(crate) deadline: tokio::time::Instant,
 }
@@ -96,7 +101,13 @@ impl WasmHost {
             .total_memories(config.instances.saturating_mul(2))
             .total_tables(config.instances.saturating_mul(8))
             .total_stacks(config.instances)
-            .max_memory_size(config.memory_bytes);
+            .max_memory_size(config.memory_bytes)
+            // A slot's first pages (the guest's stack and data: the adapters link with a
+            // 64 KiB stack) are zeroed in place when a call ends instead of returned to the
+            // kernel; madvise and the page faults after it were most of a call's cost.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .async_stack_keep_resident(KEEP_RESIDENT);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)

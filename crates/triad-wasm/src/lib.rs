@@ -27,6 +27,10 @@ pub use model::{Version, WasmModel};
 /// The embedded default model, `triad-local`, as a component (built from `adapters/local`).
 pub const LOCAL_ADAPTER: &[u8] = include_bytes!(env!("TRIAD_LOCAL_ADAPTER_WASM"));
 
+/// An OpenAI-compatible chat-completions adapter as a component (`adapters/openai`): it
+/// calls out only through the host's egress. Load it with `base-url` and `model` settings.
+pub const OPENAI_ADAPTER: &[u8] = include_bytes!(env!("TRIAD_OPENAI_ADAPTER_WASM"));
+
 /// A component that misbehaves on request (`adapters/testbed`), for sandbox tests and
 /// benchmarks.
 pub const TESTBED_ADAPTER: &[u8] = include_bytes!(env!("TRIAD_TESTBED_ADAPTER_WASM"));

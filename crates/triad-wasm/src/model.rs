@@ -1,5 +1,6 @@
 //! A component loaded for one model id, as a `ModelAdapter`.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,10 @@ impl host::Host for State {
         }
     }
 
+    fn setting(&mut self, name: String) -> Option<String> {
+        self.settings.get(&name).cloned()
+    }
+
     fn now_ms(&mut self) -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -73,6 +78,7 @@ pub struct WasmModel {
     id: Arc<str>,
     fingerprint: Fingerprint,
     egress: Arc<Egress>,
+    settings: Arc<BTreeMap<String, String>>,
     current: RwLock<Arc<Loaded>>,
 }
 
@@ -95,6 +101,18 @@ impl WasmModel {
         bytes: &[u8],
         egress: Egress,
     ) -> Result<Self> {
+        Self::load_with_settings(host, id, zones, bytes, egress, BTreeMap::new()).await
+    }
+
+    /// [`WasmModel::load`] with the values `host.setting` returns (`base-url`, `model`).
+    pub async fn load_with_settings(
+        host: &WasmHost,
+        id: &str,
+        zones: Vec<String>,
+        bytes: &[u8],
+        egress: Egress,
+        settings: BTreeMap<String, String>,
+    ) -> Result<Self> {
         let (pre, sha256) = host.prepare(id, bytes)?;
         let egress = Arc::new(egress);
         let loaded = Arc::new(Loaded {
@@ -116,6 +134,7 @@ impl WasmModel {
                 max_context: 0,
             },
             egress,
+            settings: Arc::new(settings),
             current: RwLock::new(Arc::clone(&loaded)),
         };
         let caps = model
@@ -211,6 +230,7 @@ impl WasmModel {
                 .build(),
             model: Arc::clone(&self.id),
             egress: Arc::clone(&self.egress),
+            settings: Arc::clone(&self.settings),
             deadline: tokio::time::Instant::from_std(deadline),
         };
         let mut store = Store::new(self.host.engine(), state);

@@ -353,3 +353,61 @@ async fn a_swap_serves_new_calls_while_calls_in_flight_finish_on_the_old_version
     assert!(model.swap(b"(component)").is_err());
     assert_eq!(model.version(), v2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swaps_under_load_lose_and_double_nothing() {
+    let host = WasmHost::new(HostConfig::default()).unwrap();
+    let model = Arc::new(testbed(&host, Egress::none().unwrap()).await);
+    let calls = 200;
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..calls {
+        let model = Arc::clone(&model);
+        set.spawn(async move {
+            let prompt = format!("echo: task {n}");
+            let r = model
+                .invoke(&request(&prompt, Duration::from_secs(30)))
+                .await
+                .unwrap();
+            (n, r.output)
+        });
+    }
+    // Swap back and forth while the calls run: testbed echoes the whole prompt, the local
+    // model's `echo:` command returns the text after it.
+    let mut answered = std::collections::BTreeMap::new();
+    let mut swaps = 0;
+    while !set.is_empty() && swaps < 20 {
+        let next = if swaps % 2 == 0 {
+            LOCAL_ADAPTER
+        } else {
+            TESTBED_ADAPTER
+        };
+        model.swap(next).unwrap();
+        swaps += 1;
+        if let Some(done) = set.try_join_next() {
+            let (n, output) = done.unwrap();
+            assert!(
+                answered.insert(n, output).is_none(),
+                "task {n} answered twice"
+            );
+        }
+        tokio::task::yield_now().await;
+    }
+    while let Some(done) = set.join_next().await {
+        let (n, output) = done.unwrap();
+        assert!(
+            answered.insert(n, output).is_none(),
+            "task {n} answered twice"
+        );
+    }
+    // Every task has exactly one answer, from one of the two versions.
+    assert_eq!(answered.len(), calls);
+    for (n, output) in &answered {
+        let text = format!("task {n}");
+        assert!(
+            *output == text || *output == format!("echo: {text}"),
+            "task {n}: {output:?}"
+        );
+    }
+    assert_eq!(model.version().number, 1 + swaps);
+    assert!(swaps >= 2, "the swaps must overlap the calls");
+}
