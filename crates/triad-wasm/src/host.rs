@@ -26,6 +26,10 @@ pub struct HostConfig {
     /// The epoch tick: how often a running guest yields, and the deadline's resolution
     /// (default 5 ms).
     pub tick: Duration,
+    /// Fuel per call, for deterministic runs: a call stops after executing this much work
+    /// whatever the machine's speed (roughly one unit per WebAssembly instruction). None
+    /// (default): only the deadline bounds a call.
+    pub fuel: Option<u64>,
 }
 
 impl Default for HostConfig {
@@ -34,6 +38,7 @@ impl Default for HostConfig {
             memory_bytes: 64 << 20,
             instances: 64,
             tick: Duration::from_millis(5),
+            fuel: None,
         }
     }
 }
@@ -111,6 +116,7 @@ impl WasmHost {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
+            .consume_fuel(config.fuel.is_some())
             .memory_reservation(u64::try_from(config.memory_bytes).unwrap_or(u64::MAX))
             .memory_reservation_for_growth(0)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

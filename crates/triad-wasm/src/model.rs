@@ -235,6 +235,11 @@ impl WasmModel {
         };
         let mut store = Store::new(self.host.engine(), state);
         store.limiter(|s| &mut s.limits);
+        if let Some(fuel) = config.fuel {
+            store.set_fuel(fuel).map_err(|e| {
+                ModelError::fatal(format!("wasm adapter {}: setting fuel: {e:#}", self.id))
+            })?;
+        }
         // Every tick the guest yields to the runtime; past the deadline it traps.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -265,7 +270,11 @@ fn trap(
     timeout: Duration,
 ) -> ModelError {
     let text = format!("{e:#}");
-    let reason = if text.contains("deadline exceeded") || text.contains("epoch") {
+    let kind = e.downcast_ref::<wasmtime::Trap>();
+    let reason = if matches!(kind, Some(wasmtime::Trap::OutOfFuel)) {
+        "ran out of fuel".to_owned()
+    } else if matches!(kind, Some(wasmtime::Trap::Interrupt)) || text.contains("deadline exceeded")
+    {
         format!(
             "stopped at its deadline ({} ms; after {} ms)",
             timeout.as_millis(),

@@ -411,3 +411,24 @@ async fn hot_swaps_under_load_lose_and_double_nothing() {
     assert_eq!(model.version().number, 1 + swaps);
     assert!(swaps >= 2, "the swaps must overlap the calls");
 }
+
+#[tokio::test]
+async fn with_fuel_a_loop_stops_after_the_same_work_on_any_machine() {
+    let host = WasmHost::new(HostConfig {
+        fuel: Some(50_000_000),
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let model = testbed(&host, Egress::none().unwrap()).await;
+    // A deadline far away: only the fuel can stop it.
+    let err = model
+        .invoke(&request("spin", Duration::from_secs(600)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.retryable && err.message.contains("ran out of fuel"),
+        "{err:?}"
+    );
+    // Ordinary calls fit in the budget.
+    assert_eq!(ask(&model, "fits").await, "fits");
+}
