@@ -1044,6 +1044,18 @@ mod tests {
         })
     }
 
+    /// `gather` with `max` records and an interval of `ms`, never cancelled.
+    async fn take(rx: &mut mpsc::Receiver<Result<Fed>>, max: usize, ms: u64) -> Vec<Decoded> {
+        gather(
+            rx,
+            max,
+            Duration::from_millis(ms),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
     fn offsets(batch: &[Decoded]) -> Vec<i64> {
         batch.iter().map(|d| d.offset).collect()
     }
@@ -1057,14 +1069,7 @@ mod tests {
             tx.send(fed(o, long_ago)).await.unwrap();
         }
         let start = Instant::now();
-        let batch = gather(
-            &mut rx,
-            10,
-            Duration::from_millis(50),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let batch = take(&mut rx, 10, 50).await;
         assert_eq!(offsets(&batch), [0, 1, 2]);
         assert_eq!(
             start.elapsed(),
@@ -1087,26 +1092,12 @@ mod tests {
                 tx.send(fed(9, Instant::now())).await.unwrap();
             }
         });
-        let batch = gather(
-            &mut rx,
-            10,
-            Duration::from_millis(50),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let batch = take(&mut rx, 10, 50).await;
         // Offset 8 arrived inside the interval, 9 after it closed.
         assert_eq!(offsets(&batch), [7, 8]);
         assert_eq!(start.elapsed(), Duration::from_millis(50));
         late.await.unwrap();
-        let next = gather(
-            &mut rx,
-            10,
-            Duration::from_millis(50),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let next = take(&mut rx, 10, 50).await;
         assert_eq!(offsets(&next), [9]);
     }
 

@@ -54,6 +54,20 @@ impl Recorded {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// Asserts this is the chat-completions call an OpenAI-compatible adapter makes for one
+    /// user prompt, with `key` as its bearer token.
+    pub fn assert_openai_call(&self, key: &str, model: &str, max_tokens: u64, prompt: &str) {
+        assert_eq!(self.path, "/v1/chat/completions");
+        assert_eq!(
+            self.header("authorization"),
+            Some(format!("Bearer {key}").as_str())
+        );
+        assert_eq!(self.body["model"], model);
+        assert_eq!(self.body["max_tokens"], max_tokens);
+        assert_eq!(self.body["messages"][0]["role"], "user");
+        assert_eq!(self.body["messages"][0]["content"], prompt);
+    }
 }
 
 #[derive(Debug, Default)]

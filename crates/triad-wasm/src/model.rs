@@ -290,6 +290,14 @@ fn trap(
     ModelError::retryable(format!("wasm adapter {model}: {what}: {reason}"))
 }
 
+fn wit_request(request: &ModelRequest) -> types::Request {
+    types::Request {
+        prompt: request.prompt.clone(),
+        max_tokens: request.max_tokens,
+        timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 #[async_trait::async_trait]
 impl ModelAdapter for WasmModel {
     fn capabilities(&self) -> &Fingerprint {
@@ -298,11 +306,7 @@ impl ModelAdapter for WasmModel {
 
     async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
         let loaded = self.loaded()?;
-        let wit = types::Request {
-            prompt: request.prompt.clone(),
-            max_tokens: request.max_tokens,
-            timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
-        };
+        let wit = wit_request(request);
         let result = self
             .call(&loaded, request.timeout, move |adapter, store| {
                 Box::pin(async move { adapter.call_invoke(store, &wit).await })
@@ -321,11 +325,7 @@ impl ModelAdapter for WasmModel {
 
     async fn bid(&self, request: &ModelRequest) -> Option<Bid> {
         let loaded = self.loaded().ok()?;
-        let wit = types::Request {
-            prompt: request.prompt.clone(),
-            max_tokens: request.max_tokens,
-            timeout_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
-        };
+        let wit = wit_request(request);
         let bid = self
             .call(&loaded, request.timeout, move |adapter, store| {
                 Box::pin(async move { adapter.call_bid(store, &wit).await })
