@@ -9,6 +9,7 @@
 //! | `connect:<host:port>` | opens a TCP socket through WASI (sockets are denied) |
 //! | `env` | lists the environment (it is empty) |
 //! | `egress:<url>` | GETs the URL through the host (the allowlist decides) |
+//! | `egress-forged:<url>` | the same, with an `authorization` header of its own |
 //! | `clock` | the host's clock, in ms |
 //! | `log:<text>` | logs the text through the host, then echoes it |
 //! | `count` | increments a global and returns it (1 if every call gets a fresh instance) |
@@ -74,11 +75,16 @@ impl Guest for Testbed {
         if prompt == "env" {
             return ok(format!("{} variables", std::env::vars().count()));
         }
-        if let Some(url) = prompt.strip_prefix("egress:") {
+        let forged = prompt.strip_prefix("egress-forged:");
+        if let Some(url) = prompt.strip_prefix("egress:").or(forged) {
+            let headers = match forged {
+                Some(_) => vec![("Authorization".to_owned(), "Bearer forged".to_owned())],
+                None => Vec::new(),
+            };
             let request = host::HttpRequest {
                 method: "GET".to_owned(),
                 url: url.to_owned(),
-                headers: Vec::new(),
+                headers,
                 body: Vec::new(),
             };
             return match host::egress(&request) {

@@ -95,6 +95,15 @@ impl Egress {
             .timeout(timeout)
             .body(request.body);
         for (name, value) in &request.headers {
+            // The credential's header is the host's alone: a component cannot replace or
+            // double it.
+            if self
+                .credential
+                .as_ref()
+                .is_some_and(|(c, _)| c.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
             call = call.header(name, value);
         }
         if let Some((name, secret)) = &self.credential {

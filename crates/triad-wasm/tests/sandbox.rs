@@ -241,9 +241,13 @@ async fn server() -> Server {
                 let (hits, auth) = (hits.clone(), auth.clone());
                 move |headers: axum::http::HeaderMap| async move {
                     hits.fetch_add(1, Ordering::SeqCst);
-                    *auth.lock().unwrap() = headers
-                        .get("authorization")
-                        .map(|v| v.to_str().unwrap().to_owned());
+                    // Every value, so a doubled header shows.
+                    let values: Vec<&str> = headers
+                        .get_all("authorization")
+                        .iter()
+                        .map(|v| v.to_str().unwrap())
+                        .collect();
+                    *auth.lock().unwrap() = (!values.is_empty()).then(|| values.join(", "));
                     "hello from the allowed host"
                 }
             }),
@@ -295,7 +299,13 @@ async fn egress_reaches_only_allowlisted_hosts_and_carries_the_hosts_credential(
         server.auth.lock().unwrap().as_deref(),
         Some("Bearer sk-test")
     );
-    assert_eq!(allowed.egress().stats.allowed.load(Ordering::SeqCst), 1);
+    // A header of the component's own cannot replace or double the credential.
+    ask(&allowed, &format!("egress-forged:{url}")).await;
+    assert_eq!(
+        server.auth.lock().unwrap().as_deref(),
+        Some("Bearer sk-test")
+    );
+    assert_eq!(allowed.egress().stats.allowed.load(Ordering::SeqCst), 2);
 
     let denied = testbed(
         &host,
@@ -310,7 +320,7 @@ async fn egress_reaches_only_allowlisted_hosts_and_carries_the_hosts_credential(
     assert_eq!(denied.egress().stats.denied.load(Ordering::SeqCst), 1);
     assert_eq!(
         server.hits.load(Ordering::SeqCst),
-        1,
+        2,
         "a denied call must not leave the host"
     );
 }
