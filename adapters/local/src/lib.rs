@@ -31,6 +31,8 @@ impl Guest for Local {
             .map_err(|message| Failure {
                 message,
                 retryable: false,
+                status: None,
+                retry_after_ms: None,
             })
     }
 

@@ -16,7 +16,29 @@ use triad::adapter::host;
 struct OpenAi;
 
 fn failure(message: String, retryable: bool) -> Failure {
-    Failure { message, retryable }
+    Failure {
+        message,
+        retryable,
+        status: None,
+        retry_after_ms: None,
+    }
+}
+
+/// A provider's error response: its status, its message, and its `Retry-After` when that is
+/// a number of seconds (the form providers send).
+fn provider_failure(reply: &host::HttpResponse, retryable: bool) -> Failure {
+    let retry_after_ms = reply
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, value)| value.trim().parse::<u64>().ok())
+        .map(|seconds| seconds.saturating_mul(1000));
+    Failure {
+        message: error_message(reply.status, &reply.body),
+        retryable,
+        status: Some(reply.status),
+        retry_after_ms,
+    }
 }
 
 /// The provider's error message from an error body, or the status alone.
@@ -63,10 +85,8 @@ impl Guest for OpenAi {
         let reply = host::egress(&call).map_err(|e| failure(e, true))?;
         match reply.status {
             200..=299 => {}
-            408 | 409 | 429 | 500..=599 => {
-                return Err(failure(error_message(reply.status, &reply.body), true));
-            }
-            other => return Err(failure(error_message(other, &reply.body), false)),
+            408 | 409 | 429 | 500..=599 => return Err(provider_failure(&reply, true)),
+            _ => return Err(provider_failure(&reply, false)),
         }
         let answer: Value = serde_json::from_slice(&reply.body)
             .map_err(|e| failure(format!("the provider's answer is not JSON: {e}"), true))?;

@@ -92,6 +92,8 @@ impl Guest for Testbed {
                 Err(e) => Err(Failure {
                     message: e,
                     retryable: false,
+                    status: None,
+                    retry_after_ms: None,
                 }),
             };
         }

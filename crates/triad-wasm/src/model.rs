@@ -318,8 +318,12 @@ impl ModelAdapter for WasmModel {
                 input_tokens: r.input_tokens,
                 output_tokens: r.output_tokens,
             }),
-            Err(f) if f.retryable => Err(ModelError::retryable(f.message)),
-            Err(f) => Err(ModelError::fatal(f.message)),
+            Err(f) => Err(ModelError {
+                message: f.message,
+                retryable: f.retryable,
+                retry_after: f.retry_after_ms.map(Duration::from_millis),
+                status: f.status,
+            }),
         }
     }
 

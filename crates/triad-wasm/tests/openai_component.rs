@@ -74,6 +74,17 @@ async fn provider_errors_keep_their_retry_class_and_never_show_the_key() {
         );
         assert!(!format!("{e:?}").contains(KEY));
     }
+    // The provider's Retry-After and status reach the executor.
+    fake.push(Behaviour::Status {
+        code: 429,
+        retry_after: Some("3".into()),
+        message: "slow down".into(),
+    });
+    let e = model.invoke(&request()).await.unwrap_err();
+    assert_eq!(
+        (e.status, e.retry_after),
+        (Some(429), Some(Duration::from_secs(3)))
+    );
     fake.push(Behaviour::Malformed);
     let e = model.invoke(&request()).await.unwrap_err();
     assert!(e.retryable, "{e:?}");
