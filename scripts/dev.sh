@@ -134,7 +134,8 @@ stop_postgres() {
   fi
 }
 
-# Fast restart (open transactions aborted, every connection dropped), for the restart test.
+# Restarts PostgreSQL: fast (open transactions aborted, every connection dropped) or immediate
+# (a crash: no shutdown checkpoint, recovery from the WAL on start), for the restart test.
 restart_postgres() {
   local mode=${1:-fast}
   case $mode in fast|immediate) ;; *) die "pg-restart: mode must be fast or immediate, not '$mode'" ;; esac
