@@ -8,6 +8,7 @@ mod bench_visibility;
 mod bench_wasm;
 mod client;
 mod demo;
+mod models;
 mod workers;
 
 use std::sync::Arc;
@@ -100,6 +101,11 @@ enum Command {
         #[arg(long)]
         external_workers: bool,
     },
+    /// Manage the model registry (`triad.models`).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Inspect and redrive dead letters.
     Dlq {
         #[command(subcommand)]
@@ -127,6 +133,31 @@ enum TopicsCommand {
         /// Print the plan without changing anything.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Register a new component version of a `wasm` model: running executors switch new
+    /// calls to it while calls in flight finish on the old one.
+    Register {
+        /// The model id (a `kind = "wasm"` entry of [models]).
+        model: String,
+        /// The component (`.wasm`, a `triad:adapter` component).
+        component: std::path::PathBuf,
+        /// Register the component's absolute path instead of its bytes (for components over
+        /// 768 KiB; every executor must be able to read the path).
+        #[arg(long)]
+        by_path: bool,
+        /// The version number (default: one above the latest registered).
+        #[arg(long)]
+        version: Option<i64>,
+        /// Wait until this many executors installed or refused it, printing each answer.
+        #[arg(long, default_value_t = 0)]
+        wait_for: usize,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
 }
 
@@ -332,6 +363,27 @@ async fn main() -> Result<()> {
             demo::run(&config, codec(&config)?, !external_workers).await?;
         }
         Command::Dlq { command } => dlq(&config, command).await?,
+        Command::Models {
+            command:
+                ModelsCommand::Register {
+                    model,
+                    component,
+                    by_path,
+                    version,
+                    wait_for,
+                    timeout,
+                },
+        } => {
+            let register = models::Register {
+                model: &model,
+                component: &component,
+                by_path,
+                version,
+                wait_for,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            models::register(&config, codec(&config)?, &register).await?;
+        }
         Command::PublishFixtures { topic_prefix } => {
             demo::publish_fixtures(&config, codec(&config)?, &topic_prefix).await?;
         }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
-    ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, TaskRequest, WorkflowEvent,
-    WorkflowSnapshot,
+    ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, ModelRegistration, TaskRequest,
+    WorkflowEvent, WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -20,6 +20,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (ControlRecord::NAME, ControlRecord::AVSC),
     (ExecutorStatus::NAME, ExecutorStatus::AVSC),
     (WorkflowSnapshot::NAME, WorkflowSnapshot::AVSC),
+    (ModelRegistration::NAME, ModelRegistration::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -63,6 +64,11 @@ impl AvroRecord for ExecutorStatus {
 impl AvroRecord for WorkflowSnapshot {
     const NAME: &'static str = "io.triad.v1.WorkflowSnapshot";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.WorkflowSnapshot.avsc");
+}
+
+impl AvroRecord for ModelRegistration {
+    const NAME: &'static str = "io.triad.v1.ModelRegistration";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ModelRegistration.avsc");
 }
 
 /// The parsed reader schemas, parsed once at start-up.

@@ -133,6 +133,11 @@ fn executor_status_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn model_registration_schema_evolves_backward_transitively() {
+    gate(&fixtures::model_registrations());
+}
+
+#[test]
 fn snapshot_schema_evolves_backward_transitively() {
     gate(&fixtures::workflow_snapshots());
 }

@@ -44,6 +44,9 @@ fn every_fixture_round_trips() {
     for s in fixtures::executor_statuses() {
         round_trip(&s);
     }
+    for r in fixtures::model_registrations() {
+        round_trip(&r);
+    }
 }
 
 #[test]
@@ -239,7 +242,8 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&[fixtures::dead_letter()]) >= 4);
     assert!(defaults_fill(&[fixtures::task_request()]) >= 5);
     assert!(defaults_fill(&[fixtures::control_record()]) >= 2);
-    assert!(defaults_fill(&fixtures::executor_statuses()) >= 2);
+    assert!(defaults_fill(&fixtures::executor_statuses()) >= 3);
+    assert!(defaults_fill(&fixtures::model_registrations()) >= 3);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Records of the broadcast topic `triad.control` (schema `io.triad.v1.ControlRecord`) and of
-//! `triad.executor-status` (schema `io.triad.v1.ExecutorStatus`).
+//! Records of the broadcast topic `triad.control` (schema `io.triad.v1.ControlRecord`), of
+//! `triad.executor-status` (schema `io.triad.v1.ExecutorStatus`) and of the compacted model
+//! registry `triad.models` (schema `io.triad.v1.ModelRegistration`).
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +37,37 @@ pub struct ExecutorStatus {
 pub enum StatusBody {
     Heartbeat(Heartbeat),
     BreakerTransition(BreakerTransition),
+    AdapterInstall(AdapterInstall),
 }
+
+/// An executor installed (or refused) a component version registered on `triad.models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterInstall {
+    pub model_id: String,
+    pub version: i64,
+    pub component_sha256: String,
+    pub installed: bool,
+    pub reason: Option<String>,
+}
+
+/// The current registration of a model: the component a `wasm` model runs, carried in the
+/// record (`component`) or named by a path every executor can read (`component_path`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRegistration {
+    pub model_id: String,
+    pub version: i64,
+    pub component_sha256: String,
+    pub component_size: i64,
+    #[serde(with = "serde_bytes")]
+    pub component: Option<Vec<u8>>,
+    pub component_path: Option<String>,
+    pub registered_at: TimestampMicros,
+    pub schema_version: i32,
+}
+
+/// The largest component a registration carries in the record itself: records stay under
+/// the broker's 1 MB limit with room for the other fields.
+pub const INLINE_COMPONENT_MAX_BYTES: usize = 768 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use serde_bytes::ByteBuf;
 
 use crate::{
-    BlobRef, BreakerState, BreakerTransition, CancelWorkflow, Causation, CommandMetadata,
-    ControlAction, ControlRecord, DeadLetter, DeadLetterHeader, EpochMarker, EventBody,
-    EventMetadata, ExecutorStatus, Heartbeat, InboxBody, InboxRecord, ModelCall, RoutingDecision,
-    SnapshotBody, SnapshotCheckpoint, SnapshotState, StatusBody, SubmitWorkflow, TaskCompleted,
-    TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported,
-    TaskRouted, TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted,
-    WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected,
-    WorkflowSnapshot, derive_event_id,
+    AdapterInstall, BlobRef, BreakerState, BreakerTransition, CancelWorkflow, Causation,
+    CommandMetadata, ControlAction, ControlRecord, DeadLetter, DeadLetterHeader, EpochMarker,
+    EventBody, EventMetadata, ExecutorStatus, Heartbeat, InboxBody, InboxRecord, ModelCall,
+    ModelRegistration, RoutingDecision, SnapshotBody, SnapshotCheckpoint, SnapshotState,
+    StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome,
+    TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped,
+    TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted,
+    WorkflowEvent, WorkflowFailed, WorkflowRejected, WorkflowSnapshot, derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -214,6 +214,41 @@ pub fn executor_statuses() -> Vec<ExecutorStatus> {
             to_state: BreakerState::Open,
             reason: "3 failures within 60 s".to_owned(),
         })),
+        status(StatusBody::AdapterInstall(AdapterInstall {
+            model_id: "triad-local".to_owned(),
+            version: 2,
+            component_sha256: SHA256_OF_TEST.to_owned(),
+            installed: false,
+            reason: Some("the component does not hash to its registration".to_owned()),
+        })),
+    ]
+}
+
+const SHA256_OF_TEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// A registration carrying its component, and one naming a path.
+pub fn model_registrations() -> Vec<ModelRegistration> {
+    vec![
+        ModelRegistration {
+            model_id: "triad-local".to_owned(),
+            version: 2,
+            component_sha256: SHA256_OF_TEST.to_owned(),
+            component_size: 4,
+            component: Some(b"test".to_vec()),
+            component_path: None,
+            registered_at: EPOCH_2026_MICROS,
+            schema_version: 1,
+        },
+        ModelRegistration {
+            model_id: "triad-local".to_owned(),
+            version: 3,
+            component_sha256: SHA256_OF_TEST.to_owned(),
+            component_size: 4,
+            component: None,
+            component_path: Some("/srv/triad/components/local-v3.wasm".to_owned()),
+            registered_at: EPOCH_2026_MICROS,
+            schema_version: 1,
+        },
     ]
 }
 

@@ -20,8 +20,8 @@ pub use command::{
     SubmitWorkflow, TaskOutcome, TaskResultReported, TaskSpec, TaskTimerFired, TimerKind,
 };
 pub use control::{
-    BreakerState, BreakerTransition, ControlAction, ControlRecord, ExecutorStatus, Heartbeat,
-    StatusBody,
+    AdapterInstall, BreakerState, BreakerTransition, ControlAction, ControlRecord, ExecutorStatus,
+    Heartbeat, INLINE_COMPONENT_MAX_BYTES, ModelRegistration, StatusBody,
 };
 pub use dead_letter::{DeadLetter, DeadLetterHeader};
 pub use event::{

@@ -5,10 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use rdkafka::Offset;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 use triad_codec::Codec;
@@ -77,26 +73,11 @@ pub async fn follow(
     cancellations: Arc<Cancellations>,
     stop: CancellationToken,
 ) -> crate::Result<()> {
-    let consumer: StreamConsumer = triad_kafka::client::follower_config(&kafka)
-        .create()
-        .map_err(triad_kafka::Error::from)?;
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&topic, 0, Offset::Beginning)
-        .map_err(triad_kafka::Error::from)?;
-    consumer
-        .assign(&assignment)
-        .map_err(triad_kafka::Error::from)?;
-    let mut stream = consumer.stream();
-    loop {
-        let next = tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            m = stream.next() => m,
-        };
-        match next {
-            None => return Ok(()),
-            Some(Err(error)) => tracing::warn!(%error, "reading triad.control failed"),
-            Some(Ok(m)) => match codec.decode::<ControlRecord>(m.payload()).await {
+    triad_kafka::tail::follow(&kafka, &topic, rdkafka::Offset::Beginning, stop, None, |m| {
+        let codec = &codec;
+        let cancellations = &cancellations;
+        async move {
+            match codec.decode::<ControlRecord>(m.payload()).await {
                 Ok(record) => match record.action {
                     ControlAction::Cancel => {
                         tracing::info!(workflow.id = %record.workflow_id, "workflow cancelled; aborting its calls");
@@ -104,9 +85,11 @@ pub async fn follow(
                     }
                 },
                 Err(error) => tracing::warn!(%error, "undecodable control record skipped"),
-            },
+            }
         }
-    }
+    })
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

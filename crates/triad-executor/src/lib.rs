@@ -12,12 +12,15 @@
 //! 4. reports a `TaskResultReported` with the routing decision and every model call (its
 //!    spend) to the inbox, and only then lets the offset be stored.
 //!
-//! A cancelled workflow's calls in flight are aborted. Every breaker transition is published
+//! A cancelled workflow's calls in flight are aborted. Component versions registered on the
+//! compacted `triad.models` topic replace a `wasm` model's code while it serves (hot swap);
+//! start-up reads that topic before taking work. Every breaker transition is published
 //! to `triad.executor-status` and counted; heartbeats there tell the processor the zone is
 //! alive.
 
 mod control;
 pub mod metrics;
+mod registry;
 mod run;
 
 pub use run::{Options, run};

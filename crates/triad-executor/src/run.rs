@@ -10,8 +10,8 @@ use triad_codec::Codec;
 use triad_config::{ExecutorConfig, KafkaConfig};
 use triad_domain::{
     BreakerState, BreakerTransition, CommandMetadata, ExecutorStatus, Heartbeat, InboxBody,
-    InboxRecord, ModelCall, RoutingDecision, StatusBody, TaskOutcome, TaskRequest,
-    TaskResultReported,
+    InboxRecord, ModelCall, ModelRegistration, RoutingDecision, StatusBody, TaskOutcome,
+    TaskRequest, TaskResultReported,
 };
 use triad_kafka::consume::{Group, OnUndecodable, Outcome};
 use triad_kafka::dlq::DeadLetterWriter;
@@ -22,6 +22,7 @@ use triad_router::{Breaker, BreakerConfig, ModelInfo, Needs, Permit, Transition,
 
 use crate::Result;
 use crate::control::{self, Cancellations};
+use crate::registry::{self, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -37,6 +38,9 @@ pub struct Options {
     /// Counters shared by the executors of this process (served on `metrics.listen`).
     pub metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// How long start-up waits for the model registry to be read before serving.
+const REGISTRY_CATCH_UP: Duration = Duration::from_secs(30);
 
 /// How many finished attempt ids an executor remembers to skip re-deliveries.
 const RECENT_ATTEMPTS: usize = 100_000;
@@ -593,6 +597,29 @@ impl Executor {
         store.put(content).await.map_err(|e| e.to_string())
     }
 
+    /// Installs a component version registered on `triad.models` (crate `registry`).
+    async fn registration(&self, payload: Option<&[u8]>) {
+        let registration = match self.codec.decode::<ModelRegistration>(payload).await {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(%error, messaging.destination.name = %self.names.models, "undecodable registration skipped");
+                return;
+            }
+        };
+        if let Verdict::Report(install) =
+            registry::apply(&self.catalogue.replaceable, registration).await
+        {
+            let status = ExecutorStatus {
+                zone: self.options.zone.clone(),
+                executor_id: self.executor_id.clone(),
+                occurred_at: triad_kafka::now_micros(),
+                body: StatusBody::AdapterInstall(install),
+                schema_version: 1,
+            };
+            self.publish_status(&status, "adapter install").await;
+        }
+    }
+
     async fn heartbeat(&self) {
         let status = ExecutorStatus {
             zone: self.options.zone.clone(),
@@ -664,6 +691,43 @@ pub async fn run(
         executor.cancellations.clone(),
         background.clone(),
     ));
+    let (caught_up, registry_ready) = tokio::sync::oneshot::channel();
+    let registry_task = {
+        let executor = executor.clone();
+        let stop = background.clone();
+        let kafka = options.kafka.clone();
+        tokio::spawn(async move {
+            let topic = executor.names.models.clone();
+            let followed = triad_kafka::tail::follow(
+                &kafka,
+                &topic,
+                rdkafka::Offset::Beginning,
+                stop,
+                Some(caught_up),
+                |m| {
+                    let executor = executor.clone();
+                    async move { executor.registration(m.payload()).await }
+                },
+            )
+            .await;
+            if let Err(error) = followed {
+                // Hot swap stops; the models keep serving the versions they run.
+                tracing::error!(%error, messaging.destination.name = %topic, "the model registry reader stopped");
+            }
+        })
+    };
+    // Serve the versions the registry names, not the configured ones they replaced: wait
+    // until the registry is read (bounded, so a slow registry delays but never blocks work).
+    if tokio::time::timeout(REGISTRY_CATCH_UP, registry_ready)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            messaging.destination.name = %names.models,
+            "the model registry was not read within {} s; serving the configured components until it is",
+            REGISTRY_CATCH_UP.as_secs()
+        );
+    }
     let beat = {
         let executor = executor.clone();
         let stop = background.clone();
@@ -728,6 +792,7 @@ pub async fn run(
     if let Ok(Err(error)) = control_task.await {
         tracing::warn!(%error, "the control reader stopped");
     }
+    let _ = registry_task.await;
     result?;
     producer.flush(Duration::from_secs(10))?;
     Ok(())

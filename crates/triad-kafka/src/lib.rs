@@ -8,6 +8,7 @@ pub mod dlq;
 mod error;
 pub mod pool;
 pub mod produce;
+pub mod tail;
 pub mod topics;
 
 pub use error::{Error, Result};

@@ -18,6 +18,7 @@ pub const DLQ: &str = "triad.dlq";
 pub const TASKS_PREFIX: &str = "triad.tasks.";
 pub const EXECUTOR_STATUS: &str = "triad.executor-status";
 pub const SNAPSHOTS: &str = "triad.workflow-snapshots";
+pub const MODELS: &str = "triad.models";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -30,6 +31,7 @@ pub struct Names {
     pub dlq: String,
     pub executor_status: String,
     pub snapshots: String,
+    pub models: String,
     prefix: String,
 }
 
@@ -43,6 +45,7 @@ impl Names {
             dlq: format!("{p}{DLQ}"),
             executor_status: format!("{p}{EXECUTOR_STATUS}"),
             snapshots: format!("{p}{SNAPSHOTS}"),
+            models: format!("{p}{MODELS}"),
             prefix: p.clone(),
         }
     }
@@ -147,6 +150,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: 1,
             retention: Retention::Compacted,
             purpose: "schema registry state",
+        },
+        TopicSpec {
+            name: names.models,
+            partitions: 1,
+            retention: Retention::Compacted,
+            purpose: "the model registry: each model's current registration (its component), key = model id",
         },
         TopicSpec {
             name: names.executor_status,

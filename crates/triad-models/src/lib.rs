@@ -173,6 +173,37 @@ impl std::fmt::Display for Secret {
 #[derive(Debug, Clone, Default)]
 pub struct Catalogue {
     pub models: BTreeMap<String, Arc<dyn ModelAdapter>>,
+    /// The models whose code can be replaced while they run (WebAssembly components), by
+    /// model id: each is also in `models`.
+    pub replaceable: BTreeMap<String, Arc<dyn Replaceable>>,
+}
+
+/// The code version a replaceable model runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeVersion {
+    /// Counts up from 1 (the configured code).
+    pub number: u64,
+    /// Lower-case hex SHA-256 of the code.
+    pub sha256: String,
+}
+
+/// What [`Replaceable::install`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Install {
+    /// New calls now run this version; calls in flight finish on the one they started with.
+    Installed(CodeVersion),
+    /// The model already runs this version or a later one (a replayed registration).
+    AlreadyCurrent(CodeVersion),
+}
+
+/// A model whose code a registration can replace while it serves (hot swap).
+#[async_trait::async_trait]
+pub trait Replaceable: Send + Sync + std::fmt::Debug {
+    fn code_version(&self) -> CodeVersion;
+
+    /// Checks `code` like a first load and, when `number` is above the running version,
+    /// switches new calls to it. An error names what is wrong and changes nothing.
+    async fn install(&self, number: u64, code: Vec<u8>) -> Result<Install, String>;
 }
 
 /// The providers of the seed, enabled when their variable is set: (model id, variable, kind,
@@ -358,7 +389,10 @@ impl Catalogue {
             };
             models.insert(id.clone(), adapter);
         }
-        Ok(Self { models })
+        Ok(Self {
+            models,
+            replaceable: BTreeMap::new(),
+        })
     }
 
     /// Model ids, sorted.

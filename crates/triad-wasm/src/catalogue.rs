@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use triad_config::{ModelConfig, ModelKind};
-use triad_models::{Catalogue, ModelAdapter, Secret};
+use triad_models::{Catalogue, ModelAdapter, Replaceable, Secret};
 
 use crate::{Egress, Error, LOCAL_ADAPTER, Result, WasmHost, WasmModel};
 
@@ -57,9 +57,13 @@ pub async fn load_catalogue(
             allowed_hosts = ?m.allowed_hosts,
             "wasm model loaded"
         );
+        let model = Arc::new(model);
         catalogue
             .models
-            .insert(id.clone(), Arc::new(model) as Arc<dyn ModelAdapter>);
+            .insert(id.clone(), Arc::clone(&model) as Arc<dyn ModelAdapter>);
+        catalogue
+            .replaceable
+            .insert(id.clone(), model as Arc<dyn Replaceable>);
     }
     Ok(catalogue)
 }

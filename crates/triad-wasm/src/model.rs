@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use triad_models::{Bid, Fingerprint, ModelAdapter, ModelError, ModelRequest, ModelResponse};
+use triad_models::{
+    Bid, CodeVersion, Fingerprint, Install, ModelAdapter, ModelError, ModelRequest, ModelResponse,
+    Replaceable,
+};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
@@ -177,20 +180,63 @@ impl WasmModel {
     /// the version they started with. Returns the new version.
     pub fn swap(&self, bytes: &[u8]) -> Result<Version> {
         let (pre, sha256) = self.host.prepare(&self.id, bytes)?;
+        let number = self.version().number + 1;
+        self.put(Loaded {
+            pre,
+            version: Version { sha256, number },
+        })
+    }
+
+    /// Makes `loaded` the version new calls use, unless a version as new is already there
+    /// (two registrations racing: the higher number wins whatever the order).
+    fn put(&self, loaded: Loaded) -> Result<Version> {
         let mut current = self.current.write().map_err(|_| Error::Call {
             model: self.id.to_string(),
             reason: "the version lock is poisoned".to_owned(),
         })?;
-        let version = Version {
-            sha256,
-            number: current.version.number + 1,
-        };
-        *current = Arc::new(Loaded {
-            pre,
-            version: version.clone(),
-        });
+        if loaded.version.number <= current.version.number {
+            return Ok(current.version.clone());
+        }
+        let version = loaded.version.clone();
+        *current = Arc::new(loaded);
         tracing::info!(model = %self.id, version = version.number, sha256 = %version.sha256, "adapter swapped");
         Ok(version)
+    }
+
+    /// Compiles and links `bytes` off the async runtime (compiling takes up to a second)
+    /// and checks the component answers `capabilities` before anyone routes to it.
+    async fn check(&self, number: u64, bytes: Vec<u8>) -> Result<Loaded> {
+        let host = self.host.clone();
+        let id = Arc::clone(&self.id);
+        let (pre, sha256) = tokio::task::spawn_blocking(move || host.prepare(&id, &bytes))
+            .await
+            .map_err(|e| Error::Call {
+                model: self.id.to_string(),
+                reason: format!("compiling: {e}"),
+            })??;
+        let loaded = Loaded {
+            pre,
+            version: Version { sha256, number },
+        };
+        let caps = self
+            .call(&loaded, Duration::from_secs(5), |adapter, store| {
+                Box::pin(adapter.call_capabilities(store))
+            })
+            .await
+            .map_err(|e| Error::Call {
+                model: self.id.to_string(),
+                reason: format!("capabilities: {}", e.message),
+            })?;
+        if caps.specialties != self.fingerprint.specialties {
+            // The router keeps ranking on the first version's fingerprint (docs/wasm_adapter_spec.md).
+            tracing::warn!(
+                model = %self.id,
+                declared = ?caps.specialties,
+                routed_on = ?self.fingerprint.specialties,
+                "the new version declares other specialties; routing keeps the first version's"
+            );
+        }
+        Ok(loaded)
     }
 
     fn loaded(&self) -> Result<Arc<Loaded>, ModelError> {
@@ -288,6 +334,35 @@ fn trap(
         text
     };
     ModelError::retryable(format!("wasm adapter {model}: {what}: {reason}"))
+}
+
+#[async_trait::async_trait]
+impl Replaceable for WasmModel {
+    fn code_version(&self) -> CodeVersion {
+        let v = self.version();
+        CodeVersion {
+            number: v.number,
+            sha256: v.sha256,
+        }
+    }
+
+    async fn install(&self, number: u64, code: Vec<u8>) -> Result<Install, String> {
+        let running = self.version();
+        if number <= running.number {
+            return Ok(Install::AlreadyCurrent(self.code_version()));
+        }
+        let loaded = self.check(number, code).await.map_err(|e| e.to_string())?;
+        let now = self.put(loaded).map_err(|e| e.to_string())?;
+        let now = CodeVersion {
+            number: now.number,
+            sha256: now.sha256,
+        };
+        Ok(if now.number == number {
+            Install::Installed(now)
+        } else {
+            Install::AlreadyCurrent(now)
+        })
+    }
 }
 
 fn wit_request(request: &ModelRequest) -> types::Request {
