@@ -81,7 +81,7 @@ install_wasm_target() {
 
 install_venv() {
   local venv=$STACK_DIR/venv
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka, fastavro, pytest, requests, gql, websockets" 2>/dev/null; then
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import confluent_kafka, fastavro, pytest, requests, gql, websockets, cryptography.hazmat.primitives.hpke" 2>/dev/null; then
     say "creating the Python venv for compatibility tests ($venv)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/compat/requirements.txt"

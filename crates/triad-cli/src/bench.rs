@@ -39,6 +39,10 @@ pub struct Args {
     /// adapter call (--count calls each; no services needed).
     #[arg(long, conflicts_with_all = ["flow", "projection", "visibility", "fanout"])]
     pub wasm: bool,
+    /// Measure the sovereignty kernel's per-payload seal + unseal against the raw
+    /// AES-256-GCM and SHA-256 work (no services needed).
+    #[arg(long, conflicts_with_all = ["flow", "projection", "visibility", "fanout", "wasm"])]
+    pub seal: bool,
     /// Tasks calling at once in --wasm's load pass.
     #[arg(long, default_value_t = 4)]
     pub wasm_concurrency: usize,
@@ -138,6 +142,9 @@ mod futures_unordered {
 pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> {
     if args.flow {
         return crate::bench_flow::run(config, codec, &args.flow_args).await;
+    }
+    if args.seal {
+        return crate::bench_seal::run(args.rounds);
     }
     if args.wasm {
         return crate::bench_wasm::run(args.count, args.wasm_concurrency).await;

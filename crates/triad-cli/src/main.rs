@@ -4,10 +4,12 @@ mod bench;
 mod bench_fanout;
 mod bench_flow;
 mod bench_projection;
+mod bench_seal;
 mod bench_visibility;
 mod bench_wasm;
 mod client;
 mod demo;
+mod envelope;
 mod models;
 mod workers;
 
@@ -106,6 +108,16 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Zone-bound envelopes on files (docs/sovereignty_kernel.md): for interoperability
+    /// checks and for inspecting the format.
+    #[command(hide = true)]
+    Envelope {
+        /// Holds directory.json, record.json, envelope.json and keys/.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[command(subcommand)]
+        command: EnvelopeCommand,
+    },
     /// Inspect and redrive dead letters.
     Dlq {
         #[command(subcommand)]
@@ -159,6 +171,46 @@ enum ModelsCommand {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvelopeCommand {
+    /// Print a node's public key (hex SEC1), creating the key in keys/ if needed.
+    Key {
+        #[arg(long)]
+        node: String,
+    },
+    /// Create a workflow key for --zones and seal a file into envelope.json.
+    Seal {
+        #[arg(long)]
+        workflow: String,
+        #[arg(long)]
+        task: String,
+        #[arg(long, value_parser = parse_role)]
+        role: triad_sovereignty::Role,
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        #[arg(long, value_delimiter = ',', required = true)]
+        zones: Vec<String>,
+        /// The file to seal.
+        plaintext: std::path::PathBuf,
+    },
+    /// Open envelope.json as a node of a zone; the plaintext goes to standard output.
+    Open {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        zone: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<triad_sovereignty::Role, String> {
+    match s {
+        "prompt" => Ok(triad_sovereignty::Role::Prompt),
+        "output" => Ok(triad_sovereignty::Role::Output),
+        "context" => Ok(triad_sovereignty::Role::Context),
+        other => Err(format!("{other:?}: expected prompt, output or context")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +415,28 @@ async fn main() -> Result<()> {
             demo::run(&config, codec(&config)?, !external_workers).await?;
         }
         Command::Dlq { command } => dlq(&config, command).await?,
+        Command::Envelope { dir, command } => match command {
+            EnvelopeCommand::Key { node } => envelope::key(&dir, &node)?,
+            EnvelopeCommand::Seal {
+                workflow,
+                task,
+                role,
+                attempt,
+                zones,
+                plaintext,
+            } => envelope::seal(
+                &dir,
+                &envelope::Seal {
+                    workflow: &workflow,
+                    task: &task,
+                    role,
+                    attempt,
+                    zones: &zones,
+                    plaintext: &plaintext,
+                },
+            )?,
+            EnvelopeCommand::Open { node, zone } => envelope::open(&dir, &node, &zone)?,
+        },
         Command::Models {
             command:
                 ModelsCommand::Register {

@@ -1,0 +1,138 @@
+//! `triad bench --seal`: the sovereignty kernel's per-payload path against the raw primitives
+//! doing the same cryptographic work, in the same run (docs/benchmarks.md).
+//!
+//! - kernel: `WorkflowKey::seal` (fresh envelope id and nonce, HKDF data key, AES-256-GCM
+//!   over the payload with the envelope's AAD, SHA-256 of the ciphertext) then
+//!   `Opener::unseal` with the workflow key already unwrapped (zone, enrolment and record
+//!   checks, SHA-256 check, HKDF, AES-256-GCM open).
+//! - raw: AES-256-GCM seal under a fixed, pre-expanded key with an AAD of the same length,
+//!   SHA-256 of the ciphertext twice (recorded at seal, checked at open), AES-256-GCM open.
+//!
+//! Passes alternate (raw, kernel) for `--rounds` rounds after a warm-up; the median per size
+//! is reported. Separately: the per-workflow public-key work in software (create and wrap a
+//! workflow key for one recipient; unwrap it on the first open).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use anyhow::{Result, ensure};
+use sha2::{Digest, Sha256};
+use triad_sovereignty::hpke::public_bytes;
+use triad_sovereignty::{
+    Binding, DirectoryChange, KeyDirectory, NodeKey, Opener, Role, SoftwareKey, WorkflowKey,
+};
+
+const SIZES: &[usize] = &[256, 1024, 16 * 1024, 256 * 1024];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(rounds: usize) -> Result<()> {
+    ensure!(rounds > 0, "--rounds must be above 0");
+    let node = Arc::new(SoftwareKey::generate());
+    let mut directory = KeyDirectory::default();
+    directory.apply(&DirectoryChange::Enrolled {
+        node_id: "bench-node".into(),
+        zone: "US-EAST".into(),
+        public_key: public_bytes(node.public())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    })?;
+    let (key, record) = WorkflowKey::create(&directory, "wf-bench", &["US-EAST"])?;
+    let opener = Opener::new("bench-node", "US-EAST", node.clone());
+    let binding = Binding {
+        task_id: "answer",
+        role: Role::Output,
+        attempt: 1,
+    };
+    // An AAD as long as the kernel's, for the raw pass's GHASH work.
+    let aad = triad_sovereignty::envelope::aad(&key.seal(binding, b"")?);
+    let raw = Aes256Gcm::new_from_slice(&[7u8; 32]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let nonce = [9u8; 12];
+
+    println!(
+        "| payload | raw AES-256-GCM + SHA-256, ns | kernel seal + unseal, ns | ratio | kernel MB/s |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for &size in SIZES {
+        let payload = vec![0x5au8; size];
+        let iterations = (64 * 1024 * 1024 / size).clamp(500, 50_000);
+        let raw_pass = || -> Result<Duration> {
+            let started = Instant::now();
+            for _ in 0..iterations {
+                let ct = raw
+                    .encrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: black_box(&payload),
+                            aad: &aad,
+                        },
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let recorded = Sha256::digest(&ct);
+                ensure!(Sha256::digest(black_box(&ct)) == recorded);
+                let pt = raw
+                    .decrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: &ct,
+                            aad: &aad,
+                        },
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                black_box(pt);
+            }
+            Ok(started.elapsed())
+        };
+        let kernel_pass = || -> Result<Duration> {
+            let started = Instant::now();
+            for _ in 0..iterations {
+                let envelope = key.seal(binding, black_box(&payload))?;
+                let pt = opener.unseal(&directory, &record, &envelope)?;
+                black_box(pt);
+            }
+            Ok(started.elapsed())
+        };
+        raw_pass()?;
+        kernel_pass()?;
+        let (mut raws, mut kernels) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            raws.push(raw_pass()?.as_secs_f64() * 1e9 / iterations as f64);
+            kernels.push(kernel_pass()?.as_secs_f64() * 1e9 / iterations as f64);
+        }
+        let (r, k) = (median(raws), median(kernels));
+        println!(
+            "| {size} B | {r:.0} | {k:.0} | {:.2} | {:.0} |",
+            k / r,
+            size as f64 / k * 1e3
+        );
+    }
+
+    // Public-key work, once per workflow and zone set (and per node on the first open).
+    let setups = 200;
+    let started = Instant::now();
+    for _ in 0..setups {
+        black_box(WorkflowKey::create(&directory, "wf-setup", &["US-EAST"])?);
+    }
+    let create = started.elapsed().as_secs_f64() * 1e6 / setups as f64;
+    let (key, record) = WorkflowKey::create(&directory, "wf-setup", &["US-EAST"])?;
+    let envelope = key.seal(binding, b"x")?;
+    let started = Instant::now();
+    for _ in 0..setups {
+        let fresh = Opener::new("bench-node", "US-EAST", node.clone());
+        black_box(fresh.unseal(&directory, &record, &envelope)?);
+    }
+    let unwrap = started.elapsed().as_secs_f64() * 1e6 / setups as f64;
+    println!();
+    println!("| per-workflow key setup (software key) | µs |");
+    println!("| --- | --- |");
+    println!("| create + wrap to 1 recipient (HPKE seal) | {create:.0} |");
+    println!("| first open on a node (HPKE open + payload) | {unwrap:.0} |");
+    Ok(())
+}

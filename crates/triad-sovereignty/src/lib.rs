@@ -1,0 +1,52 @@
+//! The sovereignty kernel: payloads sealed so that only nodes enrolled in the allowed zones
+//! can open them (`docs/sovereignty_kernel.md`, threat model in `docs/threat_model.md`).
+//!
+//! - [`hpke`]: RFC 9180 base mode, DHKEM(P-256, HKDF-SHA256), AES-256-GCM, with the
+//!   recipient's DH step behind a trait so a TPM can do it.
+//! - [`keys`]: node keys and the `file` key store.
+//! - [`directory`]: which keys are enrolled in which zone (a fold of changes).
+//! - [`envelope`]: workflow keys (public-key work once per workflow and zone set) and
+//!   per-payload envelopes (symmetric only).
+//!
+//! No network or Kafka I/O here; the file key store touches only its own directory.
+
+pub mod directory;
+pub mod envelope;
+pub mod hpke;
+pub mod keys;
+
+pub use directory::{DirectoryChange, KeyDirectory, KeyState, NodeEntry};
+pub use envelope::{
+    Binding, Envelope, FORMAT, Opener, Role, WorkflowKey, WorkflowKeyRecord, WrappedKey,
+};
+pub use keys::{FileKeyStore, NodeKey, SoftwareKey, key_id};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "sovereignty violation: node {node} in zone {zone} may not open a payload sealed to {}: {reason}",
+        envelope_zones.join(", ")
+    )]
+    SovereigntyViolation {
+        node: String,
+        zone: String,
+        envelope_zones: Vec<String>,
+        reason: String,
+    },
+    #[error("envelope {envelope_id} does not open: {reason}")]
+    Tampered { envelope_id: String, reason: String },
+    #[error("cannot unwrap the workflow key: {reason}")]
+    Unwrap { reason: String },
+    #[error("no key is enrolled in zone {zone}: nothing there could open the payloads")]
+    NoRecipients { zone: String },
+    #[error("node key: {reason}")]
+    Key { reason: String },
+    #[error("key directory: {reason}")]
+    Directory { reason: String },
+    #[error("unsupported envelope: {reason}")]
+    Format { reason: String },
+    #[error("cryptographic failure: {0}")]
+    Crypto(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
