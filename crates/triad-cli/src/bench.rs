@@ -43,6 +43,10 @@ pub struct Args {
     /// AES-256-GCM and SHA-256 work (no services needed).
     #[arg(long, conflicts_with_all = ["flow", "projection", "visibility", "fanout", "wasm"])]
     pub seal: bool,
+    /// With --seal: also measure the per-workflow key setup through the TPM this TCTI names
+    /// (e.g. swtpm:host=127.0.0.1,port=2321).
+    #[arg(long, requires = "seal")]
+    pub tpm: Option<String>,
     /// Tasks calling at once in --wasm's load pass.
     #[arg(long, default_value_t = 4)]
     pub wasm_concurrency: usize,
@@ -144,7 +148,7 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> 
         return crate::bench_flow::run(config, codec, &args.flow_args).await;
     }
     if args.seal {
-        return crate::bench_seal::run(args.rounds);
+        return crate::bench_seal::run(args.rounds, args.tpm.as_deref());
     }
     if args.wasm {
         return crate::bench_wasm::run(args.count, args.wasm_concurrency).await;

@@ -14,12 +14,14 @@ pub mod directory;
 pub mod envelope;
 pub mod hpke;
 pub mod keys;
+pub mod tpm;
 
 pub use directory::{DirectoryChange, KeyDirectory, KeyState, NodeEntry};
 pub use envelope::{
     Binding, Envelope, FORMAT, Opener, Role, WorkflowKey, WorkflowKeyRecord, WrappedKey,
 };
 pub use keys::{FileKeyStore, NodeKey, SoftwareKey, key_id};
+pub use tpm::TpmKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
