@@ -14,6 +14,7 @@ pub mod directory;
 pub mod envelope;
 pub mod hpke;
 pub mod keys;
+pub mod merkle;
 pub mod tpm;
 
 pub use directory::{DirectoryChange, KeyDirectory, KeyState, NodeEntry};
