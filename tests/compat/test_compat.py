@@ -7,6 +7,7 @@ registry through its public API; fastavro must read the golden corpus. Needs the
 """
 
 import datetime as dt
+import hashlib
 import json
 import os
 import pathlib
@@ -222,3 +223,73 @@ def test_the_broker_serves_reads_that_start_inside_a_batch():
             assert high == 50, "high watermark"
         finally:
             consumer.close()
+
+
+def _leaf(value: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + value).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _mth(leaves):
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return _node(_mth(leaves[:k]), _mth(leaves[k:]))
+
+
+def _verify(leaf, index, size, proof, root):
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn % 2 == 1 or fn == sn:
+            r = _node(p, r)
+            while fn % 2 == 0 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = _node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def test_a_third_party_recomputes_the_root_and_checks_a_proof(registry):
+    # docs/audit.md, followed with confluent-kafka and hashlib only.
+    out = subprocess.run([TRIAD, "demo"], check=True, capture_output=True, text=True).stdout
+    [inbox] = [line.split("inbox: ", 1)[1].strip() for line in out.splitlines() if "inbox: " in line]
+    prefix = inbox[: -len("triad.workflow-inbox")]
+    [workflow] = [line.split("submitted ", 1)[1].split()[0] for line in out.splitlines()
+                  if "3. submitted " in line]
+    [printed_root] = [line.split("Merkle root ", 1)[1].strip() for line in out.splitlines()
+                      if "Merkle root " in line]
+    env = dict(os.environ, TRIAD_KAFKA__TOPIC_PREFIX=prefix)
+    mine = [m for m in read_all(f"{prefix}triad.workflow-events") if m.key() == workflow.encode()]
+    mine.sort(key=lambda m: m.offset())
+    leaves = [_leaf(m.value()) for m in mine]
+    assert len(leaves) >= 8
+    assert _mth(leaves).hex() == printed_root
+    middle = AvroDeserializer(registry)(mine[len(mine) // 2].value(),
+                                        SerializationContext(mine[0].topic(), MessageField.VALUE))
+    event_id = middle["meta"]["event_id"]
+    proof = json.loads(subprocess.run([TRIAD, "audit", "prove", workflow, event_id], check=True,
+                                      capture_output=True, text=True, env=env).stdout)
+    assert proof["size"] == len(leaves) and proof["root"] == printed_root
+    [record] = [m for m in mine if m.offset() == proof["offset"]]
+    leaf = _leaf(record.value())
+    assert leaf.hex() == proof["leaf_hash"]
+    path = [bytes.fromhex(p) for p in proof["proof"]]
+    root = bytes.fromhex(proof["root"])
+    assert _verify(leaf, proof["index"], proof["size"], path, root)
+    # A changed byte in the record, or a proof for another position, does not verify.
+    assert not _verify(_leaf(record.value() + b"\x00"), proof["index"], proof["size"], path, root)
+    assert not _verify(leaf, proof["index"] ^ 1, proof["size"], path, root)

@@ -104,6 +104,16 @@ async fn run_workflow(config: &Config, codec: &Codec, workflow: &Workflow) -> Re
                 done.total_cost_micros,
                 done.models_used.join(", ")
             );
+            let chain = crate::audit::chain(config, codec, &submitted.workflow_id).await?;
+            let root: String = chain.root().iter().map(|b| format!("{b:02x}")).collect();
+            println!(
+                "6. chain of custody, recomputed from the event store: {} events, Merkle root {root}",
+                chain.leaves.len()
+            );
+            println!(
+                "   (`triad audit prove {} <event id>` proves any one of them)",
+                submitted.workflow_id
+            );
             println!("demo ok");
             Ok(())
         }

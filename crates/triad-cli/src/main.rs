@@ -1,5 +1,6 @@
 //! `triad`: the one binary. Each subcommand is a thin shell over a library crate.
 
+mod audit;
 mod bench;
 mod bench_fanout;
 mod bench_flow;
@@ -118,6 +119,11 @@ enum Command {
         #[command(subcommand)]
         command: EnvelopeCommand,
     },
+    /// The chain of custody, recomputed from the event store in Kafka (docs/audit.md).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Inspect and redrive dead letters.
     Dlq {
         #[command(subcommand)]
@@ -170,6 +176,17 @@ enum ModelsCommand {
         /// How long to wait, in seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print each event's leaf hash and the workflow's Merkle root.
+    Root { workflow_id: String },
+    /// Print the inclusion proof of one event (JSON) for a third party to check.
+    Prove {
+        workflow_id: String,
+        event_id: String,
     },
 }
 
@@ -415,6 +432,15 @@ async fn main() -> Result<()> {
             demo::run(&config, codec(&config)?, !external_workers).await?;
         }
         Command::Dlq { command } => dlq(&config, command).await?,
+        Command::Audit { command } => match command {
+            AuditCommand::Root { workflow_id } => {
+                audit::root(&config, &*codec(&config)?, &workflow_id).await?;
+            }
+            AuditCommand::Prove {
+                workflow_id,
+                event_id,
+            } => audit::prove(&config, &*codec(&config)?, &workflow_id, &event_id).await?,
+        },
         Command::Envelope { dir, command } => match command {
             EnvelopeCommand::Key { node } => envelope::key(&dir, &node)?,
             EnvelopeCommand::Seal {
