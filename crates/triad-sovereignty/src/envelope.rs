@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use hkdf::Hkdf;
+use rand::RngCore as _;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -103,7 +104,9 @@ pub struct Binding<'a> {
 
 /// The sealing side of a workflow key (held by the node that created it).
 pub struct WorkflowKey {
-    key: Zeroizing<[u8; 32]>,
+    /// HKDF-Extract(salt = workflow key id, IKM = workflow key), computed once: each
+    /// payload's data key is then a single HKDF-Expand.
+    prk: Hkdf<Sha256>,
     workflow_id: String,
     workflow_key_id: String,
     zones: Vec<String>,
@@ -172,7 +175,7 @@ impl WorkflowKey {
         };
         Ok((
             Self {
-                key,
+                prk: extract(&key, &workflow_key_id),
                 workflow_id: workflow_id.to_owned(),
                 workflow_key_id,
                 zones,
@@ -189,7 +192,7 @@ impl WorkflowKey {
     pub fn seal(&self, binding: Binding<'_>, plaintext: &[u8]) -> Result<Envelope> {
         let mut envelope = Envelope {
             format: FORMAT,
-            envelope_id: uuid::Uuid::new_v4().to_string(),
+            envelope_id: random_uuid(),
             workflow_id: self.workflow_id.clone(),
             task_id: binding.task_id.to_owned(),
             role: binding.role,
@@ -200,8 +203,8 @@ impl WorkflowKey {
             ciphertext: Vec::new(),
             ciphertext_sha256: Vec::new(),
         };
-        OsRng.fill_bytes(&mut envelope.nonce);
-        let key = data_key(&self.key, &envelope.workflow_key_id, &envelope.envelope_id)?;
+        rand::rng().fill_bytes(&mut envelope.nonce);
+        let key = data_key(&self.prk, &envelope.envelope_id)?;
         envelope.ciphertext = Aes256Gcm::new_from_slice(key.as_slice())
             .map_err(|_| Error::Crypto("data key length"))?
             .encrypt(
@@ -222,7 +225,8 @@ pub struct Opener {
     node_id: String,
     zone: String,
     key: Arc<dyn NodeKey>,
-    unwrapped: Mutex<HashMap<String, Zeroizing<[u8; 32]>>>,
+    /// Unwrapped workflow keys, as their HKDF-Extract output, by workflow key id.
+    unwrapped: Mutex<HashMap<String, Hkdf<Sha256>>>,
 }
 
 impl std::fmt::Debug for Opener {
@@ -308,7 +312,7 @@ impl Opener {
                 reason: format!("the nonce has {} bytes, not 12", envelope.nonce.len()),
             });
         }
-        let data = data_key(&key, &envelope.workflow_key_id, &envelope.envelope_id)?;
+        let data = data_key(&key, &envelope.envelope_id)?;
         let plaintext = Aes256Gcm::new_from_slice(data.as_slice())
             .map_err(|_| Error::Crypto("data key length"))?
             .decrypt(
@@ -332,7 +336,7 @@ impl Opener {
         &self,
         record: &WorkflowKeyRecord,
         violation: &dyn Fn(&str) -> Error,
-    ) -> Result<Zeroizing<[u8; 32]>> {
+    ) -> Result<Hkdf<Sha256>> {
         if let Some(k) = self
             .unwrapped
             .lock()
@@ -362,10 +366,11 @@ impl Opener {
             });
         }
         key.copy_from_slice(&plain);
+        let prk = extract(&key, &record.workflow_key_id);
         if let Ok(mut c) = self.unwrapped.lock() {
-            c.insert(record.workflow_key_id.clone(), key.clone());
+            c.insert(record.workflow_key_id.clone(), prk.clone());
         }
-        Ok(key)
+        Ok(prk)
     }
 
     /// Drops a cached workflow key (crypto-shredding: once its record is destroyed too,
@@ -416,22 +421,35 @@ pub fn wrap_info(workflow_id: &str, workflow_key_id: &str, zones: &[String]) -> 
     out
 }
 
+/// HKDF-Extract(salt = workflow key id, IKM = workflow key): the part of every data key's
+/// derivation that is the same for the whole workflow key.
+fn extract(workflow_key: &[u8; 32], workflow_key_id: &str) -> Hkdf<Sha256> {
+    Hkdf::<Sha256>::new(Some(workflow_key_id.as_bytes()), workflow_key)
+}
+
 /// The data key of one envelope: HKDF-SHA256 (salt = workflow key id, IKM = workflow key,
-/// info = "TRIAD-DATA-KEY" || format || len-prefixed envelope id), 32 bytes.
-fn data_key(
-    workflow_key: &[u8; 32],
-    workflow_key_id: &str,
-    envelope_id: &str,
-) -> Result<Zeroizing<[u8; 32]>> {
+/// info = "TRIAD-DATA-KEY" || format || len-prefixed envelope id), 32 bytes; `prk` is the
+/// workflow key's [`extract`].
+fn data_key(prk: &Hkdf<Sha256>, envelope_id: &str) -> Result<Zeroizing<[u8; 32]>> {
     let mut info = Vec::with_capacity(64);
     info.extend_from_slice(b"TRIAD-DATA-KEY");
     info.push(FORMAT);
     put(&mut info, envelope_id.as_bytes());
     let mut key = Zeroizing::new([0u8; 32]);
-    Hkdf::<Sha256>::new(Some(workflow_key_id.as_bytes()), workflow_key)
-        .expand(&info, key.as_mut_slice())
+    prk.expand(&info, key.as_mut_slice())
         .map_err(|_| Error::Crypto("HKDF expand length"))?;
     Ok(key)
+}
+
+/// A random (version 4) UUID from the thread's CSPRNG (ChaCha, seeded from the OS): envelope
+/// ids must never repeat under one workflow key, and a system call per payload is the
+/// per-payload path's largest fixed cost.
+fn random_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 mod hex_bytes {
