@@ -11,6 +11,7 @@ mod bench_wasm;
 mod client;
 mod demo;
 mod envelope;
+mod keys;
 mod models;
 mod workers;
 
@@ -119,6 +120,11 @@ enum Command {
         #[command(subcommand)]
         command: EnvelopeCommand,
     },
+    /// Node keys and the operator-signed key directory (`triad.key-directory`).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The chain of custody, recomputed from the event store in Kafka (docs/audit.md).
     Audit {
         #[command(subcommand)]
@@ -177,6 +183,51 @@ enum ModelsCommand {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create the operator's signing key (a file, mode 0600) and print its public key.
+    OperatorInit {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Print a node's public key, creating it in the key store (sovereignty.key_dir, or a TPM).
+    NodeKey {
+        #[arg(long)]
+        node: String,
+        /// Use the TPM this TCTI names (e.g. swtpm:host=127.0.0.1,port=2321).
+        #[arg(long)]
+        tpm: Option<String>,
+    },
+    /// Enrol a node's key in a zone (signed with the operator key).
+    Enrol {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        zone: String,
+        /// The node's public key (hex), as `triad keys node-key` prints it.
+        #[arg(long)]
+        public_key: String,
+        #[arg(long)]
+        operator_key: std::path::PathBuf,
+    },
+    /// Retire a key (rotation): nothing new is wrapped to it; it still opens what was.
+    Retire {
+        #[arg(long)]
+        key_id: String,
+        #[arg(long)]
+        operator_key: std::path::PathBuf,
+    },
+    /// Revoke a key: nothing new is wrapped to it and nodes refuse to open with it.
+    Revoke {
+        #[arg(long)]
+        key_id: String,
+        #[arg(long)]
+        operator_key: std::path::PathBuf,
+    },
+    /// Verify the whole directory against sovereignty.operator_public_key and list its keys.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -432,6 +483,38 @@ async fn main() -> Result<()> {
             demo::run(&config, codec(&config)?, !external_workers).await?;
         }
         Command::Dlq { command } => dlq(&config, command).await?,
+        Command::Keys { command } => match command {
+            KeysCommand::OperatorInit { out } => keys::operator_init(&out)?,
+            KeysCommand::NodeKey { node, tpm } => keys::node_key(&config, &node, tpm.as_deref())?,
+            KeysCommand::Enrol {
+                node,
+                zone,
+                public_key,
+                operator_key,
+            } => {
+                let change = triad_sovereignty::DirectoryChange::Enrolled {
+                    node_id: node,
+                    zone,
+                    public_key,
+                };
+                keys::append(&config, &*codec(&config)?, &operator_key, change).await?;
+            }
+            KeysCommand::Retire {
+                key_id,
+                operator_key,
+            } => {
+                let change = triad_sovereignty::DirectoryChange::Retired { key_id };
+                keys::append(&config, &*codec(&config)?, &operator_key, change).await?;
+            }
+            KeysCommand::Revoke {
+                key_id,
+                operator_key,
+            } => {
+                let change = triad_sovereignty::DirectoryChange::Revoked { key_id };
+                keys::append(&config, &*codec(&config)?, &operator_key, change).await?;
+            }
+            KeysCommand::List => keys::list(&config, &*codec(&config)?).await?,
+        },
         Command::Audit { command } => match command {
             AuditCommand::Root { workflow_id } => {
                 audit::root(&config, &*codec(&config)?, &workflow_id).await?;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
-    ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, ModelRegistration, TaskRequest,
-    WorkflowEvent, WorkflowSnapshot,
+    ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, KeyDirectoryChange, ModelRegistration,
+    TaskRequest, WorkflowEvent, WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -21,6 +21,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (ExecutorStatus::NAME, ExecutorStatus::AVSC),
     (WorkflowSnapshot::NAME, WorkflowSnapshot::AVSC),
     (ModelRegistration::NAME, ModelRegistration::AVSC),
+    (KeyDirectoryChange::NAME, KeyDirectoryChange::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -69,6 +70,11 @@ impl AvroRecord for WorkflowSnapshot {
 impl AvroRecord for ModelRegistration {
     const NAME: &'static str = "io.triad.v1.ModelRegistration";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ModelRegistration.avsc");
+}
+
+impl AvroRecord for KeyDirectoryChange {
+    const NAME: &'static str = "io.triad.v1.KeyDirectoryChange";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.KeyDirectoryChange.avsc");
 }
 
 /// The parsed reader schemas, parsed once at start-up.

@@ -138,6 +138,11 @@ fn model_registration_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn key_directory_schema_evolves_backward_transitively() {
+    gate(&fixtures::key_directory_changes());
+}
+
+#[test]
 fn snapshot_schema_evolves_backward_transitively() {
     gate(&fixtures::workflow_snapshots());
 }

@@ -47,6 +47,9 @@ fn every_fixture_round_trips() {
     for r in fixtures::model_registrations() {
         round_trip(&r);
     }
+    for c in fixtures::key_directory_changes() {
+        round_trip(&c);
+    }
 }
 
 #[test]
@@ -244,6 +247,7 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&[fixtures::control_record()]) >= 2);
     assert!(defaults_fill(&fixtures::executor_statuses()) >= 3);
     assert!(defaults_fill(&fixtures::model_registrations()) >= 3);
+    assert!(defaults_fill(&fixtures::key_directory_changes()) >= 1);
 }
 
 #[test]

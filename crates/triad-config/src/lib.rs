@@ -54,6 +54,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub processor: ProcessorConfig,
     pub executor: ExecutorConfig,
+    pub sovereignty: SovereigntyConfig,
     /// The model catalogue, by model id. Defaults to the embedded `triad-local` model;
     /// providers whose key variables are set (`AETHERAI_URL`, `GROK_API_KEY`,
     /// `KIMI_API_KEY`, `CLAUDE_API_KEY`) are added by `triad-models` at start-up.
@@ -386,6 +387,27 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Node keys and the key directory (`docs/sovereignty_kernel.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SovereigntyConfig {
+    /// The `file` key store: node keys live here, one `<node id>.key` file each (0600).
+    pub key_dir: PathBuf,
+    /// The operator key that signs the key directory: its public key, hex (uncompressed
+    /// SEC1, 130 characters). Readers refuse directory changes it did not sign. Unset: the
+    /// directory cannot be read.
+    pub operator_public_key: Option<String>,
+}
+
+impl Default for SovereigntyConfig {
+    fn default() -> Self {
+        Self {
+            key_dir: PathBuf::from(".triad/keys"),
+            operator_public_key: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -416,6 +438,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             processor: ProcessorConfig::default(),
             executor: ExecutorConfig::default(),
+            sovereignty: SovereigntyConfig::default(),
             models: BTreeMap::from([("triad-local".to_owned(), ModelConfig::embedded())]),
         }
     }
@@ -627,6 +650,16 @@ impl Config {
                 });
             }
         }
+        if let Some(pk) = &self.sovereignty.operator_public_key
+            && !(pk.len() == 130
+                && pk.starts_with("04")
+                && pk.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return invalid(
+                "sovereignty.operator_public_key",
+                "expected an uncompressed P-256 point in hex (130 characters starting with 04)",
+            );
+        }
         if self.executor.max_in_flight == 0 {
             return invalid("executor.max_in_flight", "must be at least 1");
         }
@@ -762,6 +795,10 @@ mod tests {
                 ),
                 ("policy.zones=[\"us east\"]", "policy.zones"),
                 ("executor.max_in_flight=0", "executor.max_in_flight"),
+                (
+                    "sovereignty.operator_public_key=\"04zz\"",
+                    "sovereignty.operator_public_key",
+                ),
                 ("projection.schema=Read-Models", "projection.schema"),
                 (
                     "projection.batch_max_records=0",

@@ -7,13 +7,14 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     AdapterInstall, BlobRef, BreakerState, BreakerTransition, CancelWorkflow, Causation,
-    CommandMetadata, ControlAction, ControlRecord, DeadLetter, DeadLetterHeader, EpochMarker,
-    EventBody, EventMetadata, ExecutorStatus, Heartbeat, InboxBody, InboxRecord, ModelCall,
-    ModelRegistration, RoutingDecision, SnapshotBody, SnapshotCheckpoint, SnapshotState,
-    StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome,
-    TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped,
-    TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted,
-    WorkflowEvent, WorkflowFailed, WorkflowRejected, WorkflowSnapshot, derive_event_id,
+    CommandMetadata, ControlAction, ControlRecord, DeadLetter, DeadLetterHeader, DirectoryBody,
+    EpochMarker, EventBody, EventMetadata, ExecutorStatus, Heartbeat, InboxBody, InboxRecord,
+    KeyDirectoryChange, ModelCall, ModelRegistration, NodeEnrolled, NodeKeyRetired, NodeKeyRevoked,
+    RoutingDecision, SnapshotBody, SnapshotCheckpoint, SnapshotState, StatusBody, SubmitWorkflow,
+    TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded,
+    TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired,
+    TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent,
+    WorkflowFailed, WorkflowRejected, WorkflowSnapshot, derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -423,4 +424,39 @@ pub fn dead_letter() -> DeadLetter {
             .to_owned(),
         failed_at: EPOCH_2026_MICROS,
     }
+}
+
+/// One signed directory change of every kind (signatures are placeholders: the codec does not
+/// check them; `triad-sovereignty` does).
+pub fn key_directory_changes() -> Vec<KeyDirectoryChange> {
+    let change = |sequence, change| KeyDirectoryChange {
+        sequence,
+        previous: "0".repeat(64),
+        change,
+        signer: "5e0f3c2a9b8d7e6f5e0f3c2a9b8d7e6f".to_owned(),
+        signature: "ab".repeat(64),
+        schema_version: 1,
+    };
+    vec![
+        change(
+            1,
+            DirectoryBody::NodeEnrolled(NodeEnrolled {
+                node_id: "US-EAST-0".to_owned(),
+                zone: "US-EAST".to_owned(),
+                public_key: format!("04{}", "11".repeat(64)),
+            }),
+        ),
+        change(
+            2,
+            DirectoryBody::NodeKeyRetired(NodeKeyRetired {
+                key_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            }),
+        ),
+        change(
+            3,
+            DirectoryBody::NodeKeyRevoked(NodeKeyRevoked {
+                key_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            }),
+        ),
+    ]
 }

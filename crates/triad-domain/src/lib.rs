@@ -11,6 +11,7 @@ pub mod dead_letter;
 pub mod event;
 pub mod fixtures;
 pub mod ids;
+pub mod key_directory;
 pub mod snapshot;
 pub mod task;
 
@@ -30,6 +31,9 @@ pub use event::{
     WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected,
 };
 pub use ids::{derive_event_id, new_command_id};
+pub use key_directory::{
+    DirectoryBody, KeyDirectoryChange, NodeEnrolled, NodeKeyRetired, NodeKeyRevoked,
+};
 pub use snapshot::{
     EpochMarker, SnapshotBody, SnapshotCheckpoint, SnapshotState, WorkflowSnapshot,
 };

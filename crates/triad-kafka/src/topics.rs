@@ -19,6 +19,7 @@ pub const TASKS_PREFIX: &str = "triad.tasks.";
 pub const EXECUTOR_STATUS: &str = "triad.executor-status";
 pub const SNAPSHOTS: &str = "triad.workflow-snapshots";
 pub const MODELS: &str = "triad.models";
+pub const KEY_DIRECTORY: &str = "triad.key-directory";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -32,6 +33,7 @@ pub struct Names {
     pub executor_status: String,
     pub snapshots: String,
     pub models: String,
+    pub key_directory: String,
     prefix: String,
 }
 
@@ -46,6 +48,7 @@ impl Names {
             executor_status: format!("{p}{EXECUTOR_STATUS}"),
             snapshots: format!("{p}{SNAPSHOTS}"),
             models: format!("{p}{MODELS}"),
+            key_directory: format!("{p}{KEY_DIRECTORY}"),
             prefix: p.clone(),
         }
     }
@@ -156,6 +159,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: 1,
             retention: Retention::Compacted,
             purpose: "the model registry: each model's current registration (its component), key = model id",
+        },
+        TopicSpec {
+            name: names.key_directory,
+            partitions: 1,
+            retention: Retention::Forever,
+            purpose: "the key directory: operator-signed, chained enrolments and revocations of node keys",
         },
         TopicSpec {
             name: names.executor_status,

@@ -104,6 +104,11 @@ impl KeyDirectory {
         Ok(())
     }
 
+    /// Every key ever enrolled, by key id.
+    pub fn entries(&self) -> impl Iterator<Item = &NodeEntry> {
+        self.entries.values()
+    }
+
     pub fn get(&self, key_id: &str) -> Option<&NodeEntry> {
         self.entries.get(key_id)
     }
@@ -168,5 +173,295 @@ mod tests {
             d.apply(&enrol("e3", "US-EAST", &a)).is_err(),
             "no re-enrolment of a key"
         );
+    }
+}
+
+/// A directory change as the operator signed it: a gap-free sequence, chained to the previous
+/// change by hash, so a removed, reordered, altered or foreign change is detected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedChange {
+    pub sequence: u64,
+    /// Hex SHA-256 of the previous change's signed bytes (64 zeros before the first).
+    pub previous: String,
+    pub change: DirectoryChange,
+    /// Key id of the operator key that signed.
+    pub signer: String,
+    /// Hex ECDSA P-256 / SHA-256 signature, `r || s`, over [`SignedChange::signed_bytes`].
+    pub signature: String,
+}
+
+impl SignedChange {
+    /// `"TRIAD-DIRECTORY" || u8(1) || u64(sequence) || previous (32 bytes) || change`, where the
+    /// change is `u8(1) || lp(node_id) || lp(zone) || lp(public key, 65 bytes)` for an
+    /// enrolment, `u8(2) || lp(key_id)` for a retirement, `u8(3) || lp(key_id)` for a
+    /// revocation (`docs/sovereignty_kernel.md`).
+    pub fn signed_bytes(&self) -> Result<Vec<u8>> {
+        signed_bytes(self.sequence, &self.previous, &self.change)
+    }
+}
+
+fn lp(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn signed_bytes(sequence: u64, previous: &str, change: &DirectoryChange) -> Result<Vec<u8>> {
+    let prev = unhex(previous)
+        .filter(|p| p.len() == 32)
+        .ok_or_else(|| Error::Directory {
+            reason: format!("change {sequence}: previous is not a 32-byte hex hash"),
+        })?;
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"TRIAD-DIRECTORY");
+    out.push(1);
+    out.extend_from_slice(&sequence.to_be_bytes());
+    out.extend_from_slice(&prev);
+    match change {
+        DirectoryChange::Enrolled {
+            node_id,
+            zone,
+            public_key,
+        } => {
+            let pk = unhex(public_key).ok_or_else(|| Error::Directory {
+                reason: format!("change {sequence}: public_key is not hex"),
+            })?;
+            out.push(1);
+            lp(&mut out, node_id.as_bytes());
+            lp(&mut out, zone.as_bytes());
+            lp(&mut out, &pk);
+        }
+        DirectoryChange::Retired { key_id } => {
+            out.push(2);
+            lp(&mut out, key_id.as_bytes());
+        }
+        DirectoryChange::Revoked { key_id } => {
+            out.push(3);
+            lp(&mut out, key_id.as_bytes());
+        }
+    }
+    Ok(out)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    crate::keys::hex(&Sha256::digest(bytes))
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The operator's side: signs changes in order.
+#[derive(Debug)]
+pub struct DirectoryWriter<'a> {
+    operator: &'a dyn crate::signing::Signer,
+    sequence: u64,
+    head: String,
+}
+
+impl<'a> DirectoryWriter<'a> {
+    /// Continues after `sequence` changes whose last signed bytes hash to `head` (0 and
+    /// `None` for a new directory).
+    pub fn new(
+        operator: &'a dyn crate::signing::Signer,
+        sequence: u64,
+        head: Option<String>,
+    ) -> Self {
+        Self {
+            operator,
+            sequence,
+            head: head.unwrap_or_else(|| GENESIS.to_owned()),
+        }
+    }
+
+    pub fn sign(&mut self, change: DirectoryChange) -> Result<SignedChange> {
+        let sequence = self.sequence + 1;
+        let bytes = signed_bytes(sequence, &self.head, &change)?;
+        let signature = crate::keys::hex(&self.operator.sign(&bytes)?);
+        let signed = SignedChange {
+            sequence,
+            previous: self.head.clone(),
+            change,
+            signer: self.operator.key_id().to_owned(),
+            signature,
+        };
+        self.sequence = sequence;
+        self.head = sha256_hex(&bytes);
+        Ok(signed)
+    }
+}
+
+/// The directory as a reader folds it: every change must be the next in sequence, chained to
+/// the previous one and signed by the operator key.
+#[derive(Debug, Clone)]
+pub struct SignedDirectory {
+    operator: PublicKey,
+    operator_id: String,
+    directory: KeyDirectory,
+    sequence: u64,
+    head: String,
+}
+
+impl SignedDirectory {
+    pub fn new(operator: PublicKey) -> Self {
+        Self {
+            operator_id: key_id(&operator),
+            operator,
+            directory: KeyDirectory::default(),
+            sequence: 0,
+            head: GENESIS.to_owned(),
+        }
+    }
+
+    pub fn directory(&self) -> &KeyDirectory {
+        &self.directory
+    }
+
+    /// The number of changes applied and the hash they chain to.
+    pub fn head(&self) -> (u64, &str) {
+        (self.sequence, &self.head)
+    }
+
+    pub fn apply(&mut self, signed: &SignedChange) -> Result<()> {
+        let refuse = |reason: String| Error::Directory {
+            reason: format!("change {}: {reason}", signed.sequence),
+        };
+        if signed.signer != self.operator_id {
+            return Err(refuse(format!(
+                "signed by key {}, not by the operator key {}",
+                signed.signer, self.operator_id
+            )));
+        }
+        if signed.sequence != self.sequence + 1 {
+            return Err(refuse(format!(
+                "expected change {} (a change is missing, repeated or out of order)",
+                self.sequence + 1
+            )));
+        }
+        if signed.previous != self.head {
+            return Err(refuse(
+                "does not chain to the previous change (one was removed or altered)".to_owned(),
+            ));
+        }
+        let bytes = signed.signed_bytes()?;
+        if !crate::signing::verify(&self.operator, &bytes, &signed.signature) {
+            return Err(refuse(
+                "the operator's signature does not verify".to_owned(),
+            ));
+        }
+        self.directory.apply(&signed.change)?;
+        self.sequence = signed.sequence;
+        self.head = sha256_hex(&bytes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod signed_tests {
+    use super::*;
+    use crate::hpke::public_bytes;
+    use crate::keys::{NodeKey, SoftwareKey, hex};
+    use crate::signing::{Signer, SoftwareSigner};
+
+    fn enrol(node: &str, zone: &str) -> (SoftwareKey, DirectoryChange) {
+        let key = SoftwareKey::generate();
+        let change = DirectoryChange::Enrolled {
+            node_id: node.into(),
+            zone: zone.into(),
+            public_key: hex(&public_bytes(key.public())),
+        };
+        (key, change)
+    }
+
+    fn chain(operator: &SoftwareSigner) -> (Vec<SignedChange>, Vec<SoftwareKey>) {
+        let mut w = DirectoryWriter::new(operator, 0, None);
+        let (a, ea) = enrol("a", "US-EAST");
+        let (b, eb) = enrol("b", "US-WEST");
+        let (c, ec) = enrol("c", "EU-WEST");
+        let revoke = DirectoryChange::Revoked {
+            key_id: b.key_id().to_owned(),
+        };
+        let changes = [ea, eb, ec, revoke]
+            .into_iter()
+            .map(|c| w.sign(c).unwrap())
+            .collect();
+        (changes, vec![a, b, c])
+    }
+
+    fn fold(operator: &SoftwareSigner, changes: &[SignedChange]) -> Result<SignedDirectory> {
+        let mut d = SignedDirectory::new(*operator.public());
+        for c in changes {
+            d.apply(c)?;
+        }
+        Ok(d)
+    }
+
+    #[test]
+    fn an_operator_signed_chain_folds_into_the_directory() {
+        let operator = SoftwareSigner::generate();
+        let (changes, keys) = chain(&operator);
+        let d = fold(&operator, &changes).unwrap();
+        assert_eq!(d.head().0, 4);
+        assert_eq!(
+            d.directory().get(keys[1].key_id()).unwrap().state,
+            KeyState::Revoked
+        );
+        assert_eq!(d.directory().recipients("EU-WEST").count(), 1);
+        // A writer continuing from the head extends the same chain.
+        let mut w = DirectoryWriter::new(&operator, 4, Some(d.head().1.to_owned()));
+        let (_, more) = enrol("d", "US-EAST");
+        let mut d = d;
+        d.apply(&w.sign(more).unwrap()).unwrap();
+        assert_eq!(d.directory().recipients("US-EAST").count(), 2);
+    }
+
+    #[test]
+    fn an_altered_removed_reordered_repeated_or_foreign_change_is_refused() {
+        let operator = SoftwareSigner::generate();
+        let (changes, _) = chain(&operator);
+        let err = |changes: &[SignedChange]| fold(&operator, changes).unwrap_err().to_string();
+
+        let mut altered = changes.clone();
+        if let DirectoryChange::Enrolled { zone, .. } = &mut altered[2].change {
+            *zone = "US-EAST".into(); // smuggle an EU node into CONUS
+        }
+        assert!(
+            err(&altered).contains("signature does not verify"),
+            "{}",
+            err(&altered)
+        );
+
+        let mut removed = changes.clone();
+        removed.remove(1);
+        assert!(
+            err(&removed).contains("expected change 2"),
+            "{}",
+            err(&removed)
+        );
+
+        let mut renumbered = changes.clone();
+        renumbered.remove(1);
+        renumbered[1].sequence = 2;
+        assert!(
+            err(&renumbered).contains("does not chain"),
+            "{}",
+            err(&renumbered)
+        );
+
+        let mut reordered = changes.clone();
+        reordered.swap(0, 1);
+        assert!(err(&reordered).contains("expected change 1"));
+
+        let mut repeated = changes.clone();
+        repeated.insert(1, changes[0].clone());
+        assert!(err(&repeated).contains("expected change 2"));
+
+        let rogue = SoftwareSigner::generate();
+        let (forged, _) = chain(&rogue);
+        assert!(err(&forged).contains("not by the operator key"));
+        let mut resigned = forged.clone();
+        for c in &mut resigned {
+            c.signer = operator.key_id().to_owned();
+        }
+        assert!(err(&resigned).contains("signature does not verify"));
     }
 }

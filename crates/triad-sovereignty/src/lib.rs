@@ -15,9 +15,13 @@ pub mod envelope;
 pub mod hpke;
 pub mod keys;
 pub mod merkle;
+pub mod signing;
 pub mod tpm;
 
-pub use directory::{DirectoryChange, KeyDirectory, KeyState, NodeEntry};
+pub use directory::{
+    DirectoryChange, DirectoryWriter, KeyDirectory, KeyState, NodeEntry, SignedChange,
+    SignedDirectory,
+};
 pub use envelope::{
     Binding, Envelope, FORMAT, Opener, Role, WorkflowKey, WorkflowKeyRecord, WrappedKey,
 };

@@ -1,0 +1,252 @@
+//! `triad keys`: node keys and the operator-signed key directory on `triad.key-directory`
+//! (docs/sovereignty_kernel.md). The operator holds the signing key (a file here, kept off
+//! the nodes); every reader verifies each change against `sovereignty.operator_public_key`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rdkafka::message::Message;
+use triad_codec::Codec;
+use triad_config::Config;
+use triad_domain::{
+    DirectoryBody, KeyDirectoryChange, NodeEnrolled, NodeKeyRetired, NodeKeyRevoked,
+};
+use triad_kafka::topics::Names;
+use triad_sovereignty::signing::{Signer, SoftwareSigner};
+use triad_sovereignty::{
+    DirectoryChange, DirectoryWriter, FileKeyStore, KeyState, NodeKey, SignedChange,
+    SignedDirectory, TpmKey,
+};
+
+/// The record key of every directory change (one partition, one chain).
+const KEY: &str = "directory";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn public_hex(key: &p256::PublicKey) -> String {
+    hex(&triad_sovereignty::hpke::public_bytes(key))
+}
+
+fn parse_public(hex_key: &str, what: &str) -> Result<p256::PublicKey> {
+    let bytes: Vec<u8> = (0..hex_key.len())
+        .step_by(2)
+        .map(|i| {
+            hex_key
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .with_context(|| format!("{what} is not hex"))?;
+    p256::PublicKey::from_sec1_bytes(&bytes)
+        .ok()
+        .with_context(|| format!("{what} is not a P-256 public key"))
+}
+
+/// Creates the operator's signing key at `out` (mode 0600, never overwritten).
+pub fn operator_init(out: &Path) -> Result<()> {
+    let signer = SoftwareSigner::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(out).with_context(|| {
+        format!(
+            "creating {} (an existing key is never overwritten)",
+            out.display()
+        )
+    })?;
+    file.write_all(signer.scalar_hex().as_bytes())?;
+    file.sync_all()?;
+    println!(
+        "operator key written to {} (keep it off the nodes)",
+        out.display()
+    );
+    println!("key id {}", signer.key_id());
+    println!("configure every node with:");
+    println!(
+        "  sovereignty.operator_public_key = \"{}\"",
+        public_hex(signer.public())
+    );
+    Ok(())
+}
+
+fn load_operator(path: &Path) -> Result<SoftwareSigner> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the operator key {}", path.display()))?;
+    let bytes: Vec<u8> = (0..text.trim().len())
+        .step_by(2)
+        .map(|i| {
+            text.trim()
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .with_context(|| format!("{}: not hex", path.display()))?;
+    Ok(SoftwareSigner::from_scalar(&bytes)?)
+}
+
+/// Prints a node's public key and key id, creating the key in its store when needed.
+pub fn node_key(config: &Config, node: &str, tpm: Option<&str>) -> Result<()> {
+    let (public, key_id) = match tpm {
+        Some(tcti) => {
+            let key = TpmKey::open(tcti, triad_sovereignty::tpm::DEFAULT_HANDLE)?;
+            (*key.public(), key.key_id().to_owned())
+        }
+        None => {
+            let key = FileKeyStore::new(&config.sovereignty.key_dir).load_or_create(node)?;
+            (*key.public(), key.key_id().to_owned())
+        }
+    };
+    println!("node {node}: key id {key_id}");
+    println!("public key {}", public_hex(&public));
+    Ok(())
+}
+
+fn to_signed(r: KeyDirectoryChange) -> Result<SignedChange> {
+    let change = match r.change {
+        DirectoryBody::NodeEnrolled(e) => DirectoryChange::Enrolled {
+            node_id: e.node_id,
+            zone: e.zone,
+            public_key: e.public_key,
+        },
+        DirectoryBody::NodeKeyRetired(k) => DirectoryChange::Retired { key_id: k.key_id },
+        DirectoryBody::NodeKeyRevoked(k) => DirectoryChange::Revoked { key_id: k.key_id },
+    };
+    Ok(SignedChange {
+        sequence: u64::try_from(r.sequence).context("a negative sequence")?,
+        previous: r.previous,
+        change,
+        signer: r.signer,
+        signature: r.signature,
+    })
+}
+
+fn to_record(s: SignedChange) -> Result<KeyDirectoryChange> {
+    let change = match s.change {
+        DirectoryChange::Enrolled {
+            node_id,
+            zone,
+            public_key,
+        } => DirectoryBody::NodeEnrolled(NodeEnrolled {
+            node_id,
+            zone,
+            public_key,
+        }),
+        DirectoryChange::Retired { key_id } => {
+            DirectoryBody::NodeKeyRetired(NodeKeyRetired { key_id })
+        }
+        DirectoryChange::Revoked { key_id } => {
+            DirectoryBody::NodeKeyRevoked(NodeKeyRevoked { key_id })
+        }
+    };
+    Ok(KeyDirectoryChange {
+        sequence: i64::try_from(s.sequence)?,
+        previous: s.previous,
+        change,
+        signer: s.signer,
+        signature: s.signature,
+        schema_version: 1,
+    })
+}
+
+/// Folds `triad.key-directory`, verifying every change against `operator`.
+pub async fn read(
+    config: &Config,
+    codec: &Codec,
+    operator: p256::PublicKey,
+) -> Result<SignedDirectory> {
+    let topic = Names::new(&config.kafka).key_directory;
+    let records = triad_kafka::consume::read_all(&config.kafka, &topic, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("reading {topic}"))?;
+    let mut directory = SignedDirectory::new(operator);
+    for m in records {
+        let record: KeyDirectoryChange = codec
+            .decode(m.payload())
+            .await
+            .with_context(|| format!("{topic}@{}: undecodable change", m.offset()))?;
+        directory
+            .apply(&to_signed(record)?)
+            .with_context(|| format!("{topic}@{}: refused", m.offset()))?;
+    }
+    Ok(directory)
+}
+
+fn configured_operator(config: &Config) -> Result<p256::PublicKey> {
+    let Some(pk) = &config.sovereignty.operator_public_key else {
+        bail!("sovereignty.operator_public_key is not set (`triad keys operator-init` prints it)");
+    };
+    parse_public(pk, "sovereignty.operator_public_key")
+}
+
+/// Signs `change` as the next change of the directory and appends it.
+pub async fn append(
+    config: &Config,
+    codec: &Codec,
+    operator_key: &Path,
+    change: DirectoryChange,
+) -> Result<()> {
+    let operator = load_operator(operator_key)?;
+    if let Some(pk) = &config.sovereignty.operator_public_key
+        && parse_public(pk, "sovereignty.operator_public_key")? != *operator.public()
+    {
+        bail!(
+            "{} is not the operator key the configuration names (sovereignty.operator_public_key)",
+            operator_key.display()
+        );
+    }
+    if let DirectoryChange::Enrolled {
+        zone, public_key, ..
+    } = &change
+    {
+        if !config.policy.zones.contains(zone) {
+            bail!(
+                "zone {zone} is not in policy.zones ({})",
+                config.policy.zones.join(", ")
+            );
+        }
+        parse_public(public_key, "--public-key")?;
+    }
+    let current = read(config, codec, *operator.public()).await?;
+    let (sequence, head) = current.head();
+    let mut writer = DirectoryWriter::new(&operator, sequence, Some(head.to_owned()));
+    let mut next = current.clone();
+    let signed = writer.sign(change)?;
+    // Applying it locally first refuses what the readers would refuse (e.g. a second
+    // enrolment of a key, a change to an unknown or revoked key).
+    next.apply(&signed)?;
+    let sequence = signed.sequence;
+    let topic = Names::new(&config.kafka).key_directory;
+    let producer = triad_kafka::produce::Producer::new(&config.kafka)?;
+    let delivered = producer
+        .send_record(codec, &topic, None, KEY, &to_record(signed)?)
+        .await?;
+    println!(
+        "change {sequence} signed and appended to {topic}@{}",
+        delivered.offset
+    );
+    Ok(())
+}
+
+/// Prints every key of the directory with its zone and state.
+pub async fn list(config: &Config, codec: &Codec) -> Result<()> {
+    let directory = read(config, codec, configured_operator(config)?).await?;
+    let (sequence, head) = directory.head();
+    println!("key directory: {sequence} changes, all signed by the operator; head {head}");
+    for e in directory.directory().entries() {
+        let state = match e.state {
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+            KeyState::Revoked => "revoked",
+        };
+        println!("  {:<12} {:<16} {}  {state}", e.zone, e.node_id, e.key_id);
+    }
+    Ok(())
+}
