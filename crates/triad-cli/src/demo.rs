@@ -151,7 +151,7 @@ pub async fn submit_file(
 ) -> Result<()> {
     let workflow = read_workflow(file)?;
     let catalogue = crate::workers::catalogue(config).await?;
-    let policy = triad_processor::policy_from(&config.policy, &catalogue.ids());
+    let policy = triad_processor::policy_from(&config.policy, &crate::workers::offers(&catalogue));
     let ctx = triad_workflow::Context {
         zones: &policy.zones,
         groups: &policy.groups,

@@ -15,6 +15,22 @@ pub async fn catalogue(config: &Config) -> Result<Catalogue> {
     Ok(triad_wasm::load_catalogue(&config.models, |v| std::env::var(v).ok(), wasm_host()?).await?)
 }
 
+/// What each model of the catalogue offers, for validating workflows at submission.
+pub fn offers(catalogue: &Catalogue) -> Vec<triad_workflow::ModelOffer> {
+    catalogue
+        .models
+        .values()
+        .map(|m| {
+            let f = m.capabilities();
+            triad_workflow::ModelOffer {
+                id: f.id.clone(),
+                zones: f.zones.clone(),
+                specialties: f.specialties.clone(),
+            }
+        })
+        .collect()
+}
+
 /// One wasmtime engine per process (its pooling allocator reserves the instance slots).
 pub fn wasm_host() -> Result<&'static triad_wasm::WasmHost> {
     static HOST: std::sync::OnceLock<triad_wasm::WasmHost> = std::sync::OnceLock::new();
@@ -32,7 +48,7 @@ pub fn processor_options(
 ) -> triad_processor::Options {
     triad_processor::Options {
         kafka: config.kafka.clone(),
-        policy: triad_processor::policy_from(&config.policy, &catalogue.ids()),
+        policy: triad_processor::policy_from(&config.policy, &crate::workers::offers(catalogue)),
         timing: config.processor.clone(),
         instance,
     }
@@ -134,7 +150,7 @@ pub async fn api(
         codec,
         producer: triad_kafka::produce::Producer::new(&config.kafka)?,
         pool,
-        policy: triad_processor::policy_from(&config.policy, &catalogue.ids()),
+        policy: triad_processor::policy_from(&config.policy, &crate::workers::offers(&catalogue)),
         registry_url: config.registry.url.clone(),
         changes: tokio::sync::broadcast::channel(64).0,
         hub: triad_api::stream::EventHub::default(),

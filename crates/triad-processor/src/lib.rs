@@ -83,7 +83,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The aggregate's policy from the configured sovereignty policy and model catalogue (the
 /// sovereignty issue makes the policy event-sourced and versioned).
-pub fn policy_from(policy: &PolicyConfig, models: &[String]) -> Policy {
+pub fn policy_from(policy: &PolicyConfig, models: &[triad_workflow::ModelOffer]) -> Policy {
     Policy {
         zones: policy.zones.clone(),
         groups: policy
@@ -91,7 +91,7 @@ pub fn policy_from(policy: &PolicyConfig, models: &[String]) -> Policy {
             .iter()
             .map(|(g, zs)| (g.clone(), zs.clone()))
             .collect(),
-        default_model: models.first().cloned().unwrap_or_default(),
+        default_model: models.first().map(|m| m.id.clone()).unwrap_or_default(),
         models: Some(models.to_vec()),
         limits: Limits::default(),
     }
@@ -99,7 +99,14 @@ pub fn policy_from(policy: &PolicyConfig, models: &[String]) -> Policy {
 
 /// The policy of the default configuration.
 pub fn default_policy() -> Policy {
-    policy_from(&PolicyConfig::default(), &["triad-local".to_owned()])
+    policy_from(
+        &PolicyConfig::default(),
+        &[triad_workflow::ModelOffer {
+            id: "triad-local".to_owned(),
+            zones: Vec::new(),
+            specialties: Vec::new(),
+        }],
+    )
 }
 
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ pub struct Policy {
     pub zones: Vec<String>,
     pub groups: Vec<(String, Vec<String>)>,
     pub default_model: String,
-    pub models: Option<Vec<String>>,
+    pub models: Option<Vec<crate::ModelOffer>>,
     pub limits: Limits,
 }
 

@@ -30,13 +30,36 @@ impl Default for Limits {
 }
 
 /// What validation checks against: the sovereignty policy's zones and groups, the models
-/// that exist (`None` skips that check), and the limits.
+/// that exist (`None` skips the model checks), and the limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub zones: &'a [String],
     pub groups: &'a [(String, Vec<String>)],
-    pub models: Option<&'a [String]>,
+    pub models: Option<&'a [ModelOffer]>,
     pub limits: Limits,
+}
+
+/// What a model offers, as far as submission can know: where it processes data and its
+/// specialties. Health, breakers and context windows are the router's, at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelOffer {
+    pub id: String,
+    /// Empty: the model runs inside the executor, so in whichever zone executes the task.
+    pub zones: Vec<String>,
+    pub specialties: Vec<String>,
+}
+
+impl ModelOffer {
+    /// Why this model cannot serve a task allowed in `zones` needing `specialties`.
+    fn refusal(&self, zones: &BTreeSet<String>, specialties: &[String]) -> Option<String> {
+        if let Some(z) = self.zones.iter().find(|z| !zones.contains(*z)) {
+            return Some(format!("{} processes data in {z}", self.id));
+        }
+        specialties
+            .iter()
+            .find(|s| !self.specialties.contains(s))
+            .map(|s| format!("{} lacks specialty {s}", self.id))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,12 +232,39 @@ impl Workflow {
                 }
                 zones = workflow_zones.clone();
             }
-            effective.insert(&t.id, zones);
             if let (Some(model), Some(models)) = (&t.model, ctx.models)
-                && !models.contains(model)
+                && !models.iter().any(|m| &m.id == model)
             {
                 e.push(f("model"), format!("unknown model {model:?}"));
+            } else if let Some(models) = ctx.models
+                && !zones.is_empty()
+            {
+                // A workflow that cannot be served inside its zones is refused now, not left
+                // to fail at run time.
+                let candidates = models
+                    .iter()
+                    .filter(|m| t.model.as_ref().is_none_or(|h| *h == m.id));
+                let refusals: Vec<String> = candidates
+                    .map(|m| m.refusal(&zones, &t.specialties))
+                    .collect::<Option<Vec<String>>>()
+                    .unwrap_or_default();
+                if !refusals.is_empty() || models.is_empty() {
+                    e.push(
+                        f("zones"),
+                        format!(
+                            "task {:?} cannot be served inside {:?}: {}",
+                            t.id,
+                            zones,
+                            if refusals.is_empty() {
+                                "no model is configured".to_owned()
+                            } else {
+                                refusals.join("; ")
+                            }
+                        ),
+                    );
+                }
             }
+            effective.insert(&t.id, zones);
             if !(1..=limits.max_tokens).contains(&t.max_tokens) {
                 e.push(
                     f("max_tokens"),

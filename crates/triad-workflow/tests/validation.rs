@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use triad_workflow::{Context, Limits, Task, Workflow, depth, ready};
+use triad_workflow::{Context, Limits, ModelOffer, Task, Workflow, depth, ready};
 
 fn zones() -> Vec<String> {
     ["US-EAST", "US-WEST", "US-CENTRAL", "EU-WEST"]
@@ -22,7 +22,15 @@ fn groups() -> Vec<(String, Vec<String>)> {
 
 fn errors(w: &Workflow) -> Vec<String> {
     let (z, g) = (zones(), groups());
-    let models = vec!["triad-local".to_owned()];
+    let models = vec![ModelOffer {
+        id: "triad-local".to_owned(),
+        zones: vec![],
+        specialties: vec![
+            "research".to_owned(),
+            "writing".to_owned(),
+            "math".to_owned(),
+        ],
+    }];
     let ctx = Context {
         zones: &z,
         groups: &g,
@@ -293,4 +301,78 @@ fn the_shipped_examples_are_valid() {
         };
         wf.validate(&ctx).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
+}
+
+/// Validation against a market of remote models only: one in EU-WEST, one spanning US-EAST
+/// and EU-WEST, one in US-EAST with the `law` specialty.
+fn errors_with_remote_models(w: &Workflow) -> Vec<String> {
+    let (z, g) = (zones(), groups());
+    let offer = |id: &str, zones: &[&str], specialties: &[&str]| ModelOffer {
+        id: id.to_owned(),
+        zones: zones.iter().map(|z| (*z).to_owned()).collect(),
+        specialties: specialties.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    let models = vec![
+        offer("eu-only", &["EU-WEST"], &["writing"]),
+        offer("transatlantic", &["US-EAST", "EU-WEST"], &["writing"]),
+        offer("us-lawyer", &["US-EAST"], &["law"]),
+    ];
+    let ctx = Context {
+        zones: &z,
+        groups: &g,
+        models: Some(&models),
+        limits: Limits::default(),
+    };
+    match w.validate(&ctx) {
+        Ok(()) => vec![],
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn a_workflow_that_cannot_be_served_inside_its_zones_is_rejected_naming_task_and_reason() {
+    // CONUS writing: the only writers process data in EU-WEST.
+    let wf = Workflow::new("w")
+        .zones(["CONUS"])
+        .task(Task::new("draft", "Write").specialties(["writing"]));
+    let e = errors_with_remote_models(&wf);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("tasks[0].zones: task \"draft\" cannot be served inside"),
+        "{e:?}"
+    );
+    assert!(
+        e[0].contains("eu-only processes data in EU-WEST")
+            && e[0].contains("transatlantic processes data in EU-WEST")
+            && e[0].contains("us-lawyer lacks specialty writing"),
+        "{e:?}"
+    );
+    // A hint names the one model considered.
+    let wf = Workflow::new("w")
+        .zones(["US-EAST"])
+        .task(Task::new("brief", "Draft").model("eu-only"));
+    let e = errors_with_remote_models(&wf);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("eu-only processes data in EU-WEST"), "{e:?}");
+    assert!(!e[0].contains("us-lawyer"), "{e:?}");
+    // Served: EU writing, US law, and a task allowed in both zones of the spanning model.
+    let ok = Workflow::new("w")
+        .zones(["EU-WEST"])
+        .task(Task::new("eu", "Write").specialties(["writing"]))
+        .task(
+            Task::new("law", "Draft")
+                .zones(["US-EAST"])
+                .specialties(["law"]),
+        )
+        .task(
+            Task::new("both", "Write")
+                .zones(["US-EAST", "EU-WEST"])
+                .specialties(["writing"]),
+        );
+    assert_eq!(errors_with_remote_models(&ok), Vec::<String>::new());
+    // A model that runs inside the executor serves any zone.
+    let wf = Workflow::new("w")
+        .zones(["CONUS"])
+        .task(Task::new("sum", "What is 2+2?"));
+    assert_eq!(errors(&wf), Vec::<String>::new());
 }
