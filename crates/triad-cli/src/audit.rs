@@ -14,11 +14,8 @@ use triad_config::Config;
 use triad_domain::WorkflowEvent;
 use triad_kafka::produce::partition_for;
 use triad_kafka::topics::Names;
+use triad_sovereignty::hex;
 use triad_sovereignty::merkle::{self, Hash};
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// One event of the workflow, as the log holds it.
 pub struct Leaf {

@@ -21,7 +21,6 @@ use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use anyhow::{Result, ensure};
 use sha2::{Digest, Sha256};
-use triad_sovereignty::hpke::public_bytes;
 use triad_sovereignty::tpm::DEFAULT_HANDLE;
 use triad_sovereignty::{
     Binding, DirectoryChange, KeyDirectory, NodeKey, Opener, Role, SoftwareKey, TpmKey, WorkflowKey,
@@ -37,15 +36,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(rounds: usize, tpm: Option<&str>) -> Result<()> {
     ensure!(rounds > 0, "--rounds must be above 0");
     let node = Arc::new(SoftwareKey::generate());
-    let mut directory = KeyDirectory::default();
-    directory.apply(&DirectoryChange::Enrolled {
-        node_id: "bench-node".into(),
-        zone: "US-EAST".into(),
-        public_key: public_bytes(node.public())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    })?;
+    let directory = enrolled("bench-node", &*node)?;
     let (key, record) = WorkflowKey::create(&directory, "wf-bench", &["US-EAST"])?;
     let opener = Opener::new("bench-node", "US-EAST", node.clone());
     let binding = Binding {
@@ -152,18 +143,21 @@ pub fn run(rounds: usize, tpm: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// A directory with `node` enrolled in US-EAST.
+fn enrolled(node_id: &str, node: &dyn NodeKey) -> Result<KeyDirectory> {
+    let mut directory = KeyDirectory::default();
+    directory.apply(&DirectoryChange::Enrolled {
+        node_id: node_id.into(),
+        zone: "US-EAST".into(),
+        public_key: triad_sovereignty::public_hex(node.public()),
+    })?;
+    Ok(directory)
+}
+
 /// Public-key work, once per workflow and zone set (and per node on the first open): create a
 /// workflow key wrapped to `node`, and open it on `node` with nothing cached.
 fn setup(label: &str, node: Arc<dyn NodeKey>) -> Result<()> {
-    let mut directory = KeyDirectory::default();
-    directory.apply(&DirectoryChange::Enrolled {
-        node_id: "setup-node".into(),
-        zone: "US-EAST".into(),
-        public_key: public_bytes(node.public())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    })?;
+    let directory = enrolled("setup-node", &*node)?;
     let binding = Binding {
         task_id: "t",
         role: Role::Output,

@@ -105,7 +105,7 @@ async fn run_workflow(config: &Config, codec: &Codec, workflow: &Workflow) -> Re
                 done.models_used.join(", ")
             );
             let chain = crate::audit::chain(config, codec, &submitted.workflow_id).await?;
-            let root: String = chain.root().iter().map(|b| format!("{b:02x}")).collect();
+            let root = triad_sovereignty::hex(&chain.root());
             println!(
                 "6. chain of custody, recomputed from the event store: {} events, Merkle root {root}",
                 chain.leaves.len()

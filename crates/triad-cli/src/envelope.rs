@@ -31,14 +31,7 @@ fn directory(dir: &Path) -> Result<KeyDirectory> {
 /// Prints the public key (uncompressed SEC1, hex) of `node`, creating its key if needed.
 pub fn key(dir: &Path, node: &str) -> Result<()> {
     let key = FileKeyStore::new(dir.join("keys")).load_or_create(node)?;
-    let public = triad_sovereignty::hpke::public_bytes(key.public());
-    println!(
-        "{}",
-        public
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    println!("{}", triad_sovereignty::public_hex(key.public()));
     Ok(())
 }
 

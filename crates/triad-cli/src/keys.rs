@@ -17,33 +17,14 @@ use triad_kafka::topics::Names;
 use triad_sovereignty::signing::{Signer, SoftwareSigner};
 use triad_sovereignty::{
     DirectoryChange, DirectoryWriter, FileKeyStore, KeyState, NodeKey, SignedChange,
-    SignedDirectory, TpmKey,
+    SignedDirectory, TpmKey, parse_public_hex, public_hex, unhex,
 };
 
 /// The record key of every directory change (one partition, one chain).
 const KEY: &str = "directory";
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn public_hex(key: &p256::PublicKey) -> String {
-    hex(&triad_sovereignty::hpke::public_bytes(key))
-}
-
 fn parse_public(hex_key: &str, what: &str) -> Result<p256::PublicKey> {
-    let bytes: Vec<u8> = (0..hex_key.len())
-        .step_by(2)
-        .map(|i| {
-            hex_key
-                .get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<_>>()
-        .with_context(|| format!("{what} is not hex"))?;
-    p256::PublicKey::from_sec1_bytes(&bytes)
-        .ok()
-        .with_context(|| format!("{what} is not a P-256 public key"))
+    parse_public_hex(hex_key).with_context(|| format!("{what} is not a P-256 public key in hex"))
 }
 
 /// Creates the operator's signing key at `out` (mode 0600, never overwritten).
@@ -80,15 +61,7 @@ pub fn operator_init(out: &Path) -> Result<()> {
 fn load_operator(path: &Path) -> Result<SoftwareSigner> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the operator key {}", path.display()))?;
-    let bytes: Vec<u8> = (0..text.trim().len())
-        .step_by(2)
-        .map(|i| {
-            text.trim()
-                .get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<_>>()
-        .with_context(|| format!("{}: not hex", path.display()))?;
+    let bytes = unhex(text.trim()).with_context(|| format!("{}: not hex", path.display()))?;
     Ok(SoftwareSigner::from_scalar(&bytes)?)
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use p256::PublicKey;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{key_id, unhex};
+use crate::keys::{key_id, put_lp, unhex};
 use crate::{Error, Result};
 
 /// A change to the directory.
@@ -201,11 +201,6 @@ impl SignedChange {
     }
 }
 
-fn lp(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(b);
-}
-
 fn signed_bytes(sequence: u64, previous: &str, change: &DirectoryChange) -> Result<Vec<u8>> {
     let prev = unhex(previous)
         .filter(|p| p.len() == 32)
@@ -227,17 +222,17 @@ fn signed_bytes(sequence: u64, previous: &str, change: &DirectoryChange) -> Resu
                 reason: format!("change {sequence}: public_key is not hex"),
             })?;
             out.push(1);
-            lp(&mut out, node_id.as_bytes());
-            lp(&mut out, zone.as_bytes());
-            lp(&mut out, &pk);
+            put_lp(&mut out, node_id.as_bytes());
+            put_lp(&mut out, zone.as_bytes());
+            put_lp(&mut out, &pk);
         }
         DirectoryChange::Retired { key_id } => {
             out.push(2);
-            lp(&mut out, key_id.as_bytes());
+            put_lp(&mut out, key_id.as_bytes());
         }
         DirectoryChange::Revoked { key_id } => {
             out.push(3);
-            lp(&mut out, key_id.as_bytes());
+            put_lp(&mut out, key_id.as_bytes());
         }
     }
     Ok(out)

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::directory::{KeyDirectory, KeyState};
-use crate::keys::NodeKey;
+use crate::keys::{NodeKey, put_lp};
 use crate::{Error, Result, hpke};
 
 /// The format version this code writes and reads.
@@ -382,16 +382,10 @@ impl Opener {
     }
 }
 
-/// Appends `bytes` with a 4-byte big-endian length prefix.
-fn put(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
 fn put_zones(out: &mut Vec<u8>, zones: &[String]) {
     out.extend_from_slice(&u32::try_from(zones.len()).unwrap_or(u32::MAX).to_be_bytes());
     for z in zones {
-        put(out, z.as_bytes());
+        put_lp(out, z.as_bytes());
     }
 }
 
@@ -400,13 +394,13 @@ pub fn aad(e: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"TRIAD-ENVELOPE");
     out.push(e.format);
-    put(&mut out, e.envelope_id.as_bytes());
-    put(&mut out, e.workflow_id.as_bytes());
-    put(&mut out, e.task_id.as_bytes());
-    put(&mut out, e.role.as_str().as_bytes());
+    put_lp(&mut out, e.envelope_id.as_bytes());
+    put_lp(&mut out, e.workflow_id.as_bytes());
+    put_lp(&mut out, e.task_id.as_bytes());
+    put_lp(&mut out, e.role.as_str().as_bytes());
     out.extend_from_slice(&e.attempt.to_be_bytes());
     put_zones(&mut out, &e.zones);
-    put(&mut out, e.workflow_key_id.as_bytes());
+    put_lp(&mut out, e.workflow_key_id.as_bytes());
     out
 }
 
@@ -415,8 +409,8 @@ pub fn wrap_info(workflow_id: &str, workflow_key_id: &str, zones: &[String]) -> 
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(b"TRIAD-WORKFLOW-KEY");
     out.push(FORMAT);
-    put(&mut out, workflow_id.as_bytes());
-    put(&mut out, workflow_key_id.as_bytes());
+    put_lp(&mut out, workflow_id.as_bytes());
+    put_lp(&mut out, workflow_key_id.as_bytes());
     put_zones(&mut out, zones);
     out
 }
@@ -434,7 +428,7 @@ fn data_key(prk: &Hkdf<Sha256>, envelope_id: &str) -> Result<Zeroizing<[u8; 32]>
     let mut info = Vec::with_capacity(64);
     info.extend_from_slice(b"TRIAD-DATA-KEY");
     info.push(FORMAT);
-    put(&mut info, envelope_id.as_bytes());
+    put_lp(&mut info, envelope_id.as_bytes());
     let mut key = Zeroizing::new([0u8; 32]);
     prk.expand(&info, key.as_mut_slice())
         .map_err(|_| Error::Crypto("HKDF expand length"))?;

@@ -26,7 +26,8 @@ pub fn key_id(public: &PublicKey) -> String {
     hex(&Sha256::digest(public_bytes(public))[..16])
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -35,7 +36,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+/// Bytes from hex (either case); `None` unless every pair is a hex byte.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
@@ -43,6 +45,22 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// Hex of a public key's uncompressed SEC1 bytes (130 characters): how keys are enrolled.
+pub fn public_hex(public: &PublicKey) -> String {
+    hex(&public_bytes(public))
+}
+
+/// A public key from [`public_hex`]'s form.
+pub fn parse_public_hex(text: &str) -> Option<PublicKey> {
+    PublicKey::from_sec1_bytes(&unhex(text)?).ok()
+}
+
+/// Appends `bytes` with a 4-byte big-endian length prefix (the `lp` of the format documents).
+pub(crate) fn put_lp(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// A key pair held in memory (loaded from a [`FileKeyStore`], or generated for tests).

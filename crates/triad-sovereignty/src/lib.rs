@@ -25,7 +25,9 @@ pub use directory::{
 pub use envelope::{
     Binding, Envelope, FORMAT, Opener, Role, WorkflowKey, WorkflowKeyRecord, WrappedKey,
 };
-pub use keys::{FileKeyStore, NodeKey, SoftwareKey, key_id};
+pub use keys::{
+    FileKeyStore, NodeKey, SoftwareKey, hex, key_id, parse_public_hex, public_hex, unhex,
+};
 pub use tpm::TpmKey;
 
 #[derive(Debug, thiserror::Error)]

@@ -20,27 +20,35 @@ fn groups() -> Vec<(String, Vec<String>)> {
     )]
 }
 
-fn errors(w: &Workflow) -> Vec<String> {
+/// The problems `w` has against the test policy and `models`.
+fn errors_against(w: &Workflow, models: &[ModelOffer]) -> Vec<String> {
     let (z, g) = (zones(), groups());
-    let models = vec![ModelOffer {
-        id: "triad-local".to_owned(),
-        zones: vec![],
-        specialties: vec![
-            "research".to_owned(),
-            "writing".to_owned(),
-            "math".to_owned(),
-        ],
-    }];
     let ctx = Context {
         zones: &z,
         groups: &g,
-        models: Some(&models),
+        models: Some(models),
         limits: Limits::default(),
     };
     match w.validate(&ctx) {
         Ok(()) => vec![],
         Err(e) => e.0.iter().map(ToString::to_string).collect(),
     }
+}
+
+fn offer(id: &str, zones: &[&str], specialties: &[&str]) -> ModelOffer {
+    ModelOffer {
+        id: id.to_owned(),
+        zones: zones.iter().map(|z| (*z).to_owned()).collect(),
+        specialties: specialties.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+/// Against the embedded model, which runs inside the executor (so in any zone).
+fn errors(w: &Workflow) -> Vec<String> {
+    errors_against(
+        w,
+        &[offer("triad-local", &[], &["research", "writing", "math"])],
+    )
 }
 
 fn research() -> Workflow {
@@ -306,27 +314,14 @@ fn the_shipped_examples_are_valid() {
 /// Validation against a market of remote models only: one in EU-WEST, one spanning US-EAST
 /// and EU-WEST, one in US-EAST with the `law` specialty.
 fn errors_with_remote_models(w: &Workflow) -> Vec<String> {
-    let (z, g) = (zones(), groups());
-    let offer = |id: &str, zones: &[&str], specialties: &[&str]| ModelOffer {
-        id: id.to_owned(),
-        zones: zones.iter().map(|z| (*z).to_owned()).collect(),
-        specialties: specialties.iter().map(|s| (*s).to_owned()).collect(),
-    };
-    let models = vec![
-        offer("eu-only", &["EU-WEST"], &["writing"]),
-        offer("transatlantic", &["US-EAST", "EU-WEST"], &["writing"]),
-        offer("us-lawyer", &["US-EAST"], &["law"]),
-    ];
-    let ctx = Context {
-        zones: &z,
-        groups: &g,
-        models: Some(&models),
-        limits: Limits::default(),
-    };
-    match w.validate(&ctx) {
-        Ok(()) => vec![],
-        Err(e) => e.0.iter().map(ToString::to_string).collect(),
-    }
+    errors_against(
+        w,
+        &[
+            offer("eu-only", &["EU-WEST"], &["writing"]),
+            offer("transatlantic", &["US-EAST", "EU-WEST"], &["writing"]),
+            offer("us-lawyer", &["US-EAST"], &["law"]),
+        ],
+    )
 }
 
 #[test]
