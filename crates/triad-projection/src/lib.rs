@@ -88,11 +88,18 @@ pub enum Error {
     },
     #[error("encoding a COPY row: {0}")]
     Encode(String),
+    #[error("a batch took longer than {0:?} to apply (a connection that no longer answers?)")]
+    Timeout(Duration),
     #[error("unknown projection {0:?} (known: workflows)")]
     UnknownProjection(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A live batch that has not committed after this long is abandoned and retried: a hung
+/// connection must not stall the read model (a replay's final catch-up, which holds the live
+/// batch back, takes far less; a batch that merely waited is retried harmlessly).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The server's message when there is one ("db error" alone says nothing).
 fn pg_message(e: &tokio_postgres::Error) -> String {
@@ -683,7 +690,10 @@ pub async fn run(
                 build: build.clone(),
             };
             loop {
-                match sink.apply(&target, &decoded).await {
+                let applied = tokio::time::timeout(APPLY_TIMEOUT, sink.apply(&target, &decoded))
+                    .await
+                    .unwrap_or(Err(Error::Timeout(APPLY_TIMEOUT)));
+                match applied {
                     Ok(applied) => {
                         attempt = 0;
                         tracing::debug!(
