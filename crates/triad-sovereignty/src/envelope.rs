@@ -129,6 +129,34 @@ pub fn canonical_zones<S: AsRef<str>>(zones: &[S]) -> Vec<String> {
     out
 }
 
+/// What starts an envelope where a payload field (`bytes` in the Avro schemas) holds one; the
+/// JSON of the envelope follows. Anything else in such a field is a plaintext payload.
+pub const SEALED_PREFIX: &[u8] = b"TRIAD-SEALED:1:";
+
+impl Envelope {
+    /// The envelope as a payload field holds it: [`SEALED_PREFIX`] then its JSON.
+    pub fn to_wire(&self) -> Result<Vec<u8>> {
+        let mut out = SEALED_PREFIX.to_vec();
+        serde_json::to_writer(&mut out, self).map_err(|e| Error::Format {
+            reason: e.to_string(),
+        })?;
+        Ok(out)
+    }
+
+    /// `None` for a plaintext payload; the envelope, or why it does not parse, otherwise.
+    pub fn from_wire(bytes: &[u8]) -> Option<Result<Envelope>> {
+        let json = bytes.strip_prefix(SEALED_PREFIX)?;
+        Some(serde_json::from_slice(json).map_err(|e| Error::Format {
+            reason: format!("a sealed payload that is not an envelope: {e}"),
+        }))
+    }
+
+    /// Whether a payload field holds an envelope.
+    pub fn is_sealed(bytes: &[u8]) -> bool {
+        bytes.starts_with(SEALED_PREFIX)
+    }
+}
+
 impl WorkflowKey {
     /// Draws a workflow key for `workflow_id` and `zones` and wraps it to every active key
     /// the directory enrols in each zone. A zone without one is an error: nothing could open
@@ -371,6 +399,42 @@ impl Opener {
             c.insert(record.workflow_key_id.clone(), prk.clone());
         }
         Ok(prk)
+    }
+
+    /// The sealing side of `record`'s workflow key, for a node inside its zones (an executor
+    /// sealing a task's output under the key its prompt came with). The same checks as
+    /// [`Opener::unseal`]: the node's zone is one of the record's and its key is enrolled
+    /// there and was wrapped to.
+    pub fn sealer(
+        &self,
+        directory: &KeyDirectory,
+        record: &WorkflowKeyRecord,
+    ) -> Result<WorkflowKey> {
+        let violation = |reason: &str| Error::SovereigntyViolation {
+            node: self.node_id.clone(),
+            zone: self.zone.clone(),
+            envelope_zones: record.zones.clone(),
+            reason: reason.to_owned(),
+        };
+        if !record.zones.contains(&self.zone) {
+            return Err(violation(
+                "the node's zone is not one of the workflow key's",
+            ));
+        }
+        match directory.get(self.key.key_id()) {
+            Some(e) if e.zone == self.zone && e.state != KeyState::Revoked => {}
+            Some(e) if e.state == KeyState::Revoked => {
+                return Err(violation("the node's key is revoked"));
+            }
+            _ => return Err(violation("the node's key is not enrolled in its zone")),
+        }
+        let prk = self.workflow_key(record, &violation)?;
+        Ok(WorkflowKey {
+            prk,
+            workflow_id: record.workflow_id.clone(),
+            workflow_key_id: record.workflow_key_id.clone(),
+            zones: record.zones.clone(),
+        })
     }
 
     /// Drops a cached workflow key (crypto-shredding: once its record is destroyed too,

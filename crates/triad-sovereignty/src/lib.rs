@@ -5,6 +5,7 @@
 //!   recipient's DH step behind a trait so a TPM can do it.
 //! - [`keys`]: node keys and the `file` key store.
 //! - [`directory`]: which keys are enrolled in which zone (a fold of changes).
+//! - [`kernel`]: one node's kernel — directory, workflow key records, `seal` / `open`.
 //! - [`envelope`]: workflow keys (public-key work once per workflow and zone set) and
 //!   per-payload envelopes (symmetric only).
 //!
@@ -13,6 +14,7 @@
 pub mod directory;
 pub mod envelope;
 pub mod hpke;
+pub mod kernel;
 pub mod keys;
 pub mod merkle;
 pub mod signing;
@@ -23,8 +25,10 @@ pub use directory::{
     SignedDirectory,
 };
 pub use envelope::{
-    Binding, Envelope, FORMAT, Opener, Role, WorkflowKey, WorkflowKeyRecord, WrappedKey,
+    Binding, Envelope, FORMAT, Opener, Role, SEALED_PREFIX, WorkflowKey, WorkflowKeyRecord,
+    WrappedKey,
 };
+pub use kernel::{Expect, Kernel, Opened};
 pub use keys::{
     FileKeyStore, NodeKey, SoftwareKey, hex, key_id, parse_public_hex, public_hex, unhex,
 };
@@ -54,6 +58,10 @@ pub enum Error {
     Directory { reason: String },
     #[error("unsupported envelope: {reason}")]
     Format { reason: String },
+    #[error(
+        "workflow key {workflow_key_id} is unknown here (its record has not arrived yet, or the workflow was crypto-shredded)"
+    )]
+    UnknownWorkflowKey { workflow_key_id: String },
     #[error("cryptographic failure: {0}")]
     Crypto(&'static str),
 }

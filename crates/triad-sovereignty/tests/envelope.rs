@@ -388,3 +388,124 @@ proptest! {
         prop_assert!(refused, "bit {} flipped and still opened", bit);
     }
 }
+
+fn kernel(node: &Node, directory: &KeyDirectory) -> triad_sovereignty::Kernel {
+    let k = triad_sovereignty::Kernel::new(&node.id, &node.zone, node.key.clone());
+    k.set_directory(directory.clone());
+    k
+}
+
+/// The kernel as the flow uses it: the edge seals a prompt into a payload field, an executor
+/// inside the zones opens it and seals the output under the same workflow key, a reader
+/// outside cannot, a payload moved to another place is refused, shredding forgets.
+#[test]
+fn kernel_seals_and_opens_payload_fields_only_where_they_belong() {
+    let w = world();
+    let edge = kernel(&w.east, &w.directory);
+    let executor = kernel(&w.west, &w.directory);
+    let outsider = kernel(&w.eu, &w.directory);
+    let record = edge.create("wf-1", &["US-WEST", "US-EAST"]).unwrap();
+    for k in [&executor, &outsider] {
+        k.put_record(record.clone());
+    }
+    let kid = record.workflow_key_id.clone();
+    let prompt = edge
+        .seal(
+            &kid,
+            Binding {
+                task_id: "t1",
+                role: Role::Prompt,
+                attempt: 0,
+            },
+            b"the secret prompt",
+        )
+        .unwrap();
+    assert!(Envelope::is_sealed(&prompt));
+    assert!(
+        !prompt.windows(6).any(|w| w == b"secret"),
+        "no plaintext on the wire"
+    );
+    let at = |task_id, role| triad_sovereignty::Expect {
+        workflow_id: "wf-1",
+        task_id,
+        role,
+    };
+    let opened = executor.open(&prompt, at("t1", Role::Prompt)).unwrap();
+    assert_eq!(opened.bytes(), b"the secret prompt");
+    assert_eq!(opened.workflow_key_id(), Some(kid.as_str()));
+    // Moved to another task or role: refused though the envelope itself is intact.
+    assert!(matches!(
+        executor.open(&prompt, at("t2", Role::Prompt)),
+        Err(Error::Tampered { .. })
+    ));
+    assert!(matches!(
+        executor.open(&prompt, at("t1", Role::Output)),
+        Err(Error::Tampered { .. })
+    ));
+    // Outside the zones: a violation naming them.
+    match outsider.open(&prompt, at("t1", Role::Prompt)) {
+        Err(Error::SovereigntyViolation { envelope_zones, .. }) => {
+            assert_eq!(envelope_zones, ["US-EAST", "US-WEST"]);
+        }
+        other => panic!("expected a violation, got {other:?}"),
+    }
+    // The executor seals the output under the key the prompt came with (it unwraps it).
+    let output = executor
+        .seal(
+            &kid,
+            Binding {
+                task_id: "t1",
+                role: Role::Output,
+                attempt: 2,
+            },
+            b"the answer",
+        )
+        .unwrap();
+    assert_eq!(
+        edge.open(&output, at("t1", Role::Output)).unwrap().bytes(),
+        b"the answer"
+    );
+    // An outsider cannot seal under it either.
+    assert!(matches!(
+        outsider.seal(
+            &kid,
+            Binding {
+                task_id: "t1",
+                role: Role::Output,
+                attempt: 0
+            },
+            b"x"
+        ),
+        Err(Error::SovereigntyViolation { .. })
+    ));
+    // Plaintext passes through untouched.
+    assert!(matches!(
+        executor.open(b"plain", at("t1", Role::Prompt)).unwrap(),
+        triad_sovereignty::Opened::Plain(b"plain")
+    ));
+    // A node that has not seen the record yet says so (the caller waits for it).
+    let late = kernel(&w.east2, &w.directory);
+    assert!(matches!(
+        late.open(&prompt, at("t1", Role::Prompt)),
+        Err(Error::UnknownWorkflowKey { .. })
+    ));
+    // Shredding: the record and every cached copy go; nothing opens any more.
+    executor.shred(&kid);
+    assert!(matches!(
+        executor.open(&output, at("t1", Role::Output)),
+        Err(Error::UnknownWorkflowKey { .. })
+    ));
+    assert!(
+        executor
+            .seal(
+                &kid,
+                Binding {
+                    task_id: "t1",
+                    role: Role::Output,
+                    attempt: 3
+                },
+                b"y"
+            )
+            .is_err()
+    );
+}
