@@ -6,7 +6,7 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
     ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, KeyDirectoryChange, ModelRegistration,
-    TaskRequest, WorkflowEvent, WorkflowSnapshot,
+    TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -22,6 +22,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (WorkflowSnapshot::NAME, WorkflowSnapshot::AVSC),
     (ModelRegistration::NAME, ModelRegistration::AVSC),
     (KeyDirectoryChange::NAME, KeyDirectoryChange::AVSC),
+    (WorkflowKey::NAME, WorkflowKey::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -75,6 +76,11 @@ impl AvroRecord for ModelRegistration {
 impl AvroRecord for KeyDirectoryChange {
     const NAME: &'static str = "io.triad.v1.KeyDirectoryChange";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.KeyDirectoryChange.avsc");
+}
+
+impl AvroRecord for WorkflowKey {
+    const NAME: &'static str = "io.triad.v1.WorkflowKey";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.WorkflowKey.avsc");
 }
 
 /// The parsed reader schemas, parsed once at start-up.

@@ -143,6 +143,11 @@ fn key_directory_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn workflow_key_schema_evolves_backward_transitively() {
+    gate(&fixtures::workflow_keys());
+}
+
+#[test]
 fn snapshot_schema_evolves_backward_transitively() {
     gate(&fixtures::workflow_snapshots());
 }

@@ -50,6 +50,9 @@ fn every_fixture_round_trips() {
     for c in fixtures::key_directory_changes() {
         round_trip(&c);
     }
+    for k in fixtures::workflow_keys() {
+        round_trip(&k);
+    }
 }
 
 #[test]
@@ -248,6 +251,7 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&fixtures::executor_statuses()) >= 3);
     assert!(defaults_fill(&fixtures::model_registrations()) >= 3);
     assert!(defaults_fill(&fixtures::key_directory_changes()) >= 1);
+    assert!(defaults_fill(&fixtures::workflow_keys()) >= 1);
 }
 
 #[test]

@@ -14,7 +14,8 @@ use crate::{
     TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded,
     TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired,
     TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent,
-    WorkflowFailed, WorkflowRejected, WorkflowSnapshot, derive_event_id,
+    WorkflowFailed, WorkflowKey, WorkflowRejected, WorkflowSnapshot, WrappedWorkflowKey,
+    derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -459,4 +460,29 @@ pub fn key_directory_changes() -> Vec<KeyDirectoryChange> {
             }),
         ),
     ]
+}
+
+/// A workflow key wrapped to two nodes of two zones (bytes are placeholders of the right
+/// lengths: the codec does not check them; `triad-sovereignty` does).
+pub fn workflow_keys() -> Vec<WorkflowKey> {
+    let wrapped = |zone: &str, node: &str| WrappedWorkflowKey {
+        zone: zone.to_owned(),
+        node_id: node.to_owned(),
+        key_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        enc: ByteBuf::from(vec![4u8; 65]),
+        wrapped: ByteBuf::from(vec![7u8; 48]),
+    };
+    vec![WorkflowKey {
+        format: 1,
+        workflow_id: "wf-0001".to_owned(),
+        workflow_key_id: "5f2b8a4e-3c1d-4e6f-9a8b-7c6d5e4f3a2b".to_owned(),
+        zones: vec!["US-EAST".to_owned(), "US-WEST".to_owned()],
+        wrapped: vec![
+            wrapped("US-EAST", "api-us-east"),
+            wrapped("US-WEST", "executor-us-west"),
+        ],
+        created_by: "api-us-east".to_owned(),
+        created_at: EPOCH_2026_MICROS,
+        schema_version: 1,
+    }]
 }

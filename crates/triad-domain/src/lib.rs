@@ -14,6 +14,7 @@ pub mod ids;
 pub mod key_directory;
 pub mod snapshot;
 pub mod task;
+pub mod workflow_key;
 
 pub use blob::BlobRef;
 pub use command::{
@@ -38,6 +39,7 @@ pub use snapshot::{
     EpochMarker, SnapshotBody, SnapshotCheckpoint, SnapshotState, WorkflowSnapshot,
 };
 pub use task::TaskRequest;
+pub use workflow_key::{WorkflowKey, WrappedWorkflowKey};
 
 /// Microseconds since the Unix epoch (Avro `timestamp-micros`).
 pub type TimestampMicros = i64;

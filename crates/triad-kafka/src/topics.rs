@@ -20,6 +20,7 @@ pub const EXECUTOR_STATUS: &str = "triad.executor-status";
 pub const SNAPSHOTS: &str = "triad.workflow-snapshots";
 pub const MODELS: &str = "triad.models";
 pub const KEY_DIRECTORY: &str = "triad.key-directory";
+pub const WORKFLOW_KEYS: &str = "triad.workflow-keys";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -34,6 +35,7 @@ pub struct Names {
     pub snapshots: String,
     pub models: String,
     pub key_directory: String,
+    pub workflow_keys: String,
     prefix: String,
 }
 
@@ -49,6 +51,7 @@ impl Names {
             snapshots: format!("{p}{SNAPSHOTS}"),
             models: format!("{p}{MODELS}"),
             key_directory: format!("{p}{KEY_DIRECTORY}"),
+            workflow_keys: format!("{p}{WORKFLOW_KEYS}"),
             prefix: p.clone(),
         }
     }
@@ -165,6 +168,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: 1,
             retention: Retention::Forever,
             purpose: "the key directory: operator-signed, chained enrolments and revocations of node keys",
+        },
+        TopicSpec {
+            name: names.workflow_keys,
+            partitions: 1,
+            retention: Retention::Compacted,
+            purpose: "wrapped workflow keys, key = workflow key id; a tombstone crypto-shreds a workflow's payloads",
         },
         TopicSpec {
             name: names.executor_status,

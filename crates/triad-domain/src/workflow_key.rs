@@ -1,0 +1,26 @@
+//! Records of `triad.workflow-keys` (schema `io.triad.v1.WorkflowKey`): wrapped workflow keys,
+//! compacted by workflow key id; a tombstone shreds one.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowKey {
+    pub format: i32,
+    pub workflow_id: String,
+    pub workflow_key_id: String,
+    pub zones: Vec<String>,
+    pub wrapped: Vec<WrappedWorkflowKey>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub schema_version: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedWorkflowKey {
+    pub zone: String,
+    pub node_id: String,
+    pub key_id: String,
+    pub enc: ByteBuf,
+    pub wrapped: ByteBuf,
+}
