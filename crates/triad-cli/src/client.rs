@@ -30,16 +30,28 @@ pub struct Submitted {
     pub from: i64,
 }
 
-/// Publishes `SubmitWorkflow` for `workflow` under a fresh id; idempotency key `key`.
+/// How the edge seals a submission: its kernel and the policy's zone groups.
+pub type Sealing<'a> = Option<(&'a triad_kernel::NodeKernel, &'a [(String, Vec<String>)])>;
+
+/// Publishes `SubmitWorkflow` for `workflow` under a fresh id; idempotency key `key`. With
+/// `sealing`, every prompt is sealed first (its workflow keys published before the command).
 pub async fn submit(
     kafka: &KafkaConfig,
     codec: &Codec,
     producer: &Producer,
-    workflow: SubmitWorkflow,
+    mut workflow: SubmitWorkflow,
     key: Option<String>,
+    sealing: Sealing<'_>,
 ) -> Result<Submitted> {
     let names = Names::new(kafka);
     let workflow_id = format!("wf-{}", uuid::Uuid::new_v4());
+    if let Some((kernel, groups)) = sealing {
+        let keys = kernel
+            .seal_submission(&workflow_id, &mut workflow, groups)
+            .await
+            .context("sealing the prompts")?;
+        tracing::info!(workflow.id = %workflow_id, workflow_keys = keys, "prompts sealed");
+    }
     let partition = partition_for(workflow_id.as_bytes(), kafka.partitions);
     // The end of the workflow's event partition before it exists: its events come later.
     let consumer: StreamConsumer = triad_kafka::client::reader_config(kafka).create()?;
@@ -143,6 +155,9 @@ pub async fn follow(
 /// One line describing an event for a terminal.
 pub fn describe(e: &WorkflowEvent) -> String {
     let text = |b: &[u8]| {
+        if triad_domain::is_sealed(b) {
+            return format!("[sealed, {} bytes]", b.len());
+        }
         let s = String::from_utf8_lossy(b);
         let one_line = s.replace('\n', " ⏎ ");
         if one_line.chars().count() > 100 {
@@ -185,4 +200,35 @@ pub fn describe(e: &WorkflowEvent) -> String {
         EventBody::WorkflowCancelled(c) => c.reason.clone().unwrap_or_default(),
     };
     format!("#{:<3} {:<20} {detail}", e.meta.sequence, e.meta.event_type)
+}
+
+/// An output as text for a terminal: opened by `kernel` when sealed and this node may, else
+/// a note saying why not.
+pub async fn output_text(
+    kernel: Option<&triad_kernel::NodeKernel>,
+    workflow_id: &str,
+    task_id: &str,
+    output: &[u8],
+) -> String {
+    if !triad_domain::is_sealed(output) {
+        return String::from_utf8_lossy(output).into_owned();
+    }
+    let Some(kernel) = kernel else {
+        return format!(
+            "[sealed, {} bytes; sovereignty.seal is off here]",
+            output.len()
+        );
+    };
+    let expect = triad_sovereignty::Expect {
+        workflow_id,
+        task_id,
+        role: triad_sovereignty::Role::Output,
+    };
+    match kernel.open(output, expect).await {
+        Ok(opened) => String::from_utf8_lossy(opened.bytes()).into_owned(),
+        Err(error) => format!(
+            "[sealed, {} bytes; not readable here: {error}]",
+            output.len()
+        ),
+    }
 }

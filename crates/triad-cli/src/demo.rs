@@ -55,7 +55,10 @@ pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Res
         None
     };
     let workflow = Workflow::from_json(RESEARCH).context("examples/research.json")?;
-    let result = run_workflow(config, &codec, &workflow).await;
+    let result = match edge_kernel(config, &codec, &cancel).await {
+        Ok(kernel) => run_workflow(config, &codec, &workflow, kernel.as_deref()).await,
+        Err(e) => Err(e),
+    };
     if let Some(set) = workers {
         cancel.cancel();
         crate::workers::join(set).await?;
@@ -63,11 +66,40 @@ pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Res
     result
 }
 
-async fn run_workflow(config: &Config, codec: &Codec, workflow: &Workflow) -> Result<()> {
+/// The submitting node's kernel when payloads are sealed: node `edge-<sovereignty.zone>`.
+/// It needs no enrolment to seal; reading sealed outputs needs it enrolled there.
+async fn edge_kernel(
+    config: &Config,
+    codec: &Arc<Codec>,
+    cancel: &CancellationToken,
+) -> Result<Option<Arc<triad_kernel::NodeKernel>>> {
+    let zone = config.sovereignty.zone.clone().unwrap_or_default();
+    crate::workers::kernel(config, Arc::clone(codec), "edge", &zone, false, cancel).await
+}
+
+async fn run_workflow(
+    config: &Config,
+    codec: &Codec,
+    workflow: &Workflow,
+    kernel: Option<&triad_kernel::NodeKernel>,
+) -> Result<()> {
     let producer = Producer::new(&config.kafka)?;
     let started = Instant::now();
-    let submitted =
-        client::submit(&config.kafka, codec, &producer, workflow.to_command(), None).await?;
+    let groups: Vec<(String, Vec<String>)> = config
+        .policy
+        .groups
+        .iter()
+        .map(|(g, zones)| (g.clone(), zones.clone()))
+        .collect();
+    let submitted = client::submit(
+        &config.kafka,
+        codec,
+        &producer,
+        workflow.to_command(),
+        None,
+        kernel.map(|k| (k, groups.as_slice())),
+    )
+    .await?;
     println!(
         "3. submitted {} ({} tasks, zones {:?}) to partition {}",
         submitted.workflow_id,
@@ -92,7 +124,8 @@ async fn run_workflow(config: &Config, codec: &Codec, workflow: &Workflow) -> Re
             println!("5. completed in {} ms:", elapsed.as_millis());
             for (task, output) in &done.outputs {
                 println!("   output of {task}:");
-                for line in String::from_utf8_lossy(output).lines() {
+                let text = client::output_text(kernel, &submitted.workflow_id, task, output).await;
+                for line in text.lines() {
                     println!("     {line}");
                 }
             }
@@ -162,8 +195,18 @@ pub async fn submit_file(
         bail!("{} is invalid:\n{errors}", file.display());
     }
     let producer = Producer::new(&config.kafka)?;
-    let submitted =
-        client::submit(&config.kafka, &codec, &producer, workflow.to_command(), key).await?;
+    let cancel = CancellationToken::new();
+    let _stop_kernel = cancel.clone().drop_guard();
+    let kernel = edge_kernel(config, &codec, &cancel).await?;
+    let submitted = client::submit(
+        &config.kafka,
+        &codec,
+        &producer,
+        workflow.to_command(),
+        key,
+        kernel.as_deref().map(|k| (k, policy.groups.as_slice())),
+    )
+    .await?;
     println!(
         "submitted {} (partition {})",
         submitted.workflow_id, submitted.partition
@@ -182,7 +225,10 @@ pub async fn submit_file(
     match events.last().map(|e| &e.body) {
         Some(EventBody::WorkflowCompleted(done)) => {
             for (task, output) in &done.outputs {
-                println!("output of {task}:\n{}", String::from_utf8_lossy(output));
+                let text =
+                    client::output_text(kernel.as_deref(), &submitted.workflow_id, task, output)
+                        .await;
+                println!("output of {task}:\n{text}");
             }
             for (task, r) in &done.output_refs {
                 println!("output of {task}: {}", client::by_reference(r));

@@ -10,9 +10,7 @@ use anyhow::{Context, Result, bail};
 use rdkafka::message::Message;
 use triad_codec::Codec;
 use triad_config::Config;
-use triad_domain::{
-    DirectoryBody, KeyDirectoryChange, NodeEnrolled, NodeKeyRetired, NodeKeyRevoked,
-};
+use triad_domain::KeyDirectoryChange;
 use triad_kafka::topics::Names;
 use triad_sovereignty::signing::{Signer, SoftwareSigner};
 use triad_sovereignty::{
@@ -83,50 +81,11 @@ pub fn node_key(config: &Config, node: &str, tpm: Option<&str>) -> Result<()> {
 }
 
 fn to_signed(r: KeyDirectoryChange) -> Result<SignedChange> {
-    let change = match r.change {
-        DirectoryBody::NodeEnrolled(e) => DirectoryChange::Enrolled {
-            node_id: e.node_id,
-            zone: e.zone,
-            public_key: e.public_key,
-        },
-        DirectoryBody::NodeKeyRetired(k) => DirectoryChange::Retired { key_id: k.key_id },
-        DirectoryBody::NodeKeyRevoked(k) => DirectoryChange::Revoked { key_id: k.key_id },
-    };
-    Ok(SignedChange {
-        sequence: u64::try_from(r.sequence).context("a negative sequence")?,
-        previous: r.previous,
-        change,
-        signer: r.signer,
-        signature: r.signature,
-    })
+    triad_kernel::to_signed(r).map_err(anyhow::Error::msg)
 }
 
 fn to_record(s: SignedChange) -> Result<KeyDirectoryChange> {
-    let change = match s.change {
-        DirectoryChange::Enrolled {
-            node_id,
-            zone,
-            public_key,
-        } => DirectoryBody::NodeEnrolled(NodeEnrolled {
-            node_id,
-            zone,
-            public_key,
-        }),
-        DirectoryChange::Retired { key_id } => {
-            DirectoryBody::NodeKeyRetired(NodeKeyRetired { key_id })
-        }
-        DirectoryChange::Revoked { key_id } => {
-            DirectoryBody::NodeKeyRevoked(NodeKeyRevoked { key_id })
-        }
-    };
-    Ok(KeyDirectoryChange {
-        sequence: i64::try_from(s.sequence)?,
-        previous: s.previous,
-        change,
-        signer: s.signer,
-        signature: s.signature,
-        schema_version: 1,
-    })
+    triad_kernel::to_record(s).map_err(anyhow::Error::msg)
 }
 
 /// Folds `triad.key-directory`, verifying every change against `operator`.

@@ -406,8 +406,10 @@ async fn main() -> Result<()> {
         }
         Command::Execute { zone, instance } => {
             let catalogue = workers::catalogue(&config).await?;
-            let options = workers::executor_options(&config, &zone, instance)?;
+            let mut options = workers::executor_options(&config, &zone, instance)?;
             let cancel = shutdown_token();
+            options.kernel =
+                workers::kernel(&config, codec(&config)?, "executor", &zone, true, &cancel).await?;
             workers::serve_metrics(&config, cancel.clone()).await?;
             triad_executor::run(
                 &options,

@@ -67,7 +67,70 @@ pub fn executor_options(
         blobs: Some(blob_store(config)?),
         inline_max_bytes: config.blobs.inline_max_bytes,
         metrics: metrics(),
+        kernel: None,
     })
+}
+
+/// This node's sovereignty kernel when `sovereignty.seal` is on (None otherwise): its key
+/// from the TPM (`sovereignty.tpm_tcti`) or the file store, following the key directory and
+/// the workflow keys. An executor must be enrolled in its zone (`must_be_enrolled`): one
+/// that is not could open nothing, so it refuses to start and says how to enrol it.
+pub async fn kernel(
+    config: &Config,
+    codec: Arc<Codec>,
+    role: &str,
+    zone: &str,
+    must_be_enrolled: bool,
+    cancel: &CancellationToken,
+) -> Result<Option<Arc<triad_kernel::NodeKernel>>> {
+    use anyhow::Context as _;
+    use triad_sovereignty::NodeKey;
+    let s = &config.sovereignty;
+    if !s.seal {
+        return Ok(None);
+    }
+    let node_id = s
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{role}-{zone}"));
+    let key: Arc<dyn NodeKey> = match &s.tpm_tcti {
+        Some(tcti) => Arc::new(triad_sovereignty::TpmKey::open(
+            tcti,
+            triad_sovereignty::tpm::DEFAULT_HANDLE,
+        )?),
+        None => {
+            Arc::new(triad_sovereignty::FileKeyStore::new(&s.key_dir).load_or_create(&node_id)?)
+        }
+    };
+    let operator =
+        triad_sovereignty::parse_public_hex(s.operator_public_key.as_deref().unwrap_or(""))
+            .context("sovereignty.operator_public_key is not a P-256 public key in hex")?;
+    let key_id = key.key_id().to_owned();
+    let public = triad_sovereignty::public_hex(key.public());
+    let kernel = triad_sovereignty::Kernel::new(&node_id, zone, key);
+    let node = triad_kernel::NodeKernel::start(
+        &config.kafka,
+        codec,
+        operator,
+        kernel,
+        cancel.child_token(),
+    )
+    .await?;
+    let enrolled = node
+        .kernel()
+        .directory()
+        .get(&key_id)
+        .is_some_and(|e| e.zone == zone && e.state == triad_sovereignty::KeyState::Active);
+    if !enrolled {
+        let how = format!(
+            "node {node_id} (key {key_id}) is not enrolled in zone {zone}; the operator enrols it with              `triad keys enrol --node {node_id} --zone {zone} --public-key {public} --operator-key FILE`"
+        );
+        if must_be_enrolled {
+            anyhow::bail!(how);
+        }
+        tracing::warn!(node.id = %node_id, zone, key.id = %key_id, "{how}; sealed outputs cannot be read here");
+    }
+    Ok(Some(node))
 }
 
 /// The executors' counters, one set per process.
@@ -224,7 +287,8 @@ pub async fn spawn_all(
     let (c, t) = (codec.clone(), cancel.clone());
     set.spawn(async move { Ok(triad_processor::run(&options, c, t).await?) });
     for zone in &config.policy.zones {
-        let options = executor_options(config, zone, 0)?;
+        let mut options = executor_options(config, zone, 0)?;
+        options.kernel = kernel(config, codec.clone(), "executor", zone, true, cancel).await?;
         let zones = config.policy.zones.clone();
         let (c, t, cat) = (codec.clone(), cancel.clone(), catalogue.clone());
         set.spawn(async move { Ok(triad_executor::run(&options, c, cat, &zones, t).await?) });

@@ -397,6 +397,19 @@ pub struct SovereigntyConfig {
     /// SEC1, 130 characters). Readers refuse directory changes it did not sign. Unset: the
     /// directory cannot be read.
     pub operator_public_key: Option<String>,
+    /// Seal payloads: the edge seals prompts into zone-bound envelopes, executors open them
+    /// inside the zone and seal outputs, readers outside the zones see ciphertext only.
+    /// Needs `operator_public_key` and this node's key enrolled in its zone.
+    pub seal: bool,
+    /// This node's id in the key directory. Unset: `executor-<zone>` for an executor,
+    /// `edge-<zone>` for the API and the submitting commands.
+    pub node_id: Option<String>,
+    /// The zone the API and the submitting commands run in (executors take `--zone`);
+    /// needed to read sealed outputs there.
+    pub zone: Option<String>,
+    /// Keep the node key in a TPM reached through this TCTI (e.g.
+    /// `swtpm:host=127.0.0.1,port=2321`, `device:/dev/tpmrm0`) instead of `key_dir`.
+    pub tpm_tcti: Option<String>,
 }
 
 impl Default for SovereigntyConfig {
@@ -404,6 +417,10 @@ impl Default for SovereigntyConfig {
         Self {
             key_dir: PathBuf::from(".triad/keys"),
             operator_public_key: None,
+            seal: false,
+            node_id: None,
+            zone: None,
+            tpm_tcti: None,
         }
     }
 }
@@ -659,6 +676,20 @@ impl Config {
                 "sovereignty.operator_public_key",
                 "expected an uncompressed P-256 point in hex (130 characters starting with 04)",
             );
+        }
+        if self.sovereignty.seal && self.sovereignty.operator_public_key.is_none() {
+            return invalid(
+                "sovereignty.seal",
+                "sealing needs sovereignty.operator_public_key (the key directory's signer)",
+            );
+        }
+        if let Some(z) = &self.sovereignty.zone
+            && !self.policy.zones.contains(z)
+        {
+            return Err(Error::Invalid {
+                key: "sovereignty.zone",
+                reason: format!("{z:?} is not in policy.zones"),
+            });
         }
         if self.executor.max_in_flight == 0 {
             return invalid("executor.max_in_flight", "must be at least 1");

@@ -39,7 +39,7 @@ pub use snapshot::{
     EpochMarker, SnapshotBody, SnapshotCheckpoint, SnapshotState, WorkflowSnapshot,
 };
 pub use task::TaskRequest;
-pub use workflow_key::{WorkflowKey, WrappedWorkflowKey};
+pub use workflow_key::{SEALED_PREFIX, WorkflowKey, WrappedWorkflowKey, is_sealed};
 
 /// Microseconds since the Unix epoch (Avro `timestamp-micros`).
 pub type TimestampMicros = i64;

@@ -2,6 +2,16 @@
 //! compacted by workflow key id; a tombstone shreds one.
 
 use serde::{Deserialize, Serialize};
+
+/// What starts a sealed payload in a payload field (`prompt`, `inputs`, `output`: `bytes` in
+/// the schemas); the envelope's JSON follows (docs/sovereignty_kernel.md). Anything else in
+/// such a field is plaintext.
+pub const SEALED_PREFIX: &[u8] = b"TRIAD-SEALED:1:";
+
+/// Whether a payload field holds a sealed envelope.
+pub fn is_sealed(payload: &[u8]) -> bool {
+    payload.starts_with(SEALED_PREFIX)
+}
 use serde_bytes::ByteBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use triad_sovereignty::{Binding, Expect, Role};
 
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,9 @@ pub struct Options {
     pub inline_max_bytes: usize,
     /// Counters shared by the executors of this process (served on `metrics.listen`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This node's sovereignty kernel when payloads are sealed (`sovereignty.seal`): prompts
+    /// and inputs are opened here, inside the zone, and outputs sealed before they leave.
+    pub kernel: Option<Arc<triad_kernel::NodeKernel>>,
 }
 
 /// How long start-up waits for the model registry to be read before serving.
@@ -466,21 +470,43 @@ impl Executor {
             ));
             return result;
         }
-        let template = String::from_utf8_lossy(&request.prompt);
-        let mut inputs: HashMap<&str, String> = request
-            .inputs
-            .iter()
-            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
-            .collect();
+        let (template, seal_with) = match self
+            .open(request, &request.task_id, Role::Prompt, &request.prompt)
+            .await
+        {
+            Ok(opened) => opened,
+            Err((error, retryable)) => {
+                result.error = Some(error);
+                result.retryable = retryable;
+                return result;
+            }
+        };
+        let mut inputs: HashMap<&str, String> = HashMap::new();
+        for (task, payload) in &request.inputs {
+            match self.open(request, task, Role::Output, payload).await {
+                Ok((text, _)) => {
+                    inputs.insert(task.as_str(), text);
+                }
+                Err((error, retryable)) => {
+                    result.error = Some(format!("the output of {task}: {error}"));
+                    result.retryable = retryable;
+                    return result;
+                }
+            }
+        }
         // Inputs by reference are fetched here, inside the zone, and verified by hash.
         for (task, reference) in &request.input_refs {
             match self.fetch(reference).await {
-                Ok(content) => {
-                    inputs.insert(
-                        task.as_str(),
-                        String::from_utf8_lossy(&content).into_owned(),
-                    );
-                }
+                Ok(content) => match self.open(request, task, Role::Output, &content).await {
+                    Ok((text, _)) => {
+                        inputs.insert(task.as_str(), text);
+                    }
+                    Err((error, retryable)) => {
+                        result.error = Some(format!("the output of {task}: {error}"));
+                        result.retryable = retryable;
+                        return result;
+                    }
+                },
                 Err(error) => {
                     result.error = Some(format!(
                         "the output of {task} (blob {}) could not be fetched: {error}",
@@ -534,7 +560,15 @@ impl Executor {
                 result.output_tokens = response.output_tokens;
                 result.cost_micros = *cost;
                 result.routing = Some(routing(model));
-                let output = response.output.clone().into_bytes();
+                let output = match self.seal_output(request, seal_with.as_deref(), &response.output)
+                {
+                    Ok(o) => o,
+                    Err(error) => {
+                        result.outcome = TaskOutcome::Failed;
+                        result.error = Some(error);
+                        return result;
+                    }
+                };
                 if output.len() <= self.options.inline_max_bytes {
                     result.output = Some(output);
                 } else {
@@ -577,6 +611,78 @@ impl Executor {
             result.outcome == TaskOutcome::Succeeded,
         );
         result
+    }
+
+    /// A payload field as text, opened by the kernel when sealed, with the workflow key it
+    /// was sealed under. Errors carry whether a retry may help (a workflow key record not
+    /// seen yet); a sovereignty violation or a tampered envelope never heals.
+    async fn open(
+        &self,
+        request: &TaskRequest,
+        task_id: &str,
+        role: Role,
+        payload: &[u8],
+    ) -> Result<(String, Option<String>), (String, bool)> {
+        let Some(kernel) = &self.options.kernel else {
+            if triad_domain::is_sealed(payload) {
+                return Err((
+                    "the payload is sealed and this executor runs without sovereignty.seal: it holds no key to open it"
+                        .to_owned(),
+                    false,
+                ));
+            }
+            return Ok((String::from_utf8_lossy(payload).into_owned(), None));
+        };
+        let expect = Expect {
+            workflow_id: &request.workflow_id,
+            task_id,
+            role,
+        };
+        match kernel.open(payload, expect).await {
+            Ok(opened) => Ok((
+                String::from_utf8_lossy(opened.bytes()).into_owned(),
+                opened.workflow_key_id().map(str::to_owned),
+            )),
+            Err(error) => {
+                let retryable = matches!(
+                    error,
+                    triad_kernel::Error::Sovereignty(
+                        triad_sovereignty::Error::UnknownWorkflowKey { .. }
+                    )
+                );
+                tracing::warn!(
+                    attempt.id = %request.attempt_id,
+                    zone = %self.options.zone,
+                    %error,
+                    "a payload did not open here"
+                );
+                Err((error.to_string(), retryable))
+            }
+        }
+    }
+
+    /// The output's bytes: sealed under the workflow key the prompt came with, for this
+    /// task and attempt, when the prompt was sealed; plaintext otherwise.
+    fn seal_output(
+        &self,
+        request: &TaskRequest,
+        seal_with: Option<&str>,
+        output: &str,
+    ) -> Result<Vec<u8>, String> {
+        match (seal_with, &self.options.kernel) {
+            (Some(kid), Some(kernel)) => kernel
+                .seal(
+                    kid,
+                    Binding {
+                        task_id: &request.task_id,
+                        role: Role::Output,
+                        attempt: u32::try_from(request.attempt).unwrap_or(0),
+                    },
+                    output.as_bytes(),
+                )
+                .map_err(|e| format!("sealing the output: {e}")),
+            _ => Ok(output.as_bytes().to_vec()),
+        }
     }
 
     async fn fetch(&self, reference: &triad_domain::BlobRef) -> Result<Vec<u8>, String> {

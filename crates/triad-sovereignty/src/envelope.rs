@@ -131,7 +131,7 @@ pub fn canonical_zones<S: AsRef<str>>(zones: &[S]) -> Vec<String> {
 
 /// What starts an envelope where a payload field (`bytes` in the Avro schemas) holds one; the
 /// JSON of the envelope follows. Anything else in such a field is a plaintext payload.
-pub const SEALED_PREFIX: &[u8] = b"TRIAD-SEALED:1:";
+pub use triad_domain::SEALED_PREFIX;
 
 impl Envelope {
     /// The envelope as a payload field holds it: [`SEALED_PREFIX`] then its JSON.
@@ -153,7 +153,7 @@ impl Envelope {
 
     /// Whether a payload field holds an envelope.
     pub fn is_sealed(bytes: &[u8]) -> bool {
-        bytes.starts_with(SEALED_PREFIX)
+        triad_domain::is_sealed(bytes)
     }
 }
 

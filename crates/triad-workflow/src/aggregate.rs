@@ -613,9 +613,15 @@ pub fn allowed_zones(state: &WorkflowState, task: &Task, policy: &Policy) -> BTr
     } else {
         task.zones.clone()
     };
+    expand_zones(&names, &policy.groups)
+}
+
+/// Zone and group names as the set of zones they stand for (a name that is no group is a
+/// zone), sorted.
+pub fn expand_zones(names: &[String], groups: &[(String, Vec<String>)]) -> BTreeSet<String> {
     names
         .iter()
-        .flat_map(|n| match policy.groups.iter().find(|(g, _)| g == n) {
+        .flat_map(|n| match groups.iter().find(|(g, _)| g == n) {
             Some((_, zs)) => zs.clone(),
             None => vec![n.clone()],
         })

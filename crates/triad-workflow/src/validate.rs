@@ -171,9 +171,12 @@ impl Workflow {
         let mut effective: HashMap<&str, BTreeSet<String>> = HashMap::new();
         for (i, t) in self.tasks.iter().enumerate() {
             let f = |name: &str| format!("tasks[{i}].{name}");
-            if t.prompt.trim().is_empty() {
+            // A sealed prompt (the edge sealed it after checking the plaintext) is opaque
+            // here: only the executor inside its zones sees the text.
+            let sealed = triad_domain::is_sealed(t.prompt.as_bytes());
+            if !sealed && t.prompt.trim().is_empty() {
                 e.push(f("prompt"), format!("task {:?} has an empty prompt", t.id));
-            } else if t.prompt.len() > limits.max_prompt_bytes {
+            } else if !sealed && t.prompt.len() > limits.max_prompt_bytes {
                 e.push(
                     f("prompt"),
                     format!(
@@ -202,7 +205,7 @@ impl Workflow {
                     );
                 }
             }
-            for r in references(&t.prompt) {
+            for r in references(if sealed { "" } else { &t.prompt }) {
                 if !t.depends_on.contains(&r.task) {
                     e.push(
                         f("prompt"),
