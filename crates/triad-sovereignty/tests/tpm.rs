@@ -21,11 +21,19 @@ struct Swtpm {
     dir: PathBuf,
 }
 
+/// Two free ports (server, control). The tests of this binary run in parallel and each
+/// listener is closed before `swtpm` binds, so the OS could hand the same pair to two of
+/// them: ports handed out here are never handed out again in this process.
 fn free_port_pair() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = a.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        let mut given = GIVEN.lock().unwrap();
+        let taken = given.iter().any(|g| g.abs_diff(port) <= 1);
+        if !taken && port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
+        {
+            given.push(port);
             return port;
         }
     }
