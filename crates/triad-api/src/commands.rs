@@ -67,13 +67,21 @@ pub async fn submit(
     };
     workflow.validate(&ctx).map_err(CommandError::Invalid)?;
     let workflow_id = workflow_id_for(key.as_deref());
+    let mut command = workflow.to_command();
+    if let Some(kernel) = &state.kernel {
+        // Sealed after validation (which needs the plaintext), before anything is written.
+        kernel
+            .seal_submission(&workflow_id, &mut command, &state.policy.groups)
+            .await
+            .map_err(Error::from)?;
+    }
     let record = InboxRecord {
         meta: meta(
             &workflow_id,
             key.unwrap_or_else(|| format!("submit:{workflow_id}")),
             actor,
         ),
-        body: InboxBody::SubmitWorkflow(workflow.to_command()),
+        body: InboxBody::SubmitWorkflow(command),
     };
     state
         .producer

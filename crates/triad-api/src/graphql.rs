@@ -159,9 +159,7 @@ impl QueryRoot {
         ctx: &Context<'_>,
         id: String,
     ) -> async_graphql::Result<Option<WorkflowView>> {
-        read::workflow(&state(ctx)?.pool, &id)
-            .await
-            .map_err(unavailable)
+        state(ctx)?.workflow(&id).await.map_err(unavailable)
     }
 
     /// Workflows, newest first, with cursor pagination (`first` at most 100).
@@ -198,7 +196,8 @@ impl QueryRoot {
         .await
         .map_err(unavailable)?;
         let mut connection = Connection::new(cursor.is_some(), more);
-        for (cursor, view) in page {
+        for (cursor, mut view) in page {
+            s.reveal(&mut view);
             connection.edges.push(Edge::new(cursor.to_string(), view));
         }
         Ok(connection)
@@ -211,7 +210,8 @@ impl QueryRoot {
         workflow_id: String,
         task_id: String,
     ) -> async_graphql::Result<Option<TaskView>> {
-        let w = read::workflow(&state(ctx)?.pool, &workflow_id)
+        let w = state(ctx)?
+            .workflow(&workflow_id)
             .await
             .map_err(unavailable)?;
         Ok(w.and_then(|w| w.tasks.into_iter().find(|t| t.task_id == task_id)))

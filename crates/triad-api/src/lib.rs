@@ -48,6 +48,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sealing(#[from] triad_kernel::Error),
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -74,6 +76,47 @@ pub struct AppState {
     /// Ends the live streams at shutdown (a server waits for open connections).
     pub shutdown: CancellationToken,
     pub metrics: Arc<metrics::ApiMetrics>,
+    /// This API node's sovereignty kernel when payloads are sealed: it seals submitted
+    /// prompts and opens outputs sealed to its zone.
+    pub kernel: Option<Arc<triad_kernel::NodeKernel>>,
+}
+
+impl AppState {
+    /// One workflow from the read model, its sealed outputs opened where this node may.
+    pub async fn workflow(&self, id: &str) -> Result<Option<read::WorkflowView>> {
+        let mut view = read::workflow(&self.pool, id).await?;
+        if let Some(v) = &mut view {
+            self.reveal(v);
+        }
+        Ok(view)
+    }
+
+    /// Opens the sealed outputs of `view` that this node may open (its zone is one of the
+    /// output's); the others stay without `output`, with `sealed_to` saying where they open.
+    pub fn reveal(&self, view: &mut read::WorkflowView) {
+        for task in &mut view.tasks {
+            let Some(sealed) = task.sealed.take() else {
+                continue;
+            };
+            let Some(kernel) = &self.kernel else {
+                continue;
+            };
+            let expect = triad_sovereignty::Expect {
+                workflow_id: &view.workflow_id,
+                task_id: &task.task_id,
+                role: triad_sovereignty::Role::Output,
+            };
+            match kernel.kernel().open(&sealed, expect) {
+                Ok(opened) => task.output = String::from_utf8(opened.bytes().to_vec()).ok(),
+                Err(error) => tracing::debug!(
+                    workflow.id = %view.workflow_id,
+                    task.id = %task.task_id,
+                    %error,
+                    "a sealed output stays closed here"
+                ),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

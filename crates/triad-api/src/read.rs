@@ -63,8 +63,16 @@ pub struct TaskView {
     pub output_tokens: Option<Long>,
     pub cost_micros: Option<Long>,
     pub error: Option<String>,
-    /// The output when it is inline UTF-8 text (sealed payloads: the sovereignty issue).
+    /// The output when it is inline UTF-8 text that this API may show: plaintext, or a
+    /// sealed output opened here because this API runs in one of its zones.
     pub output: Option<String>,
+    /// The zones a sealed output may be opened in (null for a plaintext output). An API
+    /// outside them returns no `output`.
+    pub sealed_to: Option<Vec<String>>,
+    /// The sealed output as stored, until [`crate::AppState::reveal`] opens it.
+    #[graphql(skip)]
+    #[serde(skip)]
+    pub sealed: Option<Vec<u8>>,
     /// Set when the output is in the blob store (claim check).
     pub output_sha256: Option<String>,
     pub output_size: Option<Long>,
@@ -253,7 +261,15 @@ fn task_from(r: &tokio_postgres::Row) -> Result<TaskView> {
         output_tokens: r.try_get(9)?,
         cost_micros: r.try_get(10)?,
         error: r.try_get(11)?,
-        output: output.and_then(|b| String::from_utf8(b).ok()),
+        sealed_to: output
+            .as_deref()
+            .and_then(triad_sovereignty::Envelope::from_wire)
+            .and_then(Result::ok)
+            .map(|e| e.zones),
+        sealed: output.clone().filter(|b| triad_domain::is_sealed(b)),
+        output: output
+            .filter(|b| !triad_domain::is_sealed(b))
+            .and_then(|b| String::from_utf8(b).ok()),
         output_sha256: r.try_get(13)?,
         output_size: r.try_get(14)?,
     })

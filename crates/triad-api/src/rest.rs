@@ -15,7 +15,6 @@ use serde_json::json;
 use triad_workflow::Workflow;
 
 use crate::commands::{self, CommandError};
-use crate::read;
 use crate::stream::EventStream;
 use crate::{AppState, Problem};
 
@@ -128,7 +127,7 @@ fn not_found_workflow(id: &str) -> Problem {
 
 /// `GET /v1/workflows/{id}`.
 pub async fn get_workflow(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Reply {
-    match read::workflow(&s.pool, &id).await? {
+    match s.workflow(&id).await? {
         Some(w) => Ok(Json(w).into_response()),
         None => Err(not_found_workflow(&id)),
     }

@@ -218,7 +218,7 @@ impl ChangeStream {
                 return None;
             }
             if let Some(id) = self.buffer.pop_front() {
-                match read::workflow(&self.state.pool, &id).await {
+                match self.state.workflow(&id).await {
                     // Read after the snapshot: it may have moved on (and out of the filter,
                     // in which case a later read reports it if it comes back).
                     Ok(Some(view)) if self.matches(&view) => return Some(view),

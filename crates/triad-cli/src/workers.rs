@@ -89,10 +89,13 @@ pub async fn kernel(
     if !s.seal {
         return Ok(None);
     }
-    let node_id = s
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("{role}-{zone}"));
+    let node_id = s.node_id.clone().unwrap_or_else(|| {
+        if zone.is_empty() {
+            role.to_owned()
+        } else {
+            format!("{role}-{zone}")
+        }
+    });
     let key: Arc<dyn NodeKey> = match &s.tpm_tcti {
         Some(tcti) => Arc::new(triad_sovereignty::TpmKey::open(
             tcti,
@@ -207,6 +210,8 @@ pub async fn api(
         config.postgres.pool_size,
         Some(&config.projection.schema),
     )?;
+    let zone = config.sovereignty.zone.clone().unwrap_or_default();
+    let kernel = kernel(config, Arc::clone(&codec), "edge", &zone, false, cancel).await?;
     let state = triad_api::AppState {
         kafka: config.kafka.clone(),
         names: triad_kafka::topics::Names::new(&config.kafka),
@@ -220,6 +225,7 @@ pub async fn api(
         http: reqwest::Client::new(),
         shutdown: cancel.clone(),
         metrics: Arc::default(),
+        kernel,
     };
     let options = triad_api::Options {
         listen: config.api.listen,

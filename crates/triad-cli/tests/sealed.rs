@@ -171,6 +171,13 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
     let _east = env.spawn("executor-us-east", &["execute", "--zone", "US-EAST"]);
     let _eu = env.spawn("executor-eu-west", &["execute", "--zone", "EU-WEST"]);
     let _projection = env.spawn("projection", &["project"]);
+    let port = support::free_port();
+    let _api = {
+        let mut api = env.triad(&["api"]);
+        api.env("TRIAD_API__LISTEN", format!("127.0.0.1:{port}"))
+            .stderr(std::fs::File::create(env.log_path("api")).unwrap());
+        support::Guarded(api.spawn().unwrap())
+    };
 
     let secret = format!("CANARY{}", uuid::Uuid::new_v4().simple()).to_uppercase();
     let eu_secret = format!("EUONLY{}", uuid::Uuid::new_v4().simple()).to_uppercase();
@@ -233,16 +240,78 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
     );
     assert!(clear_stdout.contains(&clear_secret), "{clear_stdout}");
 
-    // The read model has caught up with all three workflows.
+    // Through the API (node edge-US-EAST too): it seals what it is given.
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let api_secret = format!("APIONLY{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let submitted = loop {
+        let r = http
+            .post(format!("{base}/v1/workflows"))
+            .header("content-type", "application/json")
+            .body(document("api-canary", "US-EAST", &api_secret))
+            .send()
+            .await;
+        if let Ok(r) = r.and_then(reqwest::Response::error_for_status) {
+            break r.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API never took the workflow: {}",
+            support::read_log(&env.log_path("api"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let api_workflow = submitted["workflow_id"].as_str().unwrap().to_owned();
+
+    // The read model has caught up with all four workflows.
     let pg = pg().await;
     wait_for(
         &pg,
         &format!("SELECT count(*) FROM {schema}.workflows WHERE status = 'COMPLETED'"),
-        "three completed workflows in the read model",
+        "four completed workflows in the read model",
         Duration::from_secs(120),
-        |c| c >= 3,
+        |c| c >= 4,
     )
     .await;
+    let task = |view: &serde_json::Value, id: &str| {
+        view["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let get = |id: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.get(format!("{base}/v1/workflows/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // Inside the zone the API shows the answer; it says where a sealed output opens.
+    let shout = task(&get(api_workflow.clone()).await, "shout");
+    assert_eq!(
+        shout["output"],
+        format!("THE SECRET IS {api_secret}"),
+        "{shout}"
+    );
+    assert_eq!(shout["sealed_to"], serde_json::json!(["US-EAST"]));
+    // An EU-only output: not shown in US-EAST.
+    let eu_workflow = after(&eu_stdout, "submitted ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let eu_shout = task(&get(eu_workflow).await, "shout");
+    assert_eq!(eu_shout["output"], serde_json::Value::Null, "{eu_shout}");
+    assert_eq!(eu_shout["sealed_to"], serde_json::json!(["EU-WEST"]));
 
     let topics = topic_bytes(&env).await;
     let found = |secret: &str| -> Vec<String> {
@@ -300,7 +369,7 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
         !in_tables(&clear_secret).is_empty(),
         "the unsealed control is visible in PostgreSQL"
     );
-    for s in [&secret, &eu_secret] {
+    for s in [&secret, &eu_secret, &api_secret] {
         let leaks = in_tables(s);
         assert!(leaks.is_empty(), "{s} in clear in {leaks:?}");
     }
@@ -323,7 +392,7 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
         "the logs are read (and the executors started their kernels)"
     );
     for (name, log) in &logs {
-        for s in [&secret, &eu_secret] {
+        for s in [&secret, &eu_secret, &api_secret] {
             assert!(!log.contains(s.as_str()), "{s} in clear in the {name} log");
         }
     }
