@@ -228,6 +228,9 @@ enum KeysCommand {
     },
     /// Verify the whole directory against sovereignty.operator_public_key and list its keys.
     List,
+    /// Crypto-shred a workflow: a tombstone for each of its workflow keys on
+    /// `triad.workflow-keys`. Nodes drop the keys at once; compaction removes the records.
+    Shred { workflow_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -516,6 +519,20 @@ async fn main() -> Result<()> {
                 keys::append(&config, &*codec(&config)?, &operator_key, change).await?;
             }
             KeysCommand::List => keys::list(&config, &*codec(&config)?).await?,
+            KeysCommand::Shred { workflow_id } => {
+                let shredded =
+                    triad_kernel::shred(&config.kafka, &*codec(&config)?, &workflow_id).await?;
+                if shredded.is_empty() {
+                    anyhow::bail!(
+                        "workflow {workflow_id} has no workflow keys (never sealed, or already shredded)"
+                    );
+                }
+                println!(
+                    "workflow {workflow_id}: {} workflow key(s) shredded ({})",
+                    shredded.len(),
+                    shredded.join(", ")
+                );
+            }
         },
         Command::Audit { command } => match command {
             AuditCommand::Root { workflow_id } => {

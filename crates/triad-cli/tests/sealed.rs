@@ -396,6 +396,33 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
             assert!(!log.contains(s.as_str()), "{s} in clear in the {name} log");
         }
     }
+    // Crypto-shredding: the workflow's keys get tombstones; the API, following them, can
+    // no longer open its outputs (nor can anyone who has only the log and node keys once
+    // compaction has removed the records).
+    let (shred, _) = ok(&env, &["keys", "shred", &api_workflow], &[]);
+    assert!(shred.contains("1 workflow key(s) shredded"), "{shred}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shout = task(&get(api_workflow.clone()).await, "shout");
+        if shout["output"].is_null() {
+            assert_eq!(shout["sealed_to"], serde_json::json!(["US-EAST"]));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API still opens a shredded output: {shout}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Other workflows are untouched; shredding twice says there is nothing left.
+    assert_eq!(
+        task(&get(workflow_id.clone()).await, "shout")["output"],
+        format!("THE SECRET IS {secret}")
+    );
+    let again = run(&env, &["keys", "shred", &api_workflow], &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no workflow keys"));
+
     pg.query("SELECT triad_drop_schema($1)", &[&schema])
         .await
         .unwrap();
