@@ -26,12 +26,29 @@ pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Res
     // With its own workers the demo runs in a namespace of its own (topics and consumer
     // groups per run): a run never inherits group state or queued work from an earlier one
     // on a long-lived broker (ADR 0007 §3).
+    // Sealing, too, is the demo's own: an operator key made for this run signs its key
+    // directory (in its own topics) and enrols the nodes below.
+    let operator = triad_sovereignty::signing::SoftwareSigner::generate();
+    let mut own_sealing = false;
     let config = if start_workers {
         let run = uuid::Uuid::new_v4().simple().to_string();
         let run = run.get(..8).unwrap_or(&run);
         let mut own = config.clone();
         own.kafka.topic_prefix = format!("{}demo-{run}.", config.kafka.topic_prefix);
         own.kafka.group_prefix = format!("{}-demo-{run}", config.kafka.group_prefix);
+        if !own.sovereignty.seal {
+            own.sovereignty.seal = true;
+            own.sovereignty.operator_public_key = Some(triad_sovereignty::public_hex(
+                triad_sovereignty::signing::Signer::public(&operator),
+            ));
+            own.sovereignty.zone = own
+                .sovereignty
+                .zone
+                .or_else(|| own.policy.zones.first().cloned());
+            own.sovereignty.node_id = None;
+            own.sovereignty.tpm_tcti = None;
+            own_sealing = true;
+        }
         own
     } else {
         config.clone()
@@ -43,6 +60,14 @@ pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Res
         println!("   {step}");
     }
     println!("   inbox: {}", topics::Names::new(&config.kafka).inbox);
+    if own_sealing {
+        let enrolled = enrol_demo_nodes(config, &codec, &operator).await?;
+        println!(
+            "   sealing on: an operator key made for this run enrolled {} in {}",
+            enrolled.join(", "),
+            topics::Names::new(&config.kafka).key_directory
+        );
+    }
     let cancel = CancellationToken::new();
     let workers = if start_workers {
         println!(
@@ -64,6 +89,35 @@ pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Res
         crate::workers::join(set).await?;
     }
     result
+}
+
+/// Enrols the demo's nodes — the submitting edge and one executor per zone, keys in the
+/// file store — signed by `operator`; returns their names.
+async fn enrol_demo_nodes(
+    config: &Config,
+    codec: &Codec,
+    operator: &triad_sovereignty::signing::SoftwareSigner,
+) -> Result<Vec<String>> {
+    let store = triad_sovereignty::FileKeyStore::new(&config.sovereignty.key_dir);
+    let mut nodes: Vec<(String, String)> = config
+        .policy
+        .zones
+        .iter()
+        .map(|z| (format!("executor-{z}"), z.clone()))
+        .collect();
+    if let Some(z) = &config.sovereignty.zone {
+        nodes.insert(0, (format!("edge-{z}"), z.clone()));
+    }
+    for (node, zone) in &nodes {
+        let key = store.load_or_create(node)?;
+        let change = triad_sovereignty::DirectoryChange::Enrolled {
+            node_id: node.clone(),
+            zone: zone.clone(),
+            public_key: triad_sovereignty::public_hex(triad_sovereignty::NodeKey::public(&key)),
+        };
+        crate::keys::append_signed(config, codec, operator, change).await?;
+    }
+    Ok(nodes.into_iter().map(|(n, _)| n).collect())
 }
 
 /// The submitting node's kernel when payloads are sealed: node `edge-<sovereignty.zone>`.
@@ -137,6 +191,26 @@ async fn run_workflow(
                 done.total_cost_micros,
                 done.models_used.join(", ")
             );
+            let sealed = events
+                .iter()
+                .filter_map(|e| match &e.body {
+                    EventBody::TaskCompleted(c) => Some(c.output.as_slice()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            let zones = sealed
+                .iter()
+                .filter_map(|o| triad_sovereignty::Envelope::from_wire(o).and_then(Result::ok))
+                .map(|e| e.zones.join(", "))
+                .next();
+            if let Some(zones) = zones {
+                println!(
+                    "   sealed: {} of {} outputs (and every prompt) travelled in envelopes only {zones} can open; shown here by {}",
+                    sealed.iter().filter(|o| triad_domain::is_sealed(o)).count(),
+                    sealed.len(),
+                    kernel.map_or("nobody", |k| k.kernel().node_id())
+                );
+            }
             let chain = crate::audit::chain(config, codec, &submitted.workflow_id).await?;
             let root = triad_sovereignty::hex(&chain.root());
             println!(

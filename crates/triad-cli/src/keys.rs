@@ -134,6 +134,19 @@ pub async fn append(
             operator_key.display()
         );
     }
+    let (sequence, topic, offset) = append_signed(config, codec, &operator, change).await?;
+    println!("change {sequence} signed and appended to {topic}@{offset}");
+    Ok(())
+}
+
+/// Signs `change` with `operator` as the next change of the directory and appends it;
+/// returns its sequence number, the topic and its offset.
+pub async fn append_signed(
+    config: &Config,
+    codec: &Codec,
+    operator: &SoftwareSigner,
+    change: DirectoryChange,
+) -> Result<(u64, String, i64)> {
     if let DirectoryChange::Enrolled {
         zone, public_key, ..
     } = &change
@@ -148,7 +161,7 @@ pub async fn append(
     }
     let current = read(config, codec, *operator.public()).await?;
     let (sequence, head) = current.head();
-    let mut writer = DirectoryWriter::new(&operator, sequence, Some(head.to_owned()));
+    let mut writer = DirectoryWriter::new(operator, sequence, Some(head.to_owned()));
     let mut next = current.clone();
     let signed = writer.sign(change)?;
     // Applying it locally first refuses what the readers would refuse (e.g. a second
@@ -160,11 +173,7 @@ pub async fn append(
     let delivered = producer
         .send_record(codec, &topic, None, KEY, &to_record(signed)?)
         .await?;
-    println!(
-        "change {sequence} signed and appended to {topic}@{}",
-        delivered.offset
-    );
-    Ok(())
+    Ok((sequence, topic, delivered.offset))
 }
 
 /// Prints every key of the directory with its zone and state.
