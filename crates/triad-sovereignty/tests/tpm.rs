@@ -3,88 +3,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use triad_sovereignty::hpke::public_bytes;
 use triad_sovereignty::tpm::DEFAULT_HANDLE;
 use triad_sovereignty::{
     Binding, DirectoryChange, Error, KeyDirectory, NodeKey, Opener, Role, TpmKey, WorkflowKey,
 };
-
-/// A running `swtpm`; killed (SIGKILL) when dropped.
-struct Swtpm {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-/// Two free ports (server, control). The tests of this binary run in parallel and each
-/// listener is closed before `swtpm` binds, so the OS could hand the same pair to two of
-/// them: ports handed out here are never handed out again in this process.
-fn free_port_pair() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        let taken = given.iter().any(|g| g.abs_diff(port) <= 1);
-        if !taken && port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok()
-        {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-impl Swtpm {
-    fn start(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm is installed (scripts/dev.sh installs it)");
-        // Ready when it accepts connections (a condition, not a fixed delay).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
-            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
-            std::thread::yield_now();
-        }
-        Self {
-            child,
-            port,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    fn kill(mut self) -> PathBuf {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.dir.clone()
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use triad_testkit::swtpm::Swtpm;
 
 fn scratch() -> PathBuf {
     std::env::temp_dir().join(format!("triad-tpm-{}", uuid::Uuid::new_v4().simple()))

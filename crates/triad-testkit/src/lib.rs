@@ -5,6 +5,8 @@
 //! connection exactly where a real network would.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod swtpm;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

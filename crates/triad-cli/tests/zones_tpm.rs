@@ -1,0 +1,248 @@
+//! Multi-zone, TPM-backed sealing end to end: executors in the three CONUS zones and in
+//! EU-WEST, each with its own `swtpm` holding its node key (the unwrap's DH step runs in
+//! that TPM). A CONUS workflow runs only on CONUS executors; an EU-only workflow runs in
+//! EU-WEST and its output cannot be opened in CONUS; a CONUS task that only a non-CONUS model
+//! could serve is rejected — at the edge by `triad submit`, and by the processor when the
+//! edge is bypassed — naming the task.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use support::{Env, Guarded};
+use triad_domain::{EventBody, WorkflowEvent};
+use triad_testkit::swtpm::Swtpm;
+
+const CONUS: [&str; 3] = ["US-CENTRAL", "US-EAST", "US-WEST"];
+
+fn run(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    env.triad(args)
+        .envs(extra.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+fn ok(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> String {
+    let out = run(env, args, extra);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn after<'a>(text: &'a str, marker: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| {
+            l.split_once(marker)
+                .map(|(_, rest)| rest.trim().trim_matches('"'))
+        })
+        .unwrap_or_else(|| panic!("no {marker:?} in {text}"))
+}
+
+fn submitted_id(stdout: &str) -> String {
+    after(stdout, "submitted ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conus_work_stays_in_conus_on_tpm_backed_executors() {
+    let env = Env::new(2).await;
+    let dir = env.log_path("x").parent().unwrap().to_path_buf();
+    let op = dir.join("operator.key");
+    let out = ok(
+        &env,
+        &["keys", "operator-init", "--out", op.to_str().unwrap()],
+        &[],
+    );
+    let operator_public = after(&out, "operator_public_key = ").to_owned();
+    // A remote model that processes data only in EU-WEST, with a specialty nothing else has.
+    let mut env = env.with_config(
+        r#"
+[models.triad-local]
+kind = "local"
+
+[models.eu-legal]
+kind = "openai"
+base_url = "http://127.0.0.1:9"
+zones = ["EU-WEST"]
+specialties = ["eu-legal"]
+"#,
+    );
+    env.extra_env = vec![
+        (
+            "TRIAD_SOVEREIGNTY__OPERATOR_PUBLIC_KEY".into(),
+            operator_public,
+        ),
+        (
+            "TRIAD_SOVEREIGNTY__KEY_DIR".into(),
+            dir.join("keys").display().to_string(),
+        ),
+        ("TRIAD_SOVEREIGNTY__SEAL".into(), "true".into()),
+        ("TRIAD_SOVEREIGNTY__ZONE".into(), "US-EAST".into()),
+    ];
+    let enrol = |node: &str, zone: &str, public: &str| {
+        ok(
+            &env,
+            &[
+                "keys",
+                "enrol",
+                "--node",
+                node,
+                "--zone",
+                zone,
+                "--public-key",
+                public,
+                "--operator-key",
+                op.to_str().unwrap(),
+            ],
+            &[],
+        );
+    };
+    let edge = ok(&env, &["keys", "node-key", "--node", "edge-US-EAST"], &[]);
+    enrol("edge-US-EAST", "US-EAST", after(&edge, "public key "));
+
+    // One swtpm per executor; the key is created inside it and enrolled.
+    let zones: Vec<&str> = CONUS.iter().copied().chain(["EU-WEST"]).collect();
+    let tpms: Vec<Swtpm> = zones
+        .iter()
+        .map(|z| Swtpm::start(&dir.join(format!("tpm-{z}"))))
+        .collect();
+    let mut executors: Vec<Guarded> = Vec::new();
+    for (zone, tpm) in zones.iter().zip(&tpms) {
+        let node = format!("executor-{zone}");
+        let key = ok(
+            &env,
+            &["keys", "node-key", "--node", &node, "--tpm", &tpm.tcti()],
+            &[],
+        );
+        enrol(&node, zone, after(&key, "public key "));
+        let mut cmd = env.triad(&["execute", "--zone", zone]);
+        cmd.env("TRIAD_SOVEREIGNTY__TPM_TCTI", tpm.tcti())
+            .stderr(std::fs::File::create(env.log_path(&node)).unwrap());
+        executors.push(Guarded(cmd.spawn().unwrap()));
+    }
+    let _processor = env.spawn("processor", &["process"]);
+
+    let file = |name: &str, text: serde_json::Value| {
+        let path = dir.join(name);
+        std::fs::write(&path, text.to_string()).unwrap();
+        path
+    };
+    // The demo's research workflow in CONUS: four tasks, fan-out and fan-in.
+    let conus = file(
+        "conus.json",
+        serde_json::from_str(triad_cli_research()).unwrap(),
+    );
+    let eu = file(
+        "eu.json",
+        serde_json::json!({
+            "name": "eu-only", "zones": ["EU-WEST"],
+            "tasks": [{"id": "draft", "prompt": "Echo: bonjour from the EU"}]
+        }),
+    );
+    let out = ok(
+        &env,
+        &["submit", conus.to_str().unwrap(), "--timeout", "120"],
+        &[],
+    );
+    let conus_id = submitted_id(&out);
+    assert!(out.contains("output of report:"), "{out}");
+    assert!(!out.contains("not readable here"), "{out}");
+    let out = ok(
+        &env,
+        &["submit", eu.to_str().unwrap(), "--timeout", "120"],
+        &[],
+    );
+    let eu_id = submitted_id(&out);
+    assert!(
+        out.contains("sovereignty violation") && !out.contains("bonjour"),
+        "an EU-only output does not open in US-EAST: {out}"
+    );
+
+    // Where everything ran, from the event store.
+    let events: Vec<WorkflowEvent> = env
+        .events_until_finished(&[conus_id.clone(), eu_id.clone()], Duration::from_secs(60))
+        .await;
+    let mut ran = 0;
+    for e in &events {
+        let conus_workflow = e.meta.workflow_id == conus_id;
+        let allowed: &[&str] = if conus_workflow { &CONUS } else { &["EU-WEST"] };
+        match &e.body {
+            EventBody::TaskDispatched(d)
+                if e.meta.workflow_id == conus_id || e.meta.workflow_id == eu_id =>
+            {
+                assert!(allowed.contains(&d.zone.as_str()), "{d:?}");
+            }
+            EventBody::TaskCompleted(c)
+                if e.meta.workflow_id == conus_id || e.meta.workflow_id == eu_id =>
+            {
+                assert!(allowed.contains(&c.executor_zone.as_str()), "{c:?}");
+                assert_eq!(c.model_id, "triad-local");
+                assert!(triad_domain::is_sealed(&c.output), "sealed output");
+                ran += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(ran, 5, "four CONUS tasks and one EU task completed");
+
+    // A CONUS task that only the EU model could serve: refused at the edge, naming it …
+    let needs_eu = serde_json::json!({
+        "name": "needs-eu", "zones": ["CONUS"],
+        "tasks": [{"id": "review", "prompt": "Review this contract", "specialties": ["eu-legal"]}]
+    });
+    let refused = run(
+        &env,
+        &[
+            "submit",
+            file("needs-eu.json", needs_eu.clone()).to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("tasks[0].zones") && stderr.contains("eu-legal"),
+        "{stderr}"
+    );
+    // … and by the processor when the edge is bypassed.
+    let workflow: triad_workflow::Workflow =
+        triad_workflow::Workflow::from_json(&needs_eu.to_string()).unwrap();
+    let bypass = format!("wf-bypass-{}", uuid::Uuid::new_v4());
+    env.submit(&bypass, workflow.to_command()).await;
+    let events = env
+        .events_until_finished(&[bypass.clone()], Duration::from_secs(60))
+        .await;
+    let rejected = events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::WorkflowRejected(r) if e.meta.workflow_id == bypass => Some(r.clone()),
+            _ => None,
+        })
+        .expect("the processor rejects it");
+    assert_eq!(
+        rejected.field.as_deref(),
+        Some("tasks[0].zones"),
+        "{rejected:?}"
+    );
+    assert!(rejected.reason.contains("review"), "{rejected:?}");
+
+    // Only the TPM keys are enrolled for the executors, so every completion above was
+    // opened through a TPM (an executor on another key refuses to start).
+    drop(executors);
+}
+
+/// `examples/research.json`, the demo's workflow (zones CONUS).
+fn triad_cli_research() -> &'static str {
+    include_str!("../../../examples/research.json")
+}
