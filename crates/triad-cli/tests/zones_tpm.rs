@@ -221,7 +221,7 @@ specialties = ["eu-legal"]
     let bypass = format!("wf-bypass-{}", uuid::Uuid::new_v4());
     env.submit(&bypass, workflow.to_command()).await;
     let events = env
-        .events_until_finished(&[bypass.clone()], Duration::from_secs(60))
+        .events_until_finished(std::slice::from_ref(&bypass), Duration::from_secs(60))
         .await;
     let rejected = events
         .iter()
