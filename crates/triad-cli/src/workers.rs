@@ -68,6 +68,7 @@ pub fn executor_options(
         inline_max_bytes: config.blobs.inline_max_bytes,
         metrics: metrics(),
         kernel: None,
+        zone_hosts: Arc::new(config.policy.hosts.clone()),
     })
 }
 

@@ -68,6 +68,10 @@ pub struct PolicyConfig {
     pub zones: Vec<String>,
     /// Named groups of zones, e.g. `CONUS`.
     pub groups: BTreeMap<String, Vec<String>>,
+    /// The hosts model endpoints may have, per zone: a remote model is used only when its
+    /// `base_url` host is listed for each of its zones that has a list. A zone without an
+    /// entry allows any host (list one per zone in production).
+    pub hosts: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,8 +237,22 @@ impl Default for PolicyConfig {
                     .map(String::from)
                     .to_vec(),
             )]),
+            hosts: BTreeMap::new(),
         }
     }
+}
+
+/// The host of a `base_url` (`scheme://host[:port]/…`), lower-case.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 impl Default for ProcessorConfig {
@@ -667,6 +685,40 @@ impl Config {
                 });
             }
         }
+        for (zone, hosts) in &self.policy.hosts {
+            if !self.policy.zones.contains(zone) {
+                return Err(Error::Invalid {
+                    key: "policy.hosts",
+                    reason: format!("{zone} is not in policy.zones"),
+                });
+            }
+            if hosts.is_empty() {
+                return Err(Error::Invalid {
+                    key: "policy.hosts",
+                    reason: format!(
+                        "{zone}: an empty list would refuse every remote model; remove the entry to allow any host"
+                    ),
+                });
+            }
+        }
+        for (id, m) in &self.models {
+            let Some(host) = m.base_url.as_deref().and_then(url_host) else {
+                continue;
+            };
+            if let Some((zone, _)) = m
+                .zones
+                .iter()
+                .filter_map(|z| self.policy.hosts.get(z).map(|h| (z, h)))
+                .find(|(_, allowed)| !allowed.iter().any(|a| a.eq_ignore_ascii_case(&host)))
+            {
+                return Err(Error::Invalid {
+                    key: "models",
+                    reason: format!(
+                        "models.{id}.base_url: host {host} is not allowed in zone {zone} (policy.hosts.{zone})"
+                    ),
+                });
+            }
+        }
         if let Some(pk) = &self.sovereignty.operator_public_key
             && !(pk.len() == 130
                 && pk.starts_with("04")
@@ -855,6 +907,54 @@ mod tests {
             assert!(e.contains("registry.listen"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn remote_model_hosts_must_be_allowed_in_their_zones() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "triad.toml",
+                r#"
+[policy.hosts]
+US-EAST = ["llm.east.example"]
+
+[models.east]
+kind = "openai"
+base_url = "https://LLM.east.example:8443/v1"
+zones = ["US-EAST"]
+"#,
+            )?;
+            let sources = Sources {
+                file: Some("triad.toml".into()),
+                overrides: vec![],
+            };
+            assert!(
+                load_in_jail(&sources).is_ok(),
+                "listed (case-insensitively)"
+            );
+            for (set, expected) in [
+                (
+                    "models.east.base_url=\"http://elsewhere.example/v1\"",
+                    "models.east.base_url: host elsewhere.example is not allowed in zone US-EAST",
+                ),
+                ("policy.hosts.MARS=[\"x\"]", "policy.hosts"),
+                ("policy.hosts.US-EAST=[]", "an empty list would refuse"),
+            ] {
+                let sources = Sources {
+                    file: Some("triad.toml".into()),
+                    overrides: vec![set.to_owned()],
+                };
+                let e = load_in_jail(&sources).unwrap_err().to_string();
+                assert!(e.contains(expected), "{set}: {e}");
+            }
+            Ok(())
+        });
+        assert_eq!(url_host("https://u:p@[::1]:80/x").as_deref(), Some("::1"));
+        assert_eq!(
+            url_host("http://Host.example?q").as_deref(),
+            Some("host.example")
+        );
+        assert_eq!(url_host("nohost"), None);
     }
 
     #[test]

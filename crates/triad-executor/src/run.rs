@@ -41,6 +41,8 @@ pub struct Options {
     /// This node's sovereignty kernel when payloads are sealed (`sovereignty.seal`): prompts
     /// and inputs are opened here, inside the zone, and outputs sealed before they leave.
     pub kernel: Option<Arc<triad_kernel::NodeKernel>>,
+    /// The policy's host allowlist per zone (`policy.hosts`), checked before every call.
+    pub zone_hosts: Arc<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// How long start-up waits for the model registry to be read before serving.
@@ -182,6 +184,7 @@ impl Executor {
                         .as_ref()
                         .and_then(|b| b.get(id).map(|b| b.state(now)))
                         .unwrap_or(BreakerState::Closed),
+                    endpoint_host: f.endpoint_host.clone(),
                 }
             })
             .collect()
@@ -232,6 +235,7 @@ impl Executor {
             hint: request.model_hint.clone().filter(|h| !h.is_empty()),
             prompt_tokens: u32::try_from(prompt.split_whitespace().count()).unwrap_or(u32::MAX),
             max_tokens: u32::try_from(request.max_tokens.max(1)).unwrap_or(1),
+            zone_hosts: Arc::clone(&self.options.zone_hosts),
         };
         let ranking = rank(&self.model_infos(), &needs);
         let mut tried = Tried {

@@ -45,6 +45,9 @@ pub struct Fingerprint {
     /// Where it processes data. Empty: it runs inside the executor, in the executor's zone.
     pub zones: Vec<String>,
     pub max_context: u32,
+    /// The host its calls go to (remote models; checked against the policy's host allowlist
+    /// of each of its zones before every call). None: it runs inside the executor.
+    pub endpoint_host: Option<String>,
 }
 
 impl Fingerprint {
@@ -348,6 +351,11 @@ impl Catalogue {
                 specialties: m.specialties.clone(),
                 zones: m.zones.clone(),
                 max_context: m.max_context,
+                endpoint_host: m
+                    .base_url
+                    .as_deref()
+                    .and_then(|u| reqwest::Url::parse(u).ok())
+                    .and_then(|u| u.host_str().map(str::to_owned)),
             };
             let key = match &m.api_key_env {
                 Some(var) => Some(Secret::new(env(var).ok_or_else(|| Error::Config {
@@ -446,6 +454,7 @@ mod tests {
             specialties: vec![],
             zones: vec![],
             max_context: 1,
+            endpoint_host: None,
         };
         assert_eq!(f.cost_micros(1000, 1000), 18_000);
         assert_eq!(f.cost_micros(1, 0), 3);

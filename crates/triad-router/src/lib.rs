@@ -40,6 +40,8 @@ pub struct ModelInfo {
     pub max_context: u32,
     pub healthy: bool,
     pub breaker: BreakerState,
+    /// The host its calls go to; None for a model inside the executor.
+    pub endpoint_host: Option<String>,
 }
 
 /// What a task asks of a model.
@@ -51,6 +53,9 @@ pub struct Needs {
     pub hint: Option<String>,
     pub prompt_tokens: u32,
     pub max_tokens: u32,
+    /// The policy's host allowlist per zone (`policy.hosts`): a remote model is eligible only
+    /// if its endpoint host is allowed in each of its zones that has a list.
+    pub zone_hosts: std::sync::Arc<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +93,17 @@ fn ineligible(m: &ModelInfo, needs: &Needs) -> Option<String> {
     };
     if let Some(z) = zones.iter().find(|z| !needs.allowed_zones.contains(**z)) {
         return Some(format!("processes data in {z}, outside the task's zones"));
+    }
+    if let Some(host) = &m.endpoint_host {
+        for z in &zones {
+            if let Some(allowed) = needs.zone_hosts.get(*z)
+                && !allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
+            {
+                return Some(format!(
+                    "endpoint host {host} is not allowed in zone {z} (policy.hosts)"
+                ));
+            }
+        }
     }
     if !m.healthy {
         return Some("unhealthy".to_owned());
@@ -198,6 +214,7 @@ mod tests {
             max_context: 8192,
             healthy: true,
             breaker: BreakerState::Closed,
+            endpoint_host: None,
         }
     }
 
@@ -209,7 +226,49 @@ mod tests {
             hint: None,
             prompt_tokens: 100,
             max_tokens: 100,
+            zone_hosts: std::sync::Arc::default(),
         }
+    }
+
+    #[test]
+    fn a_remote_endpoint_must_be_on_each_of_its_zones_host_allowlist() {
+        let mut remote = model("remote", &["US-EAST", "US-WEST"], 10, 0);
+        remote.endpoint_host = Some("api.example.com".into());
+        let local = model("local", &[], 10, 0);
+        let mut n = needs(&["US-EAST", "US-WEST"]);
+        // No allowlist: any host.
+        assert_eq!(rank(&[remote.clone(), local.clone()], &n).eligible.len(), 2);
+        // US-WEST lists other hosts: the remote model is out, with the reason; the model
+        // inside the executor has no endpoint and stays eligible.
+        n.zone_hosts = std::sync::Arc::new(
+            [
+                ("US-EAST".to_owned(), vec!["api.example.com".to_owned()]),
+                ("US-WEST".to_owned(), vec!["llm.west.example".to_owned()]),
+            ]
+            .into(),
+        );
+        let r = rank(&[remote.clone(), local.clone()], &n);
+        assert_eq!(
+            r.eligible.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["local"]
+        );
+        assert_eq!(
+            r.rejected,
+            [(
+                "remote".to_owned(),
+                "endpoint host api.example.com is not allowed in zone US-WEST (policy.hosts)"
+                    .to_owned()
+            )]
+        );
+        // Allowed in both: eligible again.
+        n.zone_hosts = std::sync::Arc::new(
+            [
+                ("US-EAST".to_owned(), vec!["api.example.com".to_owned()]),
+                ("US-WEST".to_owned(), vec!["api.example.com".to_owned()]),
+            ]
+            .into(),
+        );
+        assert_eq!(rank(&[remote, local], &n).eligible.len(), 2);
     }
 
     #[test]

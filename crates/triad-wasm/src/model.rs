@@ -135,6 +135,7 @@ impl WasmModel {
                 specialties: Vec::new(),
                 zones,
                 max_context: 0,
+                endpoint_host: None,
             },
             egress,
             settings: Arc::new(settings),
