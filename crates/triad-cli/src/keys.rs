@@ -77,6 +77,10 @@ pub fn node_key(config: &Config, node: &str, tpm: Option<&str>) -> Result<()> {
     };
     println!("node {node}: key id {key_id}");
     println!("public key {}", public_hex(&public));
+    // The signing key lives in the file store (a TPM-resident signing key is not built yet).
+    let signer = FileKeyStore::new(&config.sovereignty.key_dir).load_or_create_signer(node)?;
+    println!("signing key id {}", signer.key_id());
+    println!("signing key {}", public_hex(signer.public()));
     Ok(())
 }
 
@@ -149,6 +153,9 @@ pub async fn append_signed(
 ) -> Result<(u64, String, i64)> {
     if let DirectoryChange::Enrolled {
         zone, public_key, ..
+    }
+    | DirectoryChange::SigningKeyEnrolled {
+        zone, public_key, ..
     } = &change
     {
         if !config.policy.zones.contains(zone) {
@@ -181,13 +188,21 @@ pub async fn list(config: &Config, codec: &Codec) -> Result<()> {
     let directory = read(config, codec, configured_operator(config)?).await?;
     let (sequence, head) = directory.head();
     println!("key directory: {sequence} changes, all signed by the operator; head {head}");
-    for e in directory.directory().entries() {
+    let d = directory.directory();
+    let keys = d
+        .entries()
+        .map(|e| (e, "wrap"))
+        .chain(d.signers().map(|e| (e, "sign")));
+    for (e, purpose) in keys {
         let state = match e.state {
             KeyState::Active => "active",
             KeyState::Retired => "retired",
             KeyState::Revoked => "revoked",
         };
-        println!("  {:<12} {:<16} {}  {state}", e.zone, e.node_id, e.key_id);
+        println!(
+            "  {:<12} {:<16} {}  {purpose}  {state}",
+            e.zone, e.node_id, e.key_id
+        );
     }
     Ok(())
 }

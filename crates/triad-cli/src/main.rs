@@ -209,6 +209,10 @@ enum KeysCommand {
         /// The node's public key (hex), as `triad keys node-key` prints it.
         #[arg(long)]
         public_key: String,
+        /// The node's signing key (hex), as `triad keys node-key` prints it: enrolled too,
+        /// so the node's signed execution records verify.
+        #[arg(long)]
+        signing_key: Option<String>,
         #[arg(long)]
         operator_key: std::path::PathBuf,
     },
@@ -495,14 +499,24 @@ async fn main() -> Result<()> {
                 node,
                 zone,
                 public_key,
+                signing_key,
                 operator_key,
             } => {
+                let codec = codec(&config)?;
                 let change = triad_sovereignty::DirectoryChange::Enrolled {
-                    node_id: node,
-                    zone,
+                    node_id: node.clone(),
+                    zone: zone.clone(),
                     public_key,
                 };
-                keys::append(&config, &*codec(&config)?, &operator_key, change).await?;
+                keys::append(&config, &codec, &operator_key, change).await?;
+                if let Some(public_key) = signing_key {
+                    let change = triad_sovereignty::DirectoryChange::SigningKeyEnrolled {
+                        node_id: node,
+                        zone,
+                        public_key,
+                    };
+                    keys::append(&config, &codec, &operator_key, change).await?;
+                }
             }
             KeysCommand::Retire {
                 key_id,

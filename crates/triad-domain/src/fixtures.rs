@@ -10,12 +10,12 @@ use crate::{
     CommandMetadata, ControlAction, ControlRecord, DeadLetter, DeadLetterHeader, DirectoryBody,
     EpochMarker, EventBody, EventMetadata, ExecutorStatus, Heartbeat, InboxBody, InboxRecord,
     KeyDirectoryChange, ModelCall, ModelRegistration, NodeEnrolled, NodeKeyRetired, NodeKeyRevoked,
-    RoutingDecision, SnapshotBody, SnapshotCheckpoint, SnapshotState, StatusBody, SubmitWorkflow,
-    TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded,
-    TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired,
-    TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent,
-    WorkflowFailed, WorkflowKey, WorkflowRejected, WorkflowSnapshot, WrappedWorkflowKey,
-    derive_event_id,
+    NodeSigningKeyEnrolled, RoutingDecision, SnapshotBody, SnapshotCheckpoint, SnapshotState,
+    StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome,
+    TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped,
+    TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted,
+    WorkflowEvent, WorkflowFailed, WorkflowKey, WorkflowRejected, WorkflowSnapshot,
+    WrappedWorkflowKey, derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -457,6 +457,14 @@ pub fn key_directory_changes() -> Vec<KeyDirectoryChange> {
             3,
             DirectoryBody::NodeKeyRevoked(NodeKeyRevoked {
                 key_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            }),
+        ),
+        change(
+            4,
+            DirectoryBody::NodeSigningKeyEnrolled(NodeSigningKeyEnrolled {
+                node_id: "executor-US-EAST".to_owned(),
+                zone: "US-EAST".to_owned(),
+                public_key: format!("04{}", "22".repeat(64)),
             }),
         ),
     ]

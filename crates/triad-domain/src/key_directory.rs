@@ -18,6 +18,8 @@ pub enum DirectoryBody {
     NodeEnrolled(NodeEnrolled),
     NodeKeyRetired(NodeKeyRetired),
     NodeKeyRevoked(NodeKeyRevoked),
+    /// v2.
+    NodeSigningKeyEnrolled(NodeSigningKeyEnrolled),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,4 +37,11 @@ pub struct NodeKeyRetired {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeKeyRevoked {
     pub key_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSigningKeyEnrolled {
+    pub node_id: String,
+    pub zone: String,
+    pub public_key: String,
 }

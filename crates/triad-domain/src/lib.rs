@@ -34,6 +34,7 @@ pub use event::{
 pub use ids::{derive_event_id, new_command_id};
 pub use key_directory::{
     DirectoryBody, KeyDirectoryChange, NodeEnrolled, NodeKeyRetired, NodeKeyRevoked,
+    NodeSigningKeyEnrolled,
 };
 pub use snapshot::{
     EpochMarker, SnapshotBody, SnapshotCheckpoint, SnapshotState, WorkflowSnapshot,

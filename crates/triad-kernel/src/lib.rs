@@ -69,6 +69,11 @@ pub fn to_signed(r: KeyDirectoryChange) -> Result<SignedChange, String> {
         },
         DirectoryBody::NodeKeyRetired(k) => DirectoryChange::Retired { key_id: k.key_id },
         DirectoryBody::NodeKeyRevoked(k) => DirectoryChange::Revoked { key_id: k.key_id },
+        DirectoryBody::NodeSigningKeyEnrolled(e) => DirectoryChange::SigningKeyEnrolled {
+            node_id: e.node_id,
+            zone: e.zone,
+            public_key: e.public_key,
+        },
     };
     Ok(SignedChange {
         sequence: u64::try_from(r.sequence).map_err(|_| "a negative sequence".to_owned())?,
@@ -97,6 +102,15 @@ pub fn to_record(s: SignedChange) -> Result<KeyDirectoryChange, String> {
         DirectoryChange::Revoked { key_id } => {
             DirectoryBody::NodeKeyRevoked(NodeKeyRevoked { key_id })
         }
+        DirectoryChange::SigningKeyEnrolled {
+            node_id,
+            zone,
+            public_key,
+        } => DirectoryBody::NodeSigningKeyEnrolled(triad_domain::NodeSigningKeyEnrolled {
+            node_id,
+            zone,
+            public_key,
+        }),
     };
     Ok(KeyDirectoryChange {
         sequence: i64::try_from(s.sequence).map_err(|_| "a sequence above i64".to_owned())?,

@@ -20,6 +20,13 @@ pub enum DirectoryChange {
         zone: String,
         public_key: String,
     },
+    /// `node`'s signing key (ECDSA P-256, hex) in `zone`: it signs the node's execution
+    /// records. Never a recipient of workflow keys.
+    SigningKeyEnrolled {
+        node_id: String,
+        zone: String,
+        public_key: String,
+    },
     /// Rotation: new workflow keys are no longer wrapped to it, but the node keeps opening
     /// what was sealed to it while it keeps the key.
     Retired { key_id: String },
@@ -46,6 +53,17 @@ pub struct NodeEntry {
 #[derive(Debug, Clone, Default)]
 pub struct KeyDirectory {
     entries: BTreeMap<String, NodeEntry>,
+    /// Signing keys, by key id: kept apart so they never become recipients.
+    signers: BTreeMap<String, NodeEntry>,
+}
+
+fn parse_point(node_id: &str, public_key: &str) -> Result<PublicKey> {
+    let bytes = unhex(public_key).ok_or_else(|| Error::Directory {
+        reason: format!("enrolment of {node_id}: public_key is not hex"),
+    })?;
+    PublicKey::from_sec1_bytes(&bytes).map_err(|_| Error::Directory {
+        reason: format!("enrolment of {node_id}: public_key is not a P-256 point"),
+    })
 }
 
 impl KeyDirectory {
@@ -56,14 +74,9 @@ impl KeyDirectory {
                 zone,
                 public_key,
             } => {
-                let bytes = unhex(public_key).ok_or_else(|| Error::Directory {
-                    reason: format!("enrolment of {node_id}: public_key is not hex"),
-                })?;
-                let public = PublicKey::from_sec1_bytes(&bytes).map_err(|_| Error::Directory {
-                    reason: format!("enrolment of {node_id}: public_key is not a P-256 point"),
-                })?;
+                let public = parse_point(node_id, public_key)?;
                 let id = key_id(&public);
-                if let Some(existing) = self.entries.get(&id) {
+                if let Some(existing) = self.entries.get(&id).or_else(|| self.signers.get(&id)) {
                     return Err(Error::Directory {
                         reason: format!(
                             "key {id} is already enrolled for node {} in {}",
@@ -83,18 +96,46 @@ impl KeyDirectory {
                 );
                 Ok(())
             }
+            DirectoryChange::SigningKeyEnrolled {
+                node_id,
+                zone,
+                public_key,
+            } => {
+                let public = parse_point(node_id, public_key)?;
+                let id = key_id(&public);
+                if let Some(existing) = self.entries.get(&id).or_else(|| self.signers.get(&id)) {
+                    return Err(Error::Directory {
+                        reason: format!(
+                            "key {id} is already enrolled for node {} in {}",
+                            existing.node_id, existing.zone
+                        ),
+                    });
+                }
+                self.signers.insert(
+                    id.clone(),
+                    NodeEntry {
+                        node_id: node_id.clone(),
+                        zone: zone.clone(),
+                        key_id: id,
+                        public_key: public,
+                        state: KeyState::Active,
+                    },
+                );
+                Ok(())
+            }
             DirectoryChange::Retired { key_id } => self.set(key_id, KeyState::Retired),
             DirectoryChange::Revoked { key_id } => self.set(key_id, KeyState::Revoked),
         }
     }
 
     fn set(&mut self, key_id: &str, state: KeyState) -> Result<()> {
-        let entry = self
-            .entries
-            .get_mut(key_id)
-            .ok_or_else(|| Error::Directory {
-                reason: format!("key {key_id} is not enrolled"),
-            })?;
+        let entry = match self.entries.get_mut(key_id) {
+            Some(e) => Some(e),
+            None => self.signers.get_mut(key_id),
+        }
+        .ok_or_else(|| Error::Directory {
+            reason: format!("key {key_id} is not enrolled"),
+        })?;
         if entry.state == KeyState::Revoked {
             return Err(Error::Directory {
                 reason: format!("key {key_id} is revoked; a revocation is final"),
@@ -111,6 +152,16 @@ impl KeyDirectory {
 
     pub fn get(&self, key_id: &str) -> Option<&NodeEntry> {
         self.entries.get(key_id)
+    }
+
+    /// A signing key, by key id.
+    pub fn signer(&self, key_id: &str) -> Option<&NodeEntry> {
+        self.signers.get(key_id)
+    }
+
+    /// Every signing key ever enrolled, by key id.
+    pub fn signers(&self) -> impl Iterator<Item = &NodeEntry> {
+        self.signers.values()
     }
 
     /// The keys new workflow keys of `zone` are wrapped to.
@@ -133,6 +184,43 @@ mod tests {
             zone: zone.into(),
             public_key: hex(&public_bytes(key.public())),
         }
+    }
+
+    #[test]
+    fn signing_keys_are_kept_apart_from_recipients() {
+        let (wrap, sign) = (SoftwareKey::generate(), SoftwareKey::generate());
+        let mut d = KeyDirectory::default();
+        d.apply(&enrol("e1", "US-EAST", &wrap)).unwrap();
+        let signing = DirectoryChange::SigningKeyEnrolled {
+            node_id: "e1".into(),
+            zone: "US-EAST".into(),
+            public_key: hex(&public_bytes(sign.public())),
+        };
+        d.apply(&signing).unwrap();
+        assert_eq!(
+            d.recipients("US-EAST").count(),
+            1,
+            "a signing key is no recipient"
+        );
+        let id = sign.key_id().to_owned();
+        assert_eq!(d.signer(&id).map(|e| e.zone.as_str()), Some("US-EAST"));
+        assert!(d.get(&id).is_none());
+        // One key, one purpose: neither may be enrolled again in the other role.
+        assert!(d.apply(&signing).is_err());
+        assert!(d.apply(&enrol("e1", "US-EAST", &sign)).is_err());
+        d.apply(&DirectoryChange::Revoked { key_id: id.clone() })
+            .unwrap();
+        assert_eq!(d.signer(&id).map(|e| e.state), Some(KeyState::Revoked));
+        // The signed bytes of a signing-key enrolment differ from a wrapping-key one.
+        let as_wrap = DirectoryChange::Enrolled {
+            node_id: "e1".into(),
+            zone: "US-EAST".into(),
+            public_key: hex(&public_bytes(sign.public())),
+        };
+        assert_ne!(
+            signed_bytes(1, GENESIS, &signing).unwrap(),
+            signed_bytes(1, GENESIS, &as_wrap).unwrap()
+        );
     }
 
     #[test]
@@ -195,7 +283,8 @@ impl SignedChange {
     /// `"TRIAD-DIRECTORY" || u8(1) || u64(sequence) || previous (32 bytes) || change`, where the
     /// change is `u8(1) || lp(node_id) || lp(zone) || lp(public key, 65 bytes)` for an
     /// enrolment, `u8(2) || lp(key_id)` for a retirement, `u8(3) || lp(key_id)` for a
-    /// revocation (`docs/sovereignty_kernel.md`).
+    /// revocation, `u8(4) || lp(node_id) || lp(zone) || lp(public key)` for a signing key's
+    /// enrolment (`docs/sovereignty_kernel.md`).
     pub fn signed_bytes(&self) -> Result<Vec<u8>> {
         signed_bytes(self.sequence, &self.previous, &self.change)
     }
@@ -222,6 +311,19 @@ fn signed_bytes(sequence: u64, previous: &str, change: &DirectoryChange) -> Resu
                 reason: format!("change {sequence}: public_key is not hex"),
             })?;
             out.push(1);
+            put_lp(&mut out, node_id.as_bytes());
+            put_lp(&mut out, zone.as_bytes());
+            put_lp(&mut out, &pk);
+        }
+        DirectoryChange::SigningKeyEnrolled {
+            node_id,
+            zone,
+            public_key,
+        } => {
+            let pk = unhex(public_key).ok_or_else(|| Error::Directory {
+                reason: format!("change {sequence}: public_key is not hex"),
+            })?;
+            out.push(4);
             put_lp(&mut out, node_id.as_bytes());
             put_lp(&mut out, zone.as_bytes());
             put_lp(&mut out, &pk);

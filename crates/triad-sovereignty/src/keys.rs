@@ -100,11 +100,6 @@ impl SoftwareKey {
             key_id,
         }
     }
-
-    /// The private scalar (32 bytes), for writing to the key file.
-    fn scalar(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.secret.to_bytes().to_vec())
-    }
 }
 
 impl KeyAgreement for SoftwareKey {
@@ -140,6 +135,23 @@ impl FileKeyStore {
 
     /// The key of `node`, generated and stored when it has none yet.
     pub fn load_or_create(&self, node: &str) -> Result<SoftwareKey> {
+        let (path, scalar) = self.scalar(node, "key")?;
+        SoftwareKey::from_scalar(&scalar).map_err(|_| Error::Key {
+            reason: format!("{}: not a P-256 private key", path.display()),
+        })
+    }
+
+    /// The node's signing key (`<node>.sign`), created on first use.
+    pub fn load_or_create_signer(&self, node: &str) -> Result<crate::signing::SoftwareSigner> {
+        let (path, scalar) = self.scalar(node, "sign")?;
+        crate::signing::SoftwareSigner::from_scalar(&scalar).map_err(|_| Error::Key {
+            reason: format!("{}: not a P-256 private key", path.display()),
+        })
+    }
+
+    /// The private scalar in `<node>.<ext>`: read (the file must be private), or drawn and
+    /// written (mode 0600, never overwritten).
+    fn scalar(&self, node: &str, ext: &str) -> Result<(PathBuf, Zeroizing<Vec<u8>>)> {
         if node.is_empty()
             || !node
                 .chars()
@@ -150,27 +162,25 @@ impl FileKeyStore {
                 reason: format!("node id {node:?}: use letters, digits, '-', '_' and '.'"),
             });
         }
-        let path = self.dir.join(format!("{node}.key"));
+        let path = self.dir.join(format!("{node}.{ext}"));
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 check_private(&path)?;
                 let bytes = Zeroizing::new(unhex(text.trim()).ok_or_else(|| Error::Key {
                     reason: format!("{}: not hex", path.display()),
                 })?);
-                SoftwareKey::from_scalar(&bytes).map_err(|_| Error::Key {
-                    reason: format!("{}: not a P-256 private key", path.display()),
-                })
+                Ok((path, bytes))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = SoftwareKey::generate();
-                self.write(&path, &key)?;
-                Ok(key)
+                let scalar = Zeroizing::new(SecretKey::random(&mut OsRng).to_bytes().to_vec());
+                self.write(&path, &scalar)?;
+                Ok((path, scalar))
             }
             Err(e) => Err(io(&path, &e)),
         }
     }
 
-    fn write(&self, path: &Path, key: &SoftwareKey) -> Result<()> {
+    fn write(&self, path: &Path, scalar: &[u8]) -> Result<()> {
         create_private_dir(&self.dir)?;
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -180,7 +190,7 @@ impl FileKeyStore {
             options.mode(0o600);
         }
         let mut file = options.open(path).map_err(|e| io(path, &e))?;
-        let text = Zeroizing::new(hex(&key.scalar()));
+        let text = Zeroizing::new(hex(scalar));
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| io(path, &e))

@@ -101,8 +101,28 @@ impl TpmKey {
     }
 }
 
+/// How long connecting retries: a TPM daemon or simulator started next to the node may
+/// accept connections a moment before it answers (swtpm has been seen to refuse the first
+/// session right after it began listening).
+const CONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn connect(conf: &TctiNameConf) -> Result<Context> {
+    let deadline = std::time::Instant::now() + CONNECT_FOR;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match Context::new(conf.clone()) {
+            Ok(ctx) => return Ok(ctx),
+            Err(_) if std::time::Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            Err(e) => return Err(tpm("connecting", &e)),
+        }
+    }
+}
+
 fn start(conf: TctiNameConf, handle: u32) -> Result<(Context, KeyHandle, PublicKey, usize)> {
-    let mut ctx = Context::new(conf).map_err(|e| tpm("connecting", &e))?;
+    let mut ctx = connect(&conf)?;
     let flushed = flush_transients(&mut ctx)?;
     let persistent = PersistentTpmHandle::new(handle).map_err(|e| tpm("persistent handle", &e))?;
     // Create only when the handle is free: any other failure to load it is an error, never

@@ -36,30 +36,42 @@ impl Swtpm {
     /// accepts connections.
     pub fn start(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", dir.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm is installed (scripts/dev.sh installs it)");
-        // Ready when it accepts connections (a condition, not a fixed delay).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port + 1)).is_err() {
-            assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
-            std::thread::yield_now();
+        // A port can still be taken between choosing it and swtpm binding it (another
+        // process's connection): swtpm then exits, and it is started again on other ports.
+        for _ in 0..5 {
+            let port = free_port_pair();
+            let mut child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+                .arg("--tpmstate")
+                .arg(format!("dir={}", dir.display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("swtpm is installed (scripts/dev.sh installs it)");
+            // Ready when both ports are bound (probed by binding, which disturbs no session)
+            // and the process is alive: a condition, not a fixed delay.
+            let bound = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_err();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if bound(port) && bound(port + 1) {
+                    return Self {
+                        child,
+                        port,
+                        dir: dir.to_owned(),
+                    };
+                }
+                assert!(Instant::now() < deadline, "swtpm did not listen on {port}");
+                std::thread::yield_now();
+            }
         }
-        Self {
-            child,
-            port,
-            dir: dir.to_owned(),
-        }
+        panic!("swtpm exited five times at start (ports taken?)");
     }
 
     /// The TCTI string `tss-esapi` connects with.
