@@ -116,6 +116,18 @@ async fn enrol_demo_nodes(
             public_key: triad_sovereignty::public_hex(triad_sovereignty::NodeKey::public(&key)),
         };
         crate::keys::append_signed(config, codec, operator, change).await?;
+        if node.starts_with("executor-") {
+            // Executors sign their execution records; `triad audit verify` checks them.
+            let signer = store.load_or_create_signer(node)?;
+            let change = triad_sovereignty::DirectoryChange::SigningKeyEnrolled {
+                node_id: node.clone(),
+                zone: zone.clone(),
+                public_key: triad_sovereignty::public_hex(
+                    triad_sovereignty::signing::Signer::public(&signer),
+                ),
+            };
+            crate::keys::append_signed(config, codec, operator, change).await?;
+        }
     }
     Ok(nodes.into_iter().map(|(n, _)| n).collect())
 }

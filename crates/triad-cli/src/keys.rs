@@ -79,8 +79,8 @@ pub fn node_key(config: &Config, node: &str, tpm: Option<&str>) -> Result<()> {
     println!("public key {}", public_hex(&public));
     // The signing key lives in the file store (a TPM-resident signing key is not built yet).
     let signer = FileKeyStore::new(&config.sovereignty.key_dir).load_or_create_signer(node)?;
-    println!("signing key id {}", signer.key_id());
     println!("signing key {}", public_hex(signer.public()));
+    println!("signing key id {}", signer.key_id());
     Ok(())
 }
 

@@ -246,6 +246,10 @@ enum AuditCommand {
         workflow_id: String,
         event_id: String,
     },
+    /// Replay the workflow from the event store and check it: no event missing, a terminal
+    /// event, every operation signed by an enrolled executor over the logged bytes and
+    /// inside the task's zones. Exits non-zero on any problem.
+    Verify { workflow_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -417,6 +421,7 @@ async fn main() -> Result<()> {
             let cancel = shutdown_token();
             options.kernel =
                 workers::kernel(&config, codec(&config)?, "executor", &zone, true, &cancel).await?;
+            options.signer = workers::signer(&config, "executor", &zone)?;
             workers::serve_metrics(&config, cancel.clone()).await?;
             triad_executor::run(
                 &options,
@@ -551,6 +556,9 @@ async fn main() -> Result<()> {
         Command::Audit { command } => match command {
             AuditCommand::Root { workflow_id } => {
                 audit::root(&config, &*codec(&config)?, &workflow_id).await?;
+            }
+            AuditCommand::Verify { workflow_id } => {
+                audit::verify(&config, &*codec(&config)?, &workflow_id).await?;
             }
             AuditCommand::Prove {
                 workflow_id,

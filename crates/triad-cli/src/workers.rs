@@ -69,7 +69,35 @@ pub fn executor_options(
         metrics: metrics(),
         kernel: None,
         zone_hosts: Arc::new(config.policy.hosts.clone()),
+        signer: None,
     })
+}
+
+/// This node's id in the key directory: `sovereignty.node_id`, else `<role>-<zone>`.
+pub fn node_id(config: &Config, role: &str, zone: &str) -> String {
+    config.sovereignty.node_id.clone().unwrap_or_else(|| {
+        if zone.is_empty() {
+            role.to_owned()
+        } else {
+            format!("{role}-{zone}")
+        }
+    })
+}
+
+/// This node's signing key when `sovereignty.seal` is on (the file store's `<node>.sign`):
+/// executors sign their execution records with it.
+pub fn signer(
+    config: &Config,
+    role: &str,
+    zone: &str,
+) -> Result<Option<Arc<dyn triad_sovereignty::signing::Signer>>> {
+    if !config.sovereignty.seal {
+        return Ok(None);
+    }
+    let store = triad_sovereignty::FileKeyStore::new(&config.sovereignty.key_dir);
+    Ok(Some(Arc::new(
+        store.load_or_create_signer(&node_id(config, role, zone))?,
+    )))
 }
 
 /// This node's sovereignty kernel when `sovereignty.seal` is on (None otherwise): its key
@@ -90,13 +118,7 @@ pub async fn kernel(
     if !s.seal {
         return Ok(None);
     }
-    let node_id = s.node_id.clone().unwrap_or_else(|| {
-        if zone.is_empty() {
-            role.to_owned()
-        } else {
-            format!("{role}-{zone}")
-        }
-    });
+    let node_id = node_id(config, role, zone);
     let key: Arc<dyn NodeKey> = match &s.tpm_tcti {
         Some(tcti) => Arc::new(triad_sovereignty::TpmKey::open(
             tcti,
@@ -296,6 +318,7 @@ pub async fn spawn_all(
     for zone in &config.policy.zones {
         let mut options = executor_options(config, zone, 0)?;
         options.kernel = kernel(config, codec.clone(), "executor", zone, true, cancel).await?;
+        options.signer = signer(config, "executor", zone)?;
         let zones = config.policy.zones.clone();
         let (c, t, cat) = (codec.clone(), cancel.clone(), catalogue.clone());
         set.spawn(async move { Ok(triad_executor::run(&options, c, cat, &zones, t).await?) });

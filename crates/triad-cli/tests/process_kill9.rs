@@ -147,6 +147,7 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
                         cost_micros: 5,
                         latency_ms: 1,
                         routing: None,
+                        execution: None,
                     }),
                 );
                 producer

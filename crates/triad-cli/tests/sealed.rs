@@ -141,6 +141,7 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
     ] {
         let (key, _) = ok(&env, &["keys", "node-key", "--node", node], &[]);
         let public = after(&key, "public key ").to_owned();
+        let signing = after(&key, "signing key ").to_owned();
         ok(
             &env,
             &[
@@ -152,6 +153,8 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
                 zone,
                 "--public-key",
                 &public,
+                "--signing-key",
+                &signing,
                 "--operator-key",
                 op.to_str().unwrap(),
             ],
@@ -396,6 +399,16 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
             assert!(!log.contains(s.as_str()), "{s} in clear in the {name} log");
         }
     }
+    // The audit replays the workflow from the log: every operation signed by the enrolled
+    // US-EAST executor over the logged bytes, inside US-EAST.
+    let (report, _) = ok(&env, &["audit", "verify", &workflow_id], &[]);
+    assert!(
+        report.contains(
+            "verified: all 2 operations signed by enrolled executors and stayed in US-EAST"
+        ),
+        "{report}"
+    );
+
     // Crypto-shredding: the workflow's keys get tombstones; the API, following them, can
     // no longer open its outputs (nor can anyone who has only the log and node keys once
     // compaction has removed the records).

@@ -107,6 +107,25 @@ pub struct TaskResultReported {
     /// How the router chose, and every model call of the attempt (v2).
     #[serde(default)]
     pub routing: Option<RoutingDecision>,
+    /// The executor's signed execution record, for a success (v4).
+    #[serde(default)]
+    pub execution: Option<Box<ExecutionRecord>>,
+}
+
+/// An executor's signed statement of where and how an attempt ran: its node and signing
+/// key, its zone, the model and where that model processed the data, and the hashes of what
+/// went in and came out (docs/audit.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionRecord {
+    pub node_id: String,
+    pub key_id: String,
+    pub executor_zone: String,
+    pub model_id: String,
+    pub model_zones: Vec<String>,
+    pub prompt_sha256: String,
+    pub inputs_sha256: String,
+    pub output_sha256: String,
+    pub signature: String,
 }
 
 /// The router's decision and the model calls behind one attempt's outcome.

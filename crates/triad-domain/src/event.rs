@@ -116,6 +116,9 @@ pub struct TaskCompleted {
     pub output_tokens: i64,
     pub cost_micros: i64,
     pub latency_ms: i64,
+    /// The executor's signed execution record, copied from its result (v4).
+    #[serde(default)]
+    pub execution: Option<Box<crate::ExecutionRecord>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,14 +8,14 @@ use serde_bytes::ByteBuf;
 use crate::{
     AdapterInstall, BlobRef, BreakerState, BreakerTransition, CancelWorkflow, Causation,
     CommandMetadata, ControlAction, ControlRecord, DeadLetter, DeadLetterHeader, DirectoryBody,
-    EpochMarker, EventBody, EventMetadata, ExecutorStatus, Heartbeat, InboxBody, InboxRecord,
-    KeyDirectoryChange, ModelCall, ModelRegistration, NodeEnrolled, NodeKeyRetired, NodeKeyRevoked,
-    NodeSigningKeyEnrolled, RoutingDecision, SnapshotBody, SnapshotCheckpoint, SnapshotState,
-    StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome,
-    TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped,
-    TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted,
-    WorkflowEvent, WorkflowFailed, WorkflowKey, WorkflowRejected, WorkflowSnapshot,
-    WrappedWorkflowKey, derive_event_id,
+    EpochMarker, EventBody, EventMetadata, ExecutionRecord, ExecutorStatus, Heartbeat, InboxBody,
+    InboxRecord, KeyDirectoryChange, ModelCall, ModelRegistration, NodeEnrolled, NodeKeyRetired,
+    NodeKeyRevoked, NodeSigningKeyEnrolled, RoutingDecision, SnapshotBody, SnapshotCheckpoint,
+    SnapshotState, StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed,
+    TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled,
+    TaskSkipped, TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted, WorkflowCancelled,
+    WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowKey, WorkflowRejected,
+    WorkflowSnapshot, WrappedWorkflowKey, derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -101,6 +101,7 @@ pub fn inbox_records() -> Vec<InboxRecord> {
                 cost_micros: 0,
                 latency_ms: 3,
                 routing: Some(routing_decision()),
+                execution: Some(Box::new(execution_record())),
             }),
         },
         InboxRecord {
@@ -326,6 +327,7 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             output_tokens: 7,
             cost_micros: 42,
             latency_ms: 3,
+            execution: Some(Box::new(execution_record())),
         }),
         EventBody::TaskFailed(TaskFailed {
             task_id: "answer".to_owned(),
@@ -493,4 +495,20 @@ pub fn workflow_keys() -> Vec<WorkflowKey> {
         created_at: EPOCH_2026_MICROS,
         schema_version: 1,
     }]
+}
+
+/// A signed execution record (the signature is a placeholder: the codec does not check it;
+/// `triad audit verify` does).
+pub fn execution_record() -> ExecutionRecord {
+    ExecutionRecord {
+        node_id: "executor-US-EAST".to_owned(),
+        key_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        executor_zone: "US-EAST".to_owned(),
+        model_id: "triad-local".to_owned(),
+        model_zones: vec!["US-EAST".to_owned()],
+        prompt_sha256: "11".repeat(32),
+        inputs_sha256: "22".repeat(32),
+        output_sha256: "33".repeat(32),
+        signature: "ab".repeat(64),
+    }
 }

@@ -18,8 +18,9 @@ pub mod workflow_key;
 
 pub use blob::BlobRef;
 pub use command::{
-    CancelWorkflow, CommandMetadata, InboxBody, InboxRecord, ModelCall, RoutingDecision,
-    SubmitWorkflow, TaskOutcome, TaskResultReported, TaskSpec, TaskTimerFired, TimerKind,
+    CancelWorkflow, CommandMetadata, ExecutionRecord, InboxBody, InboxRecord, ModelCall,
+    RoutingDecision, SubmitWorkflow, TaskOutcome, TaskResultReported, TaskSpec, TaskTimerFired,
+    TimerKind,
 };
 pub use control::{
     AdapterInstall, BreakerState, BreakerTransition, ControlAction, ControlRecord, ExecutorStatus,
@@ -46,8 +47,8 @@ pub use workflow_key::{SEALED_PREFIX, WorkflowKey, WrappedWorkflowKey, is_sealed
 pub type TimestampMicros = i64;
 
 /// The version of `io.triad.v1.InboxRecord` this code writes (`schemas/history`).
-pub const INBOX_SCHEMA_VERSION: i32 = 3;
+pub const INBOX_SCHEMA_VERSION: i32 = 4;
 /// The version of `io.triad.v1.WorkflowEvent` this code writes.
-pub const EVENT_SCHEMA_VERSION: i32 = 3;
+pub const EVENT_SCHEMA_VERSION: i32 = 4;
 /// The version of `io.triad.v1.TaskRequest` this code writes.
 pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 2;

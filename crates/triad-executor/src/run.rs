@@ -43,6 +43,8 @@ pub struct Options {
     pub kernel: Option<Arc<triad_kernel::NodeKernel>>,
     /// The policy's host allowlist per zone (`policy.hosts`), checked before every call.
     pub zone_hosts: Arc<std::collections::BTreeMap<String, Vec<String>>>,
+    /// This node's signing key: each success carries an execution record signed with it.
+    pub signer: Option<Arc<dyn triad_sovereignty::signing::Signer>>,
 }
 
 /// How long start-up waits for the model registry to be read before serving.
@@ -466,6 +468,7 @@ impl Executor {
             cost_micros: 0,
             latency_ms: 0,
             routing: None,
+            execution: None,
         };
         if request.zone != self.options.zone {
             result.error = Some(format!(
@@ -609,12 +612,83 @@ impl Executor {
                 }
             }
         }
+        if result.outcome == TaskOutcome::Succeeded {
+            result.execution = self.execution_record(request, &result);
+        }
         self.options.metrics.attempt(
             &self.options.zone,
             &result.model_id,
             result.outcome == TaskOutcome::Succeeded,
         );
         result
+    }
+
+    /// The signed execution record of a success (None without a signing key). A signing
+    /// failure is logged and leaves the record out: the audit then reports the attempt as
+    /// unsigned, which is the truth.
+    fn execution_record(
+        &self,
+        request: &TaskRequest,
+        result: &TaskResultReported,
+    ) -> Option<Box<triad_domain::ExecutionRecord>> {
+        use triad_sovereignty::custody::{self, Execution, hash_from_hex, sha256};
+        let signer = self.options.signer.as_ref()?;
+        let node_id = self.options.kernel.as_ref().map_or_else(
+            || format!("executor-{}", self.options.zone),
+            |k| k.kernel().node_id().to_owned(),
+        );
+        let model_zones = self
+            .catalogue
+            .models
+            .get(&result.model_id)
+            .map(|m| m.capabilities().zones.clone())
+            .filter(|z| !z.is_empty())
+            .unwrap_or_else(|| vec![self.options.zone.clone()]);
+        let stored =
+            |inline: Option<&[u8]>, reference: Option<&triad_domain::BlobRef>| match reference {
+                Some(r) => hash_from_hex("a blob reference", &r.sha256).ok(),
+                None => Some(sha256(inline.unwrap_or_default())),
+            };
+        let mut inputs = Vec::new();
+        for (task, field) in &request.inputs {
+            inputs.push((task.as_str(), sha256(field)));
+        }
+        for (task, r) in &request.input_refs {
+            inputs.push((
+                task.as_str(),
+                hash_from_hex("a blob reference", &r.sha256).ok()?,
+            ));
+        }
+        let execution = Execution {
+            workflow_id: &request.workflow_id,
+            task_id: &request.task_id,
+            attempt: u32::try_from(request.attempt).unwrap_or(0),
+            attempt_id: &request.attempt_id,
+            node_id: &node_id,
+            executor_zone: &self.options.zone,
+            model_id: &result.model_id,
+            model_zones: &model_zones,
+            prompt_sha256: sha256(&request.prompt),
+            inputs_sha256: custody::inputs_digest(inputs),
+            output_sha256: stored(result.output.as_deref(), result.output_ref.as_ref())?,
+        };
+        match custody::sign(signer.as_ref(), &execution) {
+            Ok(signature) => Some(Box::new(triad_domain::ExecutionRecord {
+                node_id: node_id.clone(),
+                key_id: signer.key_id().to_owned(),
+                executor_zone: self.options.zone.clone(),
+                model_id: result.model_id.clone(),
+                model_zones: model_zones.clone(),
+                prompt_sha256: triad_sovereignty::hex(&execution.prompt_sha256),
+                inputs_sha256: triad_sovereignty::hex(&execution.inputs_sha256),
+                output_sha256: triad_sovereignty::hex(&execution.output_sha256),
+                signature,
+            })),
+            Err(error) => {
+                tracing::error!(attempt.id = %request.attempt_id, %error, "signing the execution record failed");
+                None
+            }
+        }
     }
 
     /// A payload field as text, opened by the kernel when sealed, with the workflow key it

@@ -319,6 +319,7 @@ mod tests {
                                 cost_micros: 10,
                                 latency_ms: 1,
                                 routing: None,
+                                execution: None,
                             }),
                         ),
                     );

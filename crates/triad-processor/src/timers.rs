@@ -287,6 +287,7 @@ mod tests {
                 cost_micros: 0,
                 latency_ms: 0,
                 routing: None,
+                execution: None,
             }),
         );
         timers.sync(&state, 12_000_000, unclaimed, grace);

@@ -136,6 +136,7 @@ fn history(rng: &mut StdRng, expected: &mut Expected, wf: &str) -> Vec<EventBody
                 output_tokens: rng.random_range(1..100),
                 cost_micros: cost,
                 latency_ms: rng.random_range(1..500),
+                execution: None,
             }));
             *expected.completed.entry(model).or_default() += 1;
         }

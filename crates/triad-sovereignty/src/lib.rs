@@ -11,6 +11,7 @@
 //!
 //! No network or Kafka I/O here; the file key store touches only its own directory.
 
+pub mod custody;
 pub mod directory;
 pub mod envelope;
 pub mod hpke;

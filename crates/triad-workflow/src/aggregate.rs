@@ -452,6 +452,8 @@ fn on_result(state: &WorkflowState, r: &TaskResultReported, policy: &Policy) -> 
             output_tokens: r.output_tokens,
             cost_micros: r.cost_micros,
             latency_ms: r.latency_ms,
+            // A recorded fact: the audit checks it, the processor only carries it.
+            execution: r.execution.clone(),
         })),
         TaskOutcome::Failed => {
             let error = r

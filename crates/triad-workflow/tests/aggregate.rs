@@ -77,6 +77,7 @@ fn result(n: i64, task: &str, attempt: i32, outcome: TaskOutcome, retryable: boo
             cost_micros: 100,
             latency_ms: 7,
             routing: None,
+            execution: None,
         }),
     )
 }
