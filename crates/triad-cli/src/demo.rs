@@ -233,6 +233,18 @@ async fn run_workflow(
                 "   (`triad audit prove {} <event id>` proves any one of them)",
                 submitted.workflow_id
             );
+            if let Some(k) = kernel {
+                let events: Vec<_> = chain.leaves.iter().map(|l| l.event.clone()).collect();
+                let verdict = crate::audit::check(&events, &k.kernel().directory(), &groups);
+                if !verdict.problems.is_empty() {
+                    bail!("the audit failed: {}", verdict.problems.join("; "));
+                }
+                println!(
+                    "   audit: all {} operations signed by enrolled executors, inside {} (`triad audit verify` replays it)",
+                    verdict.operations,
+                    verdict.zones.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
             println!("demo ok");
             Ok(())
         }

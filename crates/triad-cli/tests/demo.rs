@@ -52,7 +52,14 @@ async fn the_demo_runs_the_research_workflow_sealed_end_to_end() {
         "{report}"
     );
     assert!(stdout.contains("Merkle root"), "{stdout}");
+    assert!(
+        stdout.contains("audit: all 4 operations signed by enrolled executors"),
+        "{stdout}"
+    );
     // The node keys went to the configured key store, one file per node, mode 0600.
     let files = std::fs::read_dir(&keys).unwrap().count();
-    assert_eq!(files, 5, "edge + one executor per zone");
+    assert_eq!(
+        files, 9,
+        "edge + one executor per zone, and each executor's signing key"
+    );
 }
