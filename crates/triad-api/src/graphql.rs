@@ -221,6 +221,32 @@ impl QueryRoot {
     async fn models(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ModelView>> {
         read::models(&state(ctx)?.pool).await.map_err(unavailable)
     }
+
+    /// A workflow's chain of custody, recomputed from the event store in Kafka (not the read
+    /// models): its leaves, Merkle root and audit (`triad audit verify`); null when the event
+    /// store holds none of its events.
+    async fn audit_trail(
+        &self,
+        ctx: &Context<'_>,
+        workflow_id: String,
+    ) -> async_graphql::Result<Option<crate::audit::TrailView>> {
+        crate::audit::trail(state(ctx)?, &workflow_id)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// An inclusion proof of one event in its workflow's Merkle tree, for a third party to
+    /// check (docs/audit.md); null when the workflow or the event is not in the event store.
+    async fn audit_proof(
+        &self,
+        ctx: &Context<'_>,
+        workflow_id: String,
+        event_id: String,
+    ) -> async_graphql::Result<Option<crate::audit::ProofView>> {
+        crate::audit::proof(state(ctx)?, &workflow_id, &event_id)
+            .await
+            .map_err(unavailable)
+    }
 }
 
 /// A task of `submitWorkflow`'s input, mirroring the workflow document.

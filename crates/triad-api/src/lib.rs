@@ -24,6 +24,7 @@ use triad_config::KafkaConfig;
 use triad_kafka::produce::Producer;
 use triad_kafka::topics::Names;
 
+pub mod audit;
 pub mod commands;
 pub mod graphql;
 pub mod long;
@@ -49,7 +50,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Sealing(#[from] triad_kernel::Error),
+    Kernel(#[from] triad_kernel::Error),
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
 }

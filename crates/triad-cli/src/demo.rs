@@ -235,7 +235,7 @@ async fn run_workflow(
             );
             if let Some(k) = kernel {
                 let events: Vec<_> = chain.leaves.iter().map(|l| l.event.clone()).collect();
-                let verdict = crate::audit::check(&events, &k.kernel().directory(), &groups);
+                let verdict = triad_kernel::audit::check(&events, &k.kernel().directory(), &groups);
                 if !verdict.problems.is_empty() {
                     bail!("the audit failed: {}", verdict.problems.join("; "));
                 }

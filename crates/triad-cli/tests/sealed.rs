@@ -409,6 +409,63 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
         "{report}"
     );
 
+    // The same audit over GraphQL (the API holds the directory through its kernel), with
+    // an inclusion proof checked here by the documented algorithm.
+    let root = after(&report, "Merkle root ").to_owned();
+    let query = serde_json::json!({
+        "query": "query($w: String!) { auditTrail(workflowId: $w) { root verified operations zones problems leaves { eventId eventType leafHash } } }",
+        "variables": {"w": workflow_id},
+    });
+    let trail: serde_json::Value = http
+        .post(format!("{base}/graphql"))
+        .json(&query)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let t = &trail["data"]["auditTrail"];
+    assert_eq!(t["root"], root.as_str(), "{trail}");
+    assert_eq!(t["verified"], true, "{trail}");
+    assert_eq!(t["operations"], 2);
+    assert_eq!(t["zones"], serde_json::json!(["US-EAST"]));
+    let leaves = t["leaves"].as_array().unwrap();
+    let completed = leaves
+        .iter()
+        .position(|l| l["eventType"] == "TaskCompleted")
+        .unwrap();
+    let event_id = leaves[completed]["eventId"].as_str().unwrap();
+    let query = serde_json::json!({
+        "query": "query($w: String!, $e: String!) { auditProof(workflowId: $w, eventId: $e) { index size leafHash proof root } }",
+        "variables": {"w": workflow_id, "e": event_id},
+    });
+    let proof: serde_json::Value = http
+        .post(format!("{base}/graphql"))
+        .json(&query)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let p = &proof["data"]["auditProof"];
+    let hash = |v: &serde_json::Value| -> [u8; 32] {
+        triad_sovereignty::unhex(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let path: Vec<[u8; 32]> = p["proof"].as_array().unwrap().iter().map(hash).collect();
+    assert_eq!(p["root"], root.as_str());
+    assert!(triad_sovereignty::merkle::verify_inclusion(
+        &hash(&p["leafHash"]),
+        p["index"].as_u64().unwrap(),
+        p["size"].as_u64().unwrap(),
+        &path,
+        &hash(&p["root"]),
+    ));
+
     // Crypto-shredding: the workflow's keys get tombstones; the API, following them, can
     // no longer open its outputs (nor can anyone who has only the log and node keys once
     // compaction has removed the records).

@@ -11,6 +11,8 @@
 //! task has (or soon has) the key. Executors open prompts and inputs and seal outputs under
 //! the key their prompt came with ([`NodeKernel::open`], [`NodeKernel::seal`]).
 
+pub mod audit;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +49,12 @@ pub enum Error {
     Kafka(#[from] triad_kafka::Error),
     #[error(transparent)]
     Codec(#[from] triad_codec::Error),
+    #[error("no events of workflow {workflow_id} in {topic} partition {partition}")]
+    NoEvents {
+        workflow_id: String,
+        topic: String,
+        partition: i32,
+    },
     #[error("{topic}: not read within {waited:?} (is the broker up?)")]
     CatchUp { topic: String, waited: Duration },
     #[error("{topic}@{offset}: {reason}")]
