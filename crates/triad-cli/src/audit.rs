@@ -126,6 +126,32 @@ pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result
         chain.partition,
         hex(&chain.root())
     );
+    // Refused opens are not problems of the workflow (nothing was opened) but belong in
+    // its report.
+    let topic = Names::new(&config.kafka).violations;
+    let records =
+        triad_kafka::consume::read_all(&config.kafka, &topic, std::time::Duration::from_secs(60))
+            .await
+            .with_context(|| format!("reading {topic}"))?;
+    for m in records {
+        let Ok(v) = codec
+            .decode::<triad_domain::SovereigntyViolation>(rdkafka::message::Message::payload(&m))
+            .await
+        else {
+            continue;
+        };
+        if v.workflow_id == workflow_id {
+            println!(
+                "  ! refused: node {} in {} may not open the {} of task {} (sealed to {}): {}",
+                v.node_id,
+                v.zone,
+                v.role,
+                v.task_id,
+                v.envelope_zones.join(", "),
+                v.reason
+            );
+        }
+    }
     if verdict.problems.is_empty() {
         println!(
             "verified: all {} operations signed by enrolled executors and stayed in {}",

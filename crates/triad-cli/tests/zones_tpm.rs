@@ -90,7 +90,7 @@ specialties = ["eu-legal"]
         ("TRIAD_SOVEREIGNTY__SEAL".into(), "true".into()),
         ("TRIAD_SOVEREIGNTY__ZONE".into(), "US-EAST".into()),
     ];
-    let enrol = |node: &str, zone: &str, public: &str| {
+    let enrol = |node: &str, zone: &str, key: &str| {
         ok(
             &env,
             &[
@@ -101,7 +101,9 @@ specialties = ["eu-legal"]
                 "--zone",
                 zone,
                 "--public-key",
-                public,
+                after(key, "public key "),
+                "--signing-key",
+                after(key, "signing key "),
                 "--operator-key",
                 op.to_str().unwrap(),
             ],
@@ -109,7 +111,7 @@ specialties = ["eu-legal"]
         );
     };
     let edge = ok(&env, &["keys", "node-key", "--node", "edge-US-EAST"], &[]);
-    enrol("edge-US-EAST", "US-EAST", after(&edge, "public key "));
+    enrol("edge-US-EAST", "US-EAST", &edge);
 
     // One swtpm per executor; the key is created inside it and enrolled.
     let zones: Vec<&str> = CONUS.iter().copied().chain(["EU-WEST"]).collect();
@@ -125,7 +127,7 @@ specialties = ["eu-legal"]
             &["keys", "node-key", "--node", &node, "--tpm", &tpm.tcti()],
             &[],
         );
-        enrol(&node, zone, after(&key, "public key "));
+        enrol(&node, zone, &key);
         let mut cmd = env.triad(&["execute", "--zone", zone]);
         cmd.env("TRIAD_SOVEREIGNTY__TPM_TCTI", tpm.tcti())
             .stderr(std::fs::File::create(env.log_path(&node)).unwrap());
@@ -220,10 +222,10 @@ specialties = ["eu-legal"]
         triad_workflow::Workflow::from_json(&needs_eu.to_string()).unwrap();
     let bypass = format!("wf-bypass-{}", uuid::Uuid::new_v4());
     env.submit(&bypass, workflow.to_command()).await;
-    let events = env
+    let bypass_events = env
         .events_until_finished(std::slice::from_ref(&bypass), Duration::from_secs(60))
         .await;
-    let rejected = events
+    let rejected = bypass_events
         .iter()
         .find_map(|e| match &e.body {
             EventBody::WorkflowRejected(r) if e.meta.workflow_id == bypass => Some(r.clone()),
@@ -236,6 +238,69 @@ specialties = ["eu-legal"]
         "{rejected:?}"
     );
     assert!(rejected.reason.contains("review"), "{rejected:?}");
+
+    // An EU-only prompt put straight on US-EAST's queue (a misrouting the processor never
+    // does): the US-EAST executor refuses to open it, and the refusal is on record.
+    let prompt = events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::WorkflowAccepted(a) if e.meta.workflow_id == eu_id => {
+                Some(a.tasks[0].prompt.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(triad_domain::is_sealed(&prompt));
+    let misrouted = triad_domain::TaskRequest {
+        workflow_id: eu_id.clone(),
+        dispatched_event_id: "misrouted".into(),
+        issued_at: triad_kafka::now_micros(),
+        task_id: "draft".into(),
+        attempt: 9,
+        attempt_id: "draft#9-misrouted".into(),
+        zone: "US-EAST".into(),
+        allowed_zones: vec!["US-EAST".into()],
+        prompt,
+        inputs: Default::default(),
+        input_refs: Default::default(),
+        model_hint: None,
+        specialties: vec![],
+        max_tokens: 64,
+        timeout_ms: 10_000,
+        schema_version: 2,
+    };
+    env.producer
+        .send_record(
+            &env.codec,
+            &env.names.tasks("US-EAST"),
+            None,
+            &eu_id,
+            &misrouted,
+        )
+        .await
+        .unwrap();
+    let violations: Vec<triad_domain::SovereigntyViolation> = env
+        .read_until(
+            &env.names.violations,
+            Duration::from_secs(60),
+            "the refused open on record",
+            |v: &[triad_domain::SovereigntyViolation]| v.iter().any(|v| v.workflow_id == eu_id),
+        )
+        .await;
+    let v = violations.iter().find(|v| v.workflow_id == eu_id).unwrap();
+    assert_eq!(
+        (v.node_id.as_str(), v.zone.as_str(), v.role.as_str()),
+        ("executor-US-EAST", "US-EAST", "prompt")
+    );
+    assert_eq!(v.envelope_zones, ["EU-WEST"]);
+    assert_eq!(v.attempt_id.as_deref(), Some("draft#9-misrouted"));
+    // The audit report of that workflow shows the refusal (it is no problem of the
+    // workflow: nothing was opened).
+    let report = ok(&env, &["audit", "verify", &eu_id], &[]);
+    assert!(
+        report.contains("! refused: node executor-US-EAST in US-EAST may not open the prompt of task draft (sealed to EU-WEST)"),
+        "{report}"
+    );
 
     // Only the TPM keys are enrolled for the executors, so every completion above was
     // opened through a TPM (an executor on another key refuses to start).

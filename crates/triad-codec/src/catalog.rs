@@ -6,7 +6,7 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
     ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, KeyDirectoryChange, ModelRegistration,
-    TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
+    SovereigntyViolation, TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -23,6 +23,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (ModelRegistration::NAME, ModelRegistration::AVSC),
     (KeyDirectoryChange::NAME, KeyDirectoryChange::AVSC),
     (WorkflowKey::NAME, WorkflowKey::AVSC),
+    (SovereigntyViolation::NAME, SovereigntyViolation::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -81,6 +82,12 @@ impl AvroRecord for KeyDirectoryChange {
 impl AvroRecord for WorkflowKey {
     const NAME: &'static str = "io.triad.v1.WorkflowKey";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.WorkflowKey.avsc");
+}
+
+impl AvroRecord for SovereigntyViolation {
+    const NAME: &'static str = "io.triad.v1.SovereigntyViolation";
+    const AVSC: &'static str =
+        include_str!("../../../schemas/io.triad.v1.SovereigntyViolation.avsc");
 }
 
 /// The parsed reader schemas, parsed once at start-up.

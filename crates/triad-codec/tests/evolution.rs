@@ -148,6 +148,11 @@ fn workflow_key_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn violation_schema_evolves_backward_transitively() {
+    gate(&fixtures::sovereignty_violations());
+}
+
+#[test]
 fn snapshot_schema_evolves_backward_transitively() {
     gate(&fixtures::workflow_snapshots());
 }

@@ -53,6 +53,9 @@ fn every_fixture_round_trips() {
     for k in fixtures::workflow_keys() {
         round_trip(&k);
     }
+    for v in fixtures::sovereignty_violations() {
+        round_trip(&v);
+    }
 }
 
 #[test]
@@ -252,6 +255,7 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&fixtures::model_registrations()) >= 3);
     assert!(defaults_fill(&fixtures::key_directory_changes()) >= 1);
     assert!(defaults_fill(&fixtures::workflow_keys()) >= 1);
+    assert!(defaults_fill(&fixtures::sovereignty_violations()) >= 2);
 }
 
 #[test]

@@ -11,11 +11,11 @@ use crate::{
     EpochMarker, EventBody, EventMetadata, ExecutionRecord, ExecutorStatus, Heartbeat, InboxBody,
     InboxRecord, KeyDirectoryChange, ModelCall, ModelRegistration, NodeEnrolled, NodeKeyRetired,
     NodeKeyRevoked, NodeSigningKeyEnrolled, RoutingDecision, SnapshotBody, SnapshotCheckpoint,
-    SnapshotState, StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed,
-    TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled,
-    TaskSkipped, TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted, WorkflowCancelled,
-    WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowKey, WorkflowRejected,
-    WorkflowSnapshot, WrappedWorkflowKey, derive_event_id,
+    SnapshotState, SovereigntyViolation, StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched,
+    TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted,
+    TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted,
+    WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowKey,
+    WorkflowRejected, WorkflowSnapshot, WrappedWorkflowKey, derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -511,4 +511,20 @@ pub fn execution_record() -> ExecutionRecord {
         output_sha256: "33".repeat(32),
         signature: "ab".repeat(64),
     }
+}
+
+/// A refused open of an EU-only prompt by a US-EAST executor.
+pub fn sovereignty_violations() -> Vec<SovereigntyViolation> {
+    vec![SovereigntyViolation {
+        occurred_at: EPOCH_2026_MICROS,
+        node_id: "executor-US-EAST".to_owned(),
+        zone: "US-EAST".to_owned(),
+        workflow_id: "wf-0001".to_owned(),
+        task_id: "draft".to_owned(),
+        attempt_id: Some("draft#1".to_owned()),
+        role: "prompt".to_owned(),
+        envelope_zones: vec!["EU-WEST".to_owned()],
+        reason: "the node's zone is not one of the envelope's".to_owned(),
+        schema_version: 1,
+    }]
 }

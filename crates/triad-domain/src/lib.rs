@@ -41,7 +41,9 @@ pub use snapshot::{
     EpochMarker, SnapshotBody, SnapshotCheckpoint, SnapshotState, WorkflowSnapshot,
 };
 pub use task::TaskRequest;
-pub use workflow_key::{SEALED_PREFIX, WorkflowKey, WrappedWorkflowKey, is_sealed};
+pub use workflow_key::{
+    SEALED_PREFIX, SovereigntyViolation, WorkflowKey, WrappedWorkflowKey, is_sealed,
+};
 
 /// Microseconds since the Unix epoch (Avro `timestamp-micros`).
 pub type TimestampMicros = i64;

@@ -34,3 +34,19 @@ pub struct WrappedWorkflowKey {
     pub enc: ByteBuf,
     pub wrapped: ByteBuf,
 }
+
+/// A record of `triad.violations` (schema `io.triad.v1.SovereigntyViolation`): a node
+/// refused to open a payload it is not allowed to open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SovereigntyViolation {
+    pub occurred_at: i64,
+    pub node_id: String,
+    pub zone: String,
+    pub workflow_id: String,
+    pub task_id: String,
+    pub attempt_id: Option<String>,
+    pub role: String,
+    pub envelope_zones: Vec<String>,
+    pub reason: String,
+    pub schema_version: i32,
+}

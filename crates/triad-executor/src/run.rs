@@ -734,8 +734,49 @@ impl Executor {
                     %error,
                     "a payload did not open here"
                 );
+                if let triad_kernel::Error::Sovereignty(
+                    triad_sovereignty::Error::SovereigntyViolation {
+                        node,
+                        zone,
+                        envelope_zones,
+                        reason,
+                    },
+                ) = &error
+                {
+                    self.record_violation(triad_domain::SovereigntyViolation {
+                        occurred_at: triad_kafka::now_micros(),
+                        node_id: node.clone(),
+                        zone: zone.clone(),
+                        workflow_id: request.workflow_id.clone(),
+                        task_id: task_id.to_owned(),
+                        attempt_id: Some(request.attempt_id.clone()),
+                        role: role.as_str().to_owned(),
+                        envelope_zones: envelope_zones.clone(),
+                        reason: reason.clone(),
+                        schema_version: 1,
+                    })
+                    .await;
+                }
                 Err((error.to_string(), retryable))
             }
+        }
+    }
+
+    /// Puts a refused open on record (`triad.violations`, kept forever). A failure to write
+    /// it is logged; the attempt fails either way.
+    async fn record_violation(&self, violation: triad_domain::SovereigntyViolation) {
+        if let Err(error) = self
+            .producer
+            .send_record(
+                &self.codec,
+                &self.names.violations,
+                None,
+                &violation.workflow_id,
+                &violation,
+            )
+            .await
+        {
+            tracing::error!(%error, workflow.id = %violation.workflow_id, "recording a sovereignty violation failed");
         }
     }
 

@@ -21,6 +21,7 @@ pub const SNAPSHOTS: &str = "triad.workflow-snapshots";
 pub const MODELS: &str = "triad.models";
 pub const KEY_DIRECTORY: &str = "triad.key-directory";
 pub const WORKFLOW_KEYS: &str = "triad.workflow-keys";
+pub const VIOLATIONS: &str = "triad.violations";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -36,6 +37,7 @@ pub struct Names {
     pub models: String,
     pub key_directory: String,
     pub workflow_keys: String,
+    pub violations: String,
     prefix: String,
 }
 
@@ -52,6 +54,7 @@ impl Names {
             models: format!("{p}{MODELS}"),
             key_directory: format!("{p}{KEY_DIRECTORY}"),
             workflow_keys: format!("{p}{WORKFLOW_KEYS}"),
+            violations: format!("{p}{VIOLATIONS}"),
             prefix: p.clone(),
         }
     }
@@ -174,6 +177,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: 1,
             retention: Retention::Compacted,
             purpose: "wrapped workflow keys, key = workflow key id; a tombstone crypto-shreds a workflow's payloads",
+        },
+        TopicSpec {
+            name: names.violations,
+            partitions: 1,
+            retention: Retention::Forever,
+            purpose: "refused attempts to open a payload outside its zones, key = workflow id",
         },
         TopicSpec {
             name: names.executor_status,

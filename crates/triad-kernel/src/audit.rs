@@ -276,8 +276,15 @@ pub fn check(
             ));
         }
     }
-    let terminal = events.last().is_some_and(|e| is_final(&e.body));
-    if !terminal {
+    // After the terminal event only late results may follow (a result that arrives after
+    // the end is recorded as discarded); anything else means the real end was cut off.
+    let end = events.iter().rposition(|e| is_final(&e.body));
+    let late_only = end.is_some_and(|i| {
+        events[i + 1..]
+            .iter()
+            .all(|e| matches!(e.body, EventBody::TaskResultDiscarded(_)))
+    });
+    if !late_only {
         v.problems.push(
             "the last event is not terminal: the tail is missing (truncated or deleted)".to_owned(),
         );
