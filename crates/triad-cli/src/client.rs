@@ -88,15 +88,7 @@ pub async fn submit(
 }
 
 /// True for the event that ends a workflow.
-pub fn is_final(body: &EventBody) -> bool {
-    matches!(
-        body,
-        EventBody::WorkflowCompleted(_)
-            | EventBody::WorkflowFailed(_)
-            | EventBody::WorkflowCancelled(_)
-            | EventBody::WorkflowRejected(_)
-    )
-}
+pub use triad_kernel::audit::is_final;
 
 /// Calls `on_event` for each event of the workflow, in order, until its final event or
 /// `timeout`. Byte-identical copies (a repaired crash) are shown once.

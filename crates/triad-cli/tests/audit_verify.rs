@@ -8,40 +8,19 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use rdkafka::message::Message;
-use support::Env;
+use support::{Env, after, cli, cli_ok, sealing};
 use triad_domain::{EventBody, WorkflowEvent};
 use triad_sovereignty::signing::{Signer, SoftwareSigner};
 
-fn run(env: &Env, args: &[&str]) -> Output {
-    env.triad(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap()
+fn run(env: &Env, args: &[&str]) -> std::process::Output {
+    cli(env, args, &[])
 }
 
 fn ok(env: &Env, args: &[&str]) -> String {
-    let out = run(env, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?}: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn after<'a>(text: &'a str, marker: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| {
-            l.split_once(marker)
-                .map(|(_, rest)| rest.trim().trim_matches('"'))
-        })
-        .unwrap_or_else(|| panic!("no {marker:?} in {text}"))
+    cli_ok(env, args, &[]).0
 }
 
 /// A fresh installation holding `events` as its event store and `directory` (raw records)
@@ -90,41 +69,8 @@ fn completed(events: &mut [WorkflowEvent]) -> Vec<&mut triad_domain::TaskComplet
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
     let mut env = Env::new(2).await;
-    let dir = env.log_path("x").parent().unwrap().to_path_buf();
-    let op = dir.join("operator.key");
-    let out = ok(
-        &env,
-        &["keys", "operator-init", "--out", op.to_str().unwrap()],
-    );
-    env.extra_env = vec![
-        (
-            "TRIAD_SOVEREIGNTY__OPERATOR_PUBLIC_KEY".into(),
-            after(&out, "operator_public_key = ").to_owned(),
-        ),
-        (
-            "TRIAD_SOVEREIGNTY__KEY_DIR".into(),
-            dir.join("keys").display().to_string(),
-        ),
-        ("TRIAD_SOVEREIGNTY__SEAL".into(), "true".into()),
-    ];
-    let key = ok(&env, &["keys", "node-key", "--node", "executor-US-EAST"]);
-    ok(
-        &env,
-        &[
-            "keys",
-            "enrol",
-            "--node",
-            "executor-US-EAST",
-            "--zone",
-            "US-EAST",
-            "--public-key",
-            after(&key, "public key "),
-            "--signing-key",
-            after(&key, "signing key "),
-            "--operator-key",
-            op.to_str().unwrap(),
-        ],
-    );
+    let dir = env.dir().to_path_buf();
+    sealing(&mut env, &[("executor-US-EAST", "US-EAST", None)]);
     let _processor = env.spawn("processor", &["process"]);
     let _executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
     let file = dir.join("research.json");

@@ -4,28 +4,17 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 
-use support::Env;
+use support::{Env, after, cli, cli_ok};
 use triad_domain::{DirectoryBody, KeyDirectoryChange, NodeEnrolled};
 
 fn run(env: &Env, args: &[&str]) -> Output {
-    env.triad(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap()
+    cli(env, args, &[])
 }
 
 fn ok(env: &Env, args: &[&str]) -> String {
-    let out = run(env, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?}: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    cli_ok(env, args, &[]).0
 }
 
 fn fails(env: &Env, args: &[&str], expected: &str) {
@@ -33,15 +22,6 @@ fn fails(env: &Env, args: &[&str], expected: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");
     assert!(stderr.contains(expected), "{args:?}: {stderr}");
-}
-
-fn after<'a>(text: &'a str, marker: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| {
-            l.split_once(marker)
-                .map(|(_, rest)| rest.trim().trim_matches('"'))
-        })
-        .unwrap_or_else(|| panic!("no {marker:?} in {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

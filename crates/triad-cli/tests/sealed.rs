@@ -9,38 +9,11 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use support::{Env, pg, wait_for};
-
-fn run(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> Output {
-    env.triad(args)
-        .envs(extra.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap()
-}
-
-fn ok(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> (String, String) {
-    let out = run(env, args, extra);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{args:?}: {stdout} {stderr}");
-    (stdout, stderr)
-}
-
-fn after<'a>(text: &'a str, marker: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| {
-            l.split_once(marker)
-                .map(|(_, rest)| rest.trim().trim_matches('"'))
-        })
-        .unwrap_or_else(|| panic!("no {marker:?} in {text}"))
-}
+use support::{Env, after, cli as run, cli_ok as ok, pg, sealing, wait_for};
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
@@ -106,61 +79,41 @@ async fn table_text(pg: &tokio_postgres::Client, schema: &str) -> Vec<(String, S
     out
 }
 
+async fn graphql(
+    http: &reqwest::Client,
+    base: &str,
+    query: &serde_json::Value,
+) -> serde_json::Value {
+    http.post(format!("{base}/graphql"))
+        .json(query)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
     let mut env = Env::new(2).await;
-    let dir = env.log_path("x").parent().unwrap().to_path_buf();
-    let op = dir.join("operator.key");
-    let (out, _) = ok(
-        &env,
-        &["keys", "operator-init", "--out", op.to_str().unwrap()],
-        &[],
-    );
-    let operator_public = after(&out, "operator_public_key = ").to_owned();
+    let dir = env.dir().to_path_buf();
     let schema = format!("it_{}", env.group.trim_start_matches("it-"));
-    env.extra_env = vec![
-        (
-            "TRIAD_SOVEREIGNTY__OPERATOR_PUBLIC_KEY".into(),
-            operator_public,
-        ),
-        (
-            "TRIAD_SOVEREIGNTY__KEY_DIR".into(),
-            dir.join("keys").display().to_string(),
-        ),
-        ("TRIAD_SOVEREIGNTY__SEAL".into(), "true".into()),
+    // The operator enrols the submitting edge and one executor per zone used.
+    sealing(
+        &mut env,
+        &[
+            ("edge-US-EAST", "US-EAST", None),
+            ("executor-US-EAST", "US-EAST", None),
+            ("executor-EU-WEST", "EU-WEST", None),
+        ],
+    );
+    env.extra_env.extend([
         ("TRIAD_SOVEREIGNTY__ZONE".into(), "US-EAST".into()),
         ("TRIAD_PROJECTION__SCHEMA".into(), schema.clone()),
         // Chatty logs make the log-file check meaningful.
         ("TRIAD_LOG__FILTER".into(), "info".into()),
-    ];
-    // The operator enrols the submitting edge and one executor per zone used.
-    for (node, zone) in [
-        ("edge-US-EAST", "US-EAST"),
-        ("executor-US-EAST", "US-EAST"),
-        ("executor-EU-WEST", "EU-WEST"),
-    ] {
-        let (key, _) = ok(&env, &["keys", "node-key", "--node", node], &[]);
-        let public = after(&key, "public key ").to_owned();
-        let signing = after(&key, "signing key ").to_owned();
-        ok(
-            &env,
-            &[
-                "keys",
-                "enrol",
-                "--node",
-                node,
-                "--zone",
-                zone,
-                "--public-key",
-                &public,
-                "--signing-key",
-                &signing,
-                "--operator-key",
-                op.to_str().unwrap(),
-            ],
-            &[],
-        );
-    }
+    ]);
     // An executor whose key is not enrolled refuses to start, saying how to enrol it.
     let refused = run(&env, &["execute", "--zone", "US-WEST"], &[]);
     assert!(!refused.status.success());
@@ -416,15 +369,7 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
         "query": "query($w: String!) { auditTrail(workflowId: $w) { root verified operations zones problems leaves { eventId eventType leafHash } } }",
         "variables": {"w": workflow_id},
     });
-    let trail: serde_json::Value = http
-        .post(format!("{base}/graphql"))
-        .json(&query)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trail = graphql(&http, &base, &query).await;
     let t = &trail["data"]["auditTrail"];
     assert_eq!(t["root"], root.as_str(), "{trail}");
     assert_eq!(t["verified"], true, "{trail}");
@@ -440,15 +385,7 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
         "query": "query($w: String!, $e: String!) { auditProof(workflowId: $w, eventId: $e) { index size leafHash proof root } }",
         "variables": {"w": workflow_id, "e": event_id},
     });
-    let proof: serde_json::Value = http
-        .post(format!("{base}/graphql"))
-        .json(&query)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let proof = graphql(&http, &base, &query).await;
     let p = &proof["data"]["auditProof"];
     let hash = |v: &serde_json::Value| -> [u8; 32] {
         triad_sovereignty::unhex(v.as_str().unwrap())

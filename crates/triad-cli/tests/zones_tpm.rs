@@ -8,42 +8,16 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use support::{Env, Guarded};
+use support::{Env, Guarded, after, cli as run, cli_ok, sealing};
 use triad_domain::{EventBody, WorkflowEvent};
 use triad_testkit::swtpm::Swtpm;
 
 const CONUS: [&str; 3] = ["US-CENTRAL", "US-EAST", "US-WEST"];
 
-fn run(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> Output {
-    env.triad(args)
-        .envs(extra.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap()
-}
-
 fn ok(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> String {
-    let out = run(env, args, extra);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?}: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn after<'a>(text: &'a str, marker: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| {
-            l.split_once(marker)
-                .map(|(_, rest)| rest.trim().trim_matches('"'))
-        })
-        .unwrap_or_else(|| panic!("no {marker:?} in {text}"))
+    cli_ok(env, args, extra).0
 }
 
 fn submitted_id(stdout: &str) -> String {
@@ -56,17 +30,8 @@ fn submitted_id(stdout: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conus_work_stays_in_conus_on_tpm_backed_executors() {
-    let env = Env::new(2).await;
-    let dir = env.log_path("x").parent().unwrap().to_path_buf();
-    let op = dir.join("operator.key");
-    let out = ok(
-        &env,
-        &["keys", "operator-init", "--out", op.to_str().unwrap()],
-        &[],
-    );
-    let operator_public = after(&out, "operator_public_key = ").to_owned();
     // A remote model that processes data only in EU-WEST, with a specialty nothing else has.
-    let mut env = env.with_config(
+    let mut env = Env::new(2).await.with_config(
         r#"
 [models.triad-local]
 kind = "local"
@@ -78,56 +43,31 @@ zones = ["EU-WEST"]
 specialties = ["eu-legal"]
 "#,
     );
-    env.extra_env = vec![
-        (
-            "TRIAD_SOVEREIGNTY__OPERATOR_PUBLIC_KEY".into(),
-            operator_public,
-        ),
-        (
-            "TRIAD_SOVEREIGNTY__KEY_DIR".into(),
-            dir.join("keys").display().to_string(),
-        ),
-        ("TRIAD_SOVEREIGNTY__SEAL".into(), "true".into()),
-        ("TRIAD_SOVEREIGNTY__ZONE".into(), "US-EAST".into()),
-    ];
-    let enrol = |node: &str, zone: &str, key: &str| {
-        ok(
-            &env,
-            &[
-                "keys",
-                "enrol",
-                "--node",
-                node,
-                "--zone",
-                zone,
-                "--public-key",
-                after(key, "public key "),
-                "--signing-key",
-                after(key, "signing key "),
-                "--operator-key",
-                op.to_str().unwrap(),
-            ],
-            &[],
-        );
-    };
-    let edge = ok(&env, &["keys", "node-key", "--node", "edge-US-EAST"], &[]);
-    enrol("edge-US-EAST", "US-EAST", &edge);
-
-    // One swtpm per executor; the key is created inside it and enrolled.
+    let dir = env.dir().to_path_buf();
+    // One swtpm per executor: its key is created inside it and enrolled; the edge's key is
+    // a file.
     let zones: Vec<&str> = CONUS.iter().copied().chain(["EU-WEST"]).collect();
     let tpms: Vec<Swtpm> = zones
         .iter()
         .map(|z| Swtpm::start(&dir.join(format!("tpm-{z}"))))
         .collect();
+    let nodes: Vec<(String, &str, String)> = zones
+        .iter()
+        .zip(&tpms)
+        .map(|(z, t)| (format!("executor-{z}"), *z, t.tcti()))
+        .collect();
+    let mut enrolments: Vec<(&str, &str, Option<&str>)> = vec![("edge-US-EAST", "US-EAST", None)];
+    enrolments.extend(
+        nodes
+            .iter()
+            .map(|(n, z, t)| (n.as_str(), *z, Some(t.as_str()))),
+    );
+    sealing(&mut env, &enrolments);
+    env.extra_env
+        .push(("TRIAD_SOVEREIGNTY__ZONE".into(), "US-EAST".into()));
     let mut executors: Vec<Guarded> = Vec::new();
     for (zone, tpm) in zones.iter().zip(&tpms) {
         let node = format!("executor-{zone}");
-        let key = ok(
-            &env,
-            &["keys", "node-key", "--node", &node, "--tpm", &tpm.tcti()],
-            &[],
-        );
-        enrol(&node, zone, &key);
         let mut cmd = env.triad(&["execute", "--zone", zone]);
         cmd.env("TRIAD_SOVEREIGNTY__TPM_TCTI", tpm.tcti())
             .stderr(std::fs::File::create(env.log_path(&node)).unwrap());

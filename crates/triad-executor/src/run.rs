@@ -488,38 +488,34 @@ impl Executor {
                 return result;
             }
         };
-        let mut inputs: HashMap<&str, String> = HashMap::new();
-        for (task, payload) in &request.inputs {
-            match self.open(request, task, Role::Output, payload).await {
-                Ok((text, _)) => {
-                    inputs.insert(task.as_str(), text);
-                }
-                Err((error, retryable)) => {
-                    result.error = Some(format!("the output of {task}: {error}"));
-                    result.retryable = retryable;
-                    return result;
-                }
-            }
-        }
+        let mut payloads: Vec<(&str, std::borrow::Cow<'_, [u8]>)> = request
+            .inputs
+            .iter()
+            .map(|(task, p)| (task.as_str(), std::borrow::Cow::Borrowed(p.as_ref())))
+            .collect();
         // Inputs by reference are fetched here, inside the zone, and verified by hash.
         for (task, reference) in &request.input_refs {
             match self.fetch(reference).await {
-                Ok(content) => match self.open(request, task, Role::Output, &content).await {
-                    Ok((text, _)) => {
-                        inputs.insert(task.as_str(), text);
-                    }
-                    Err((error, retryable)) => {
-                        result.error = Some(format!("the output of {task}: {error}"));
-                        result.retryable = retryable;
-                        return result;
-                    }
-                },
+                Ok(content) => payloads.push((task.as_str(), std::borrow::Cow::Owned(content))),
                 Err(error) => {
                     result.error = Some(format!(
                         "the output of {task} (blob {}) could not be fetched: {error}",
                         reference.sha256
                     ));
                     result.retryable = true;
+                    return result;
+                }
+            }
+        }
+        let mut inputs: HashMap<&str, String> = HashMap::new();
+        for (task, payload) in &payloads {
+            match self.open(request, task, Role::Output, payload).await {
+                Ok((text, _)) => {
+                    inputs.insert(task, text);
+                }
+                Err((error, retryable)) => {
+                    result.error = Some(format!("the output of {task}: {error}"));
+                    result.retryable = retryable;
                     return result;
                 }
             }

@@ -88,7 +88,7 @@ pub async fn chain(kafka: &KafkaConfig, codec: &Codec, workflow_id: &str) -> Res
 }
 
 /// True for the event that ends a workflow.
-fn is_final(body: &EventBody) -> bool {
+pub fn is_final(body: &EventBody) -> bool {
     matches!(
         body,
         EventBody::WorkflowCompleted(_)

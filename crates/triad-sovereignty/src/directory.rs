@@ -73,59 +73,43 @@ impl KeyDirectory {
                 node_id,
                 zone,
                 public_key,
-            } => {
-                let public = parse_point(node_id, public_key)?;
-                let id = key_id(&public);
-                if let Some(existing) = self.entries.get(&id).or_else(|| self.signers.get(&id)) {
-                    return Err(Error::Directory {
-                        reason: format!(
-                            "key {id} is already enrolled for node {} in {}",
-                            existing.node_id, existing.zone
-                        ),
-                    });
-                }
-                self.entries.insert(
-                    id.clone(),
-                    NodeEntry {
-                        node_id: node_id.clone(),
-                        zone: zone.clone(),
-                        key_id: id,
-                        public_key: public,
-                        state: KeyState::Active,
-                    },
-                );
-                Ok(())
-            }
+            } => self.enrol(false, node_id, zone, public_key),
             DirectoryChange::SigningKeyEnrolled {
                 node_id,
                 zone,
                 public_key,
-            } => {
-                let public = parse_point(node_id, public_key)?;
-                let id = key_id(&public);
-                if let Some(existing) = self.entries.get(&id).or_else(|| self.signers.get(&id)) {
-                    return Err(Error::Directory {
-                        reason: format!(
-                            "key {id} is already enrolled for node {} in {}",
-                            existing.node_id, existing.zone
-                        ),
-                    });
-                }
-                self.signers.insert(
-                    id.clone(),
-                    NodeEntry {
-                        node_id: node_id.clone(),
-                        zone: zone.clone(),
-                        key_id: id,
-                        public_key: public,
-                        state: KeyState::Active,
-                    },
-                );
-                Ok(())
-            }
+            } => self.enrol(true, node_id, zone, public_key),
             DirectoryChange::Retired { key_id } => self.set(key_id, KeyState::Retired),
             DirectoryChange::Revoked { key_id } => self.set(key_id, KeyState::Revoked),
         }
+    }
+
+    /// Adds a wrapping key (a recipient) or, with `signing`, a signing key. A key has one
+    /// purpose and is enrolled once.
+    fn enrol(&mut self, signing: bool, node_id: &str, zone: &str, public_key: &str) -> Result<()> {
+        let public = parse_point(node_id, public_key)?;
+        let id = key_id(&public);
+        if let Some(existing) = self.entries.get(&id).or_else(|| self.signers.get(&id)) {
+            return Err(Error::Directory {
+                reason: format!(
+                    "key {id} is already enrolled for node {} in {}",
+                    existing.node_id, existing.zone
+                ),
+            });
+        }
+        let entry = NodeEntry {
+            node_id: node_id.to_owned(),
+            zone: zone.to_owned(),
+            key_id: id.clone(),
+            public_key: public,
+            state: KeyState::Active,
+        };
+        if signing {
+            self.signers.insert(id, entry);
+        } else {
+            self.entries.insert(id, entry);
+        }
+        Ok(())
     }
 
     fn set(&mut self, key_id: &str, state: KeyState) -> Result<()> {
@@ -306,16 +290,8 @@ fn signed_bytes(sequence: u64, previous: &str, change: &DirectoryChange) -> Resu
             node_id,
             zone,
             public_key,
-        } => {
-            let pk = unhex(public_key).ok_or_else(|| Error::Directory {
-                reason: format!("change {sequence}: public_key is not hex"),
-            })?;
-            out.push(1);
-            put_lp(&mut out, node_id.as_bytes());
-            put_lp(&mut out, zone.as_bytes());
-            put_lp(&mut out, &pk);
         }
-        DirectoryChange::SigningKeyEnrolled {
+        | DirectoryChange::SigningKeyEnrolled {
             node_id,
             zone,
             public_key,
@@ -323,7 +299,8 @@ fn signed_bytes(sequence: u64, previous: &str, change: &DirectoryChange) -> Resu
             let pk = unhex(public_key).ok_or_else(|| Error::Directory {
                 reason: format!("change {sequence}: public_key is not hex"),
             })?;
-            out.push(4);
+            let signing = matches!(change, DirectoryChange::SigningKeyEnrolled { .. });
+            out.push(if signing { 4 } else { 1 });
             put_lp(&mut out, node_id.as_bytes());
             put_lp(&mut out, zone.as_bytes());
             put_lp(&mut out, &pk);

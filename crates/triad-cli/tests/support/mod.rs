@@ -134,6 +134,12 @@ impl Env {
         }
     }
 
+    /// The test's own directory (logs, keys, documents); removed by nothing, under the
+    /// system's temporary directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
@@ -244,15 +250,8 @@ impl Env {
     }
 }
 
-pub fn is_final(body: &EventBody) -> bool {
-    matches!(
-        body,
-        EventBody::WorkflowCompleted(_)
-            | EventBody::WorkflowFailed(_)
-            | EventBody::WorkflowCancelled(_)
-            | EventBody::WorkflowRejected(_)
-    )
-}
+/// True for the event that ends a workflow.
+pub use triad_kernel::audit::is_final;
 
 /// Events grouped by workflow, in log order.
 pub fn by_workflow(events: &[WorkflowEvent]) -> BTreeMap<String, Vec<WorkflowEvent>> {
@@ -421,4 +420,84 @@ pub async fn wait_for(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `triad args` (with `extra` environment on top of the installation's), capturing
+/// its output.
+pub fn cli(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+    env.triad(args)
+        .envs(extra.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// Like [`cli`], failing the test unless it succeeded; returns (stdout, stderr).
+pub fn cli_ok(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> (String, String) {
+    let out = cli(env, args, extra);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {stdout} {stderr}");
+    (stdout, stderr)
+}
+
+/// The rest of the first line of `text` containing `marker`, without spaces and quotes.
+pub fn after<'a>(text: &'a str, marker: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| {
+            l.split_once(marker)
+                .map(|(_, rest)| rest.trim().trim_matches('"'))
+        })
+        .unwrap_or_else(|| panic!("no {marker:?} in {text}"))
+}
+
+/// Sets `env` up for sealed payloads: an operator key (in the test's directory), the
+/// sovereignty settings in the environment of every later command, and each node enrolled
+/// in its zone with its wrapping key (in the file store, or in the TPM a TCTI names) and
+/// its signing key. Returns the operator key's path.
+pub fn sealing(env: &mut Env, nodes: &[(&str, &str, Option<&str>)]) -> PathBuf {
+    let op = env.dir.join("operator.key");
+    let (out, _) = cli_ok(
+        env,
+        &["keys", "operator-init", "--out", op.to_str().unwrap()],
+        &[],
+    );
+    env.extra_env.extend([
+        (
+            "TRIAD_SOVEREIGNTY__OPERATOR_PUBLIC_KEY".to_owned(),
+            after(&out, "operator_public_key = ").to_owned(),
+        ),
+        (
+            "TRIAD_SOVEREIGNTY__KEY_DIR".to_owned(),
+            env.dir.join("keys").display().to_string(),
+        ),
+        ("TRIAD_SOVEREIGNTY__SEAL".to_owned(), "true".to_owned()),
+    ]);
+    for (node, zone, tpm) in nodes {
+        let mut args = vec!["keys", "node-key", "--node", node];
+        if let Some(tcti) = tpm {
+            args.extend(["--tpm", tcti]);
+        }
+        let (key, _) = cli_ok(env, &args, &[]);
+        cli_ok(
+            env,
+            &[
+                "keys",
+                "enrol",
+                "--node",
+                node,
+                "--zone",
+                zone,
+                "--public-key",
+                after(&key, "public key "),
+                "--signing-key",
+                after(&key, "signing key "),
+                "--operator-key",
+                op.to_str().unwrap(),
+            ],
+            &[],
+        );
+    }
+    op
 }
