@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use support::Env;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,18 +14,7 @@ async fn the_demo_runs_the_research_workflow_sealed_end_to_end() {
         "TRIAD_SOVEREIGNTY__KEY_DIR".into(),
         keys.display().to_string(),
     ));
-    let out = env
-        .triad(&["demo"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = support::cli_ok(&env, &["demo"], &[]);
     assert!(stdout.ends_with("demo ok\n"), "{stdout}");
     assert!(stdout.contains("sealing on: an operator key made for this run enrolled edge-US-EAST"));
     // Every task's output crossed the log sealed …

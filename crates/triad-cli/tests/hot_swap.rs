@@ -67,24 +67,17 @@ zones = ["US-EAST"]
     for id in &before {
         env.submit(id, ask("swappy")).await;
     }
-    let out = env
-        .triad(&[
+    let (stdout, _) = support::cli_ok(
+        &env,
+        &[
             "models",
             "register",
             "swappy",
             local.to_str().unwrap(),
             "--wait-for",
             "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[],
     );
     let sha256 = triad_store::sha256_hex(triad_wasm::LOCAL_ADAPTER);
     assert!(

@@ -24,6 +24,22 @@ fn fails(env: &Env, args: &[&str], expected: &str) {
     assert!(stderr.contains(expected), "{args:?}: {stderr}");
 }
 
+/// The arguments of `triad keys enrol` for `node` in `zone` with `public_key`.
+fn enrol<'a>(node: &'a str, zone: &'a str, public_key: &'a str, op: &'a str) -> [&'a str; 10] {
+    [
+        "keys",
+        "enrol",
+        "--node",
+        node,
+        "--zone",
+        zone,
+        "--public-key",
+        public_key,
+        "--operator-key",
+        op,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_signs_the_directory_and_readers_refuse_anything_else() {
     let mut env = Env::new(1).await;
@@ -64,36 +80,8 @@ async fn the_operator_signs_the_directory_and_readers_refuse_anything_else() {
         after(&eu, "key id ").to_owned(),
     );
     let op = op.to_str().unwrap();
-    ok(
-        &env,
-        &[
-            "keys",
-            "enrol",
-            "--node",
-            "us-east-0",
-            "--zone",
-            "US-EAST",
-            "--public-key",
-            &east_pk,
-            "--operator-key",
-            op,
-        ],
-    );
-    ok(
-        &env,
-        &[
-            "keys",
-            "enrol",
-            "--node",
-            "eu-west-0",
-            "--zone",
-            "EU-WEST",
-            "--public-key",
-            &eu_pk,
-            "--operator-key",
-            op,
-        ],
-    );
+    ok(&env, &enrol("us-east-0", "US-EAST", &east_pk, op));
+    ok(&env, &enrol("eu-west-0", "EU-WEST", &eu_pk, op));
     ok(
         &env,
         &["keys", "revoke", "--key-id", &eu_id, "--operator-key", op],
@@ -102,34 +90,12 @@ async fn the_operator_signs_the_directory_and_readers_refuse_anything_else() {
     // Refused at the edge, nothing written.
     fails(
         &env,
-        &[
-            "keys",
-            "enrol",
-            "--node",
-            "x",
-            "--zone",
-            "MARS",
-            "--public-key",
-            &east_pk,
-            "--operator-key",
-            op,
-        ],
+        &enrol("x", "MARS", &east_pk, op),
         "zone MARS is not in policy.zones",
     );
     fails(
         &env,
-        &[
-            "keys",
-            "enrol",
-            "--node",
-            "again",
-            "--zone",
-            "US-EAST",
-            "--public-key",
-            &east_pk,
-            "--operator-key",
-            op,
-        ],
+        &enrol("again", "US-EAST", &east_pk, op),
         "already enrolled",
     );
     fails(

@@ -786,6 +786,7 @@ impl Executor {
     ) -> Result<Vec<u8>, String> {
         match (seal_with, &self.options.kernel) {
             (Some(kid), Some(kernel)) => kernel
+                .kernel()
                 .seal(
                     kid,
                     Binding {

@@ -204,51 +204,19 @@ impl NodeKernel {
         });
         let (dir_ready, dir_wait) = oneshot::channel();
         let (keys_ready, keys_wait) = oneshot::channel();
-        tokio::spawn({
-            let (kafka, node, stop, topic) = (
-                kafka.clone(),
-                Arc::clone(&node),
-                stop.clone(),
-                names.key_directory.clone(),
-            );
-            let chain = Arc::new(Mutex::new(SignedDirectory::new(operator)));
-            async move {
-                let followed = triad_kafka::tail::follow(
-                    &kafka,
-                    &topic,
-                    Offset::Beginning,
-                    stop,
-                    Some(dir_ready),
-                    |m| {
-                        let (node, chain, topic) =
-                            (Arc::clone(&node), Arc::clone(&chain), topic.clone());
-                        async move { node.directory_change(&chain, &topic, &m).await }
-                    },
-                )
-                .await;
-                if let Err(error) = followed {
-                    tracing::error!(%error, messaging.destination.name = %topic, "the key directory reader stopped");
-                }
+        let chain = Arc::new(Mutex::new(SignedDirectory::new(operator)));
+        spawn_follower(kafka, &names.key_directory, stop.clone(), dir_ready, {
+            let (node, topic) = (Arc::clone(&node), names.key_directory.clone());
+            move |m| {
+                let (node, chain, topic) = (Arc::clone(&node), Arc::clone(&chain), topic.clone());
+                async move { node.directory_change(&chain, &topic, &m).await }
             }
         });
-        tokio::spawn({
-            let (kafka, node, topic) = (kafka.clone(), Arc::clone(&node), names.workflow_keys);
-            async move {
-                let followed = triad_kafka::tail::follow(
-                    &kafka,
-                    &topic,
-                    Offset::Beginning,
-                    stop,
-                    Some(keys_ready),
-                    |m| {
-                        let node = Arc::clone(&node);
-                        async move { node.workflow_key(&m).await }
-                    },
-                )
-                .await;
-                if let Err(error) = followed {
-                    tracing::error!(%error, messaging.destination.name = %topic, "the workflow key reader stopped");
-                }
+        spawn_follower(kafka, &names.workflow_keys, stop, keys_ready, {
+            let node = Arc::clone(&node);
+            move |m| {
+                let node = Arc::clone(&node);
+                async move { node.workflow_key(&m).await }
             }
         });
         for (wait, topic) in [(dir_wait, &names.key_directory), (keys_wait, &node.topic)] {
@@ -395,16 +363,29 @@ impl NodeKernel {
             }
         }
     }
+}
 
-    /// Seals `plaintext` under `workflow_key_id` for `binding`.
-    pub fn seal(
-        &self,
-        workflow_key_id: &str,
-        binding: Binding<'_>,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>> {
-        Ok(self.kernel.seal(workflow_key_id, binding, plaintext)?)
-    }
+/// Follows `topic` from its start on a task of its own until `stop`, handing each record
+/// to `each`; `ready` fires once the records present at the start are handled.
+fn spawn_follower<F, Fut>(
+    kafka: &KafkaConfig,
+    topic: &str,
+    stop: CancellationToken,
+    ready: oneshot::Sender<()>,
+    each: F,
+) where
+    F: FnMut(rdkafka::message::OwnedMessage) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::spawn(async move {
+        let followed =
+            triad_kafka::tail::follow(&kafka, &topic, Offset::Beginning, stop, Some(ready), each)
+                .await;
+        if let Err(error) = followed {
+            tracing::error!(%error, messaging.destination.name = %topic, "the reader stopped; the kernel keeps its last state");
+        }
+    });
 }
 
 /// Crypto-shreds workflow `workflow_id`: a tombstone for each of its workflow keys on
