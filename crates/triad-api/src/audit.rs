@@ -75,11 +75,10 @@ pub async fn trail(state: &AppState, workflow_id: &str) -> Result<Option<TrailVi
     let Some(chain) = read(state, workflow_id).await? else {
         return Ok(None);
     };
-    let events: Vec<_> = chain.leaves.iter().map(|l| l.event.clone()).collect();
     let verdict = state
         .kernel
         .as_ref()
-        .map(|k| check(&events, &k.kernel().directory(), &state.policy.groups));
+        .map(|k| check(&chain.leaves, &k.kernel().directory(), &state.policy.groups));
     Ok(Some(TrailView {
         workflow_id: workflow_id.to_owned(),
         topic: chain.topic.clone(),

@@ -1,4 +1,4 @@
-//! `triad audit root|prove|verify`: a workflow's chain of custody recomputed from the event
+//! `triad audit root|prove|verify|checkpoints`: a workflow's chain of custody recomputed from the event
 //! store in Kafka, never from the read models (`triad_kernel::audit`). Each event's leaf is `SHA-256(0x00 || its exact Kafka
 //! value bytes)`; the workflow's leaves in log order form an RFC 9162 Merkle tree
 //! (`triad_sovereignty::merkle`, `docs/audit.md`). `prove` prints an inclusion proof a third
@@ -6,11 +6,12 @@
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use std::time::Duration;
 use triad_codec::Codec;
 use triad_config::Config;
-use triad_domain::WorkflowEvent;
 use triad_kafka::topics::Names;
-use triad_kernel::audit::{Chain, check};
+
+use triad_kernel::audit::{Chain, check, check_checkpoints};
 use triad_sovereignty::hex;
 use triad_sovereignty::merkle;
 
@@ -96,10 +97,8 @@ pub async fn prove(
     Ok(())
 }
 
-/// `triad audit verify`: replays the workflow from the event store and checks it
-/// ([`check`]); prints a report and fails on any problem.
-pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result<()> {
-    let chain = chain(config, codec, workflow_id).await?;
+/// The key directory, every change verified against `sovereignty.operator_public_key`.
+async fn directory(config: &Config, codec: &Codec) -> Result<triad_sovereignty::SignedDirectory> {
     let Some(operator) = config
         .sovereignty
         .operator_public_key
@@ -110,15 +109,56 @@ pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result
             "sovereignty.operator_public_key is needed to verify signatures against the key directory"
         );
     };
-    let directory = crate::keys::read(config, codec, operator).await?;
+    crate::keys::read(config, codec, operator).await
+}
+
+/// How long `verify` waits for the notary to cover a workflow's last records (it
+/// checkpoints a quiet partition after `sovereignty.checkpoint_idle_ms`).
+const COVER_WAIT: Duration = Duration::from_secs(15);
+
+/// `triad audit verify`: replays the workflow from the event store and checks it
+/// ([`check`]) and the checkpoints over its partition; prints a report and fails on any
+/// problem.
+pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result<()> {
+    let directory = directory(config, codec).await?;
+    let p = triad_kafka::produce::partition_for(workflow_id.as_bytes(), config.kafka.partitions);
+    let deadline = tokio::time::Instant::now()
+        + COVER_WAIT
+        + Duration::from_millis(config.sovereignty.checkpoint_idle_ms);
+    // Checkpoints first, then the records (check_checkpoints says why); again until the
+    // workflow's records are covered or the wait is over.
+    let (chain, coverage) = loop {
+        let checkpoints = triad_kernel::notary::read(&config.kafka, codec, p).await?;
+        let chain = chain(config, codec, workflow_id).await?;
+        let coverage = check_checkpoints(p, &chain.records, &checkpoints, directory.directory());
+        let last = chain.leaves.last().map_or(-1, |l| l.offset);
+        if last < coverage.covered_to
+            || !coverage.problems.is_empty()
+            || tokio::time::Instant::now() >= deadline
+        {
+            break (chain, coverage);
+        }
+        eprintln!(
+            "waiting for the notary's checkpoint over offset {last} (covered to {})…",
+            coverage.covered_to
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let groups: Vec<(String, Vec<String>)> = config
         .policy
         .groups
         .iter()
         .map(|(g, z)| (g.clone(), z.clone()))
         .collect();
-    let events: Vec<WorkflowEvent> = chain.leaves.iter().map(|l| l.event.clone()).collect();
-    let verdict = check(&events, directory.directory(), &groups);
+    let mut verdict = check(&chain.leaves, directory.directory(), &groups);
+    verdict.problems.extend(coverage.problems.iter().cloned());
+    let last = chain.leaves.last().map_or(-1, |l| l.offset);
+    if coverage.problems.is_empty() && last >= coverage.covered_to {
+        verdict.problems.push(format!(
+            "the workflow's records from offset {} on are under no signed checkpoint (is `triad notary` running?)",
+            coverage.covered_to.max(chain.leaves.first().map_or(0, |l| l.offset))
+        ));
+    }
     println!(
         "workflow {workflow_id}: {} events in {}/{}, Merkle root {}",
         verdict.events,
@@ -153,6 +193,13 @@ pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result
         }
     }
     if verdict.problems.is_empty() {
+        if let Some((node, n)) = &verdict.root_signed_by {
+            println!("the root of the {n} events before the end is signed by {node}");
+        }
+        println!(
+            "{} signed checkpoints cover offsets 0..{} of partition {p} ({} records), the workflow's included",
+            coverage.checkpoints, coverage.covered_to, coverage.records
+        );
         println!(
             "verified: all {} operations signed by enrolled executors and stayed in {}",
             verdict.operations,
@@ -167,4 +214,34 @@ pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result
         "workflow {workflow_id} failed the audit: {} problem(s)",
         verdict.problems.len()
     )
+}
+
+/// `triad audit checkpoints`: every partition of the event store against the notary's
+/// checkpoints; fails on any problem.
+pub async fn checkpoints(config: &Config, codec: &Codec) -> Result<()> {
+    let directory = directory(config, codec).await?;
+    let events = Names::new(&config.kafka).events;
+    let mut problems = 0;
+    for p in 0..config.kafka.partitions {
+        let checkpoints = triad_kernel::notary::read(&config.kafka, codec, p).await?;
+        let records = triad_kernel::audit::partition_records(&config.kafka, p).await?;
+        let coverage = check_checkpoints(p, &records, &checkpoints, directory.directory());
+        let after = records
+            .iter()
+            .filter(|(o, _)| *o >= coverage.covered_to)
+            .count();
+        println!(
+            "{events} partition {p}: {} signed checkpoints cover offsets 0..{} ({} records); {after} records after them",
+            coverage.checkpoints, coverage.covered_to, coverage.records
+        );
+        for problem in &coverage.problems {
+            println!("  ✗ {problem}");
+        }
+        problems += coverage.problems.len();
+    }
+    if problems > 0 {
+        bail!("the event store failed the checkpoint audit: {problems} problem(s)");
+    }
+    println!("verified: every checkpoint matches the records it signs");
+    Ok(())
 }

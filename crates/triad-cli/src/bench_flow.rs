@@ -332,7 +332,7 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
     let catalogue = crate::workers::catalogue(&config).await?;
     let mut workers = tokio::task::JoinSet::new();
     {
-        let options = crate::workers::processor_options(&config, &catalogue, 0);
+        let options = crate::workers::processor_options(&config, &catalogue, 0)?;
         let (c, t) = (codec.clone(), cancel.clone());
         workers.spawn(async move {
             triad_processor::run(&options, c, t)

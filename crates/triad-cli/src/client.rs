@@ -87,9 +87,6 @@ pub async fn submit(
     })
 }
 
-/// True for the event that ends a workflow.
-pub use triad_kernel::audit::is_final;
-
 /// Calls `on_event` for each event of the workflow, in order, until its final event or
 /// `timeout`. Byte-identical copies (a repaired crash) are shown once.
 pub async fn follow(
@@ -136,7 +133,7 @@ pub async fn follow(
             continue;
         }
         on_event(&event);
-        let done = is_final(&event.body);
+        let done = event.body.is_terminal();
         events.push(event);
         if done {
             return Ok(events);

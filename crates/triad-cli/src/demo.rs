@@ -91,33 +91,39 @@ pub async fn run(config: &Config, codec: Arc<Codec>, start_workers: bool) -> Res
     result
 }
 
-/// Enrols the demo's nodes — the submitting edge and one executor per zone, keys in the
-/// file store — signed by `operator`; returns their names.
+/// Enrols the demo's nodes — the submitting edge, one executor per zone, the processor and
+/// the notary, keys in the file store — signed by `operator`; returns their names.
 async fn enrol_demo_nodes(
     config: &Config,
     codec: &Codec,
     operator: &triad_sovereignty::signing::SoftwareSigner,
 ) -> Result<Vec<String>> {
     let store = triad_sovereignty::FileKeyStore::new(&config.sovereignty.key_dir);
-    let mut nodes: Vec<(String, String)> = config
+    // (node, zone, opens payloads, signs): executors open and sign execution records, the
+    // edge opens reports, the processor (roots) and the notary (checkpoints) only sign —
+    // they must open nothing.
+    let mut nodes: Vec<(String, String, bool, bool)> = config
         .policy
         .zones
         .iter()
-        .map(|z| (format!("executor-{z}"), z.clone()))
+        .map(|z| (format!("executor-{z}"), z.clone(), true, true))
         .collect();
     if let Some(z) = &config.sovereignty.zone {
-        nodes.insert(0, (format!("edge-{z}"), z.clone()));
+        nodes.insert(0, (format!("edge-{z}"), z.clone(), true, false));
+        nodes.push(("processor".to_owned(), z.clone(), false, true));
+        nodes.push(("notary".to_owned(), z.clone(), false, true));
     }
-    for (node, zone) in &nodes {
-        let key = store.load_or_create(node)?;
-        let change = triad_sovereignty::DirectoryChange::Enrolled {
-            node_id: node.clone(),
-            zone: zone.clone(),
-            public_key: triad_sovereignty::public_hex(triad_sovereignty::NodeKey::public(&key)),
-        };
-        crate::keys::append_signed(config, codec, operator, change).await?;
-        if node.starts_with("executor-") {
-            // Executors sign their execution records; `triad audit verify` checks them.
+    for (node, zone, opens, signs) in &nodes {
+        if *opens {
+            let key = store.load_or_create(node)?;
+            let change = triad_sovereignty::DirectoryChange::Enrolled {
+                node_id: node.clone(),
+                zone: zone.clone(),
+                public_key: triad_sovereignty::public_hex(triad_sovereignty::NodeKey::public(&key)),
+            };
+            crate::keys::append_signed(config, codec, operator, change).await?;
+        }
+        if *signs {
             let signer = store.load_or_create_signer(node)?;
             let change = triad_sovereignty::DirectoryChange::SigningKeyEnrolled {
                 node_id: node.clone(),
@@ -129,7 +135,7 @@ async fn enrol_demo_nodes(
             crate::keys::append_signed(config, codec, operator, change).await?;
         }
     }
-    Ok(nodes.into_iter().map(|(n, _)| n).collect())
+    Ok(nodes.into_iter().map(|(n, ..)| n).collect())
 }
 
 /// The submitting node's kernel when payloads are sealed: node `edge-<sovereignty.zone>`.
@@ -234,8 +240,8 @@ async fn run_workflow(
                 submitted.workflow_id
             );
             if let Some(k) = kernel {
-                let events: Vec<_> = chain.leaves.iter().map(|l| l.event.clone()).collect();
-                let verdict = triad_kernel::audit::check(&events, &k.kernel().directory(), &groups);
+                let verdict =
+                    triad_kernel::audit::check(&chain.leaves, &k.kernel().directory(), &groups);
                 if !verdict.problems.is_empty() {
                     bail!("the audit failed: {}", verdict.problems.join("; "));
                 }
@@ -244,6 +250,9 @@ async fn run_workflow(
                     verdict.operations,
                     verdict.zones.iter().cloned().collect::<Vec<_>>().join(", ")
                 );
+                if let Some((node, n)) = &verdict.root_signed_by {
+                    println!("   the root of the {n} events before the end signed by {node}");
+                }
             }
             println!("demo ok");
             Ok(())

@@ -50,6 +50,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         instance: u32,
     },
+    /// Run the notary: signed, chained checkpoints over every record of the event store
+    /// (one per installation; needs sovereignty.seal and its signing key enrolled).
+    Notary,
     /// Run the executor of one zone (task requests -> models -> results).
     Execute {
         /// The zone this executor serves (one of policy.zones).
@@ -206,11 +209,13 @@ enum KeysCommand {
         node: String,
         #[arg(long)]
         zone: String,
-        /// The node's public key (hex), as `triad keys node-key` prints it.
-        #[arg(long)]
-        public_key: String,
-        /// The node's signing key (hex), as `triad keys node-key` prints it: enrolled too,
-        /// so the node's signed execution records verify.
+        /// The node's public key (hex), as `triad keys node-key` prints it: envelopes sealed
+        /// for the zone are wrapped to it. Leave it out for a node that must open nothing
+        /// (the processor).
+        #[arg(long, required_unless_present = "signing_key")]
+        public_key: Option<String>,
+        /// The node's signing key (hex), as `triad keys node-key` prints it, so the node's
+        /// signatures (execution records, signed roots) verify.
         #[arg(long)]
         signing_key: Option<String>,
         #[arg(long)]
@@ -247,9 +252,13 @@ enum AuditCommand {
         event_id: String,
     },
     /// Replay the workflow from the event store and check it: no event missing, a terminal
-    /// event, every operation signed by an enrolled executor over the logged bytes and
-    /// inside the task's zones. Exits non-zero on any problem.
+    /// event with the processor's signed root, every operation signed by an enrolled
+    /// executor over the logged bytes and inside the task's zones, the notary's checkpoints
+    /// over its records. Exits non-zero on any problem.
     Verify { workflow_id: String },
+    /// Check the notary's checkpoints over every record of every event-store partition
+    /// (finds a deleted workflow, a cut tail or an edit without knowing any workflow id).
+    Checkpoints,
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,6 +396,7 @@ async fn main() -> Result<()> {
             cli.command,
             Command::Registry
                 | Command::Process { .. }
+                | Command::Notary
                 | Command::Execute { .. }
                 | Command::Dev
                 | Command::Project
@@ -412,8 +422,14 @@ async fn main() -> Result<()> {
         }
         Command::Process { instance } => {
             let catalogue = workers::catalogue(&config).await?;
-            let options = workers::processor_options(&config, &catalogue, instance);
+            let options = workers::processor_options(&config, &catalogue, instance)?;
             triad_processor::run(&options, codec(&config)?, shutdown_token()).await?;
+        }
+        Command::Notary => {
+            let options = workers::notary_options(&config)?.context(
+                "the notary signs checkpoints: set sovereignty.seal (and enrol node `notary`'s signing key)",
+            )?;
+            triad_kernel::notary::run(&options, codec(&config)?, shutdown_token()).await?;
         }
         Command::Execute { zone, instance } => {
             let catalogue = workers::catalogue(&config).await?;
@@ -508,12 +524,14 @@ async fn main() -> Result<()> {
                 operator_key,
             } => {
                 let codec = codec(&config)?;
-                let change = triad_sovereignty::DirectoryChange::Enrolled {
-                    node_id: node.clone(),
-                    zone: zone.clone(),
-                    public_key,
-                };
-                keys::append(&config, &codec, &operator_key, change).await?;
+                if let Some(public_key) = public_key {
+                    let change = triad_sovereignty::DirectoryChange::Enrolled {
+                        node_id: node.clone(),
+                        zone: zone.clone(),
+                        public_key,
+                    };
+                    keys::append(&config, &codec, &operator_key, change).await?;
+                }
                 if let Some(public_key) = signing_key {
                     let change = triad_sovereignty::DirectoryChange::SigningKeyEnrolled {
                         node_id: node,
@@ -554,6 +572,9 @@ async fn main() -> Result<()> {
             }
         },
         Command::Audit { command } => match command {
+            AuditCommand::Checkpoints => {
+                audit::checkpoints(&config, &*codec(&config)?).await?;
+            }
             AuditCommand::Root { workflow_id } => {
                 audit::root(&config, &*codec(&config)?, &workflow_id).await?;
             }

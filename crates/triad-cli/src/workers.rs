@@ -41,17 +41,39 @@ pub fn wasm_host() -> Result<&'static triad_wasm::WasmHost> {
     Ok(HOST.get_or_init(|| host))
 }
 
+/// The processor's options; with `sovereignty.seal` it signs each terminal event's root with
+/// the signing key of node `processor` (or `sovereignty.node_id`).
 pub fn processor_options(
     config: &Config,
     catalogue: &Catalogue,
     instance: u32,
-) -> triad_processor::Options {
-    triad_processor::Options {
+) -> Result<triad_processor::Options> {
+    let signer =
+        signer(config, "processor", "")?.map(|signer| triad_processor::custody::RootSigner {
+            node_id: node_id(config, "processor", ""),
+            signer,
+        });
+    Ok(triad_processor::Options {
         kafka: config.kafka.clone(),
         policy: triad_processor::policy_from(&config.policy, &crate::workers::offers(catalogue)),
         timing: config.processor.clone(),
         instance,
-    }
+        signer,
+    })
+}
+
+/// The notary's options with `sovereignty.seal` (None otherwise): it signs with node
+/// `notary`'s (or `sovereignty.node_id`'s) signing key.
+pub fn notary_options(config: &Config) -> Result<Option<triad_kernel::notary::Options>> {
+    Ok(
+        signer(config, "notary", "")?.map(|signer| triad_kernel::notary::Options {
+            kafka: config.kafka.clone(),
+            node_id: node_id(config, "notary", ""),
+            signer,
+            every: config.sovereignty.checkpoint_every,
+            idle: std::time::Duration::from_millis(config.sovereignty.checkpoint_idle_ms),
+        }),
+    )
 }
 
 pub fn executor_options(
@@ -85,7 +107,7 @@ pub fn node_id(config: &Config, role: &str, zone: &str) -> String {
 }
 
 /// This node's signing key when `sovereignty.seal` is on (the file store's `<node>.sign`):
-/// executors sign their execution records with it.
+/// executors sign their execution records with it, the processor its signed roots.
 pub fn signer(
     config: &Config,
     role: &str,
@@ -312,9 +334,13 @@ pub async fn spawn_all(
 ) -> Result<JoinSet<Result<()>>> {
     let catalogue = catalogue(config).await?;
     let mut set = JoinSet::new();
-    let options = processor_options(config, &catalogue, 0);
+    let options = processor_options(config, &catalogue, 0)?;
     let (c, t) = (codec.clone(), cancel.clone());
     set.spawn(async move { Ok(triad_processor::run(&options, c, t).await?) });
+    if let Some(options) = notary_options(config)? {
+        let (c, t) = (codec.clone(), cancel.clone());
+        set.spawn(async move { Ok(triad_kernel::notary::run(&options, c, t).await?) });
+    }
     for zone in &config.policy.zones {
         let mut options = executor_options(config, zone, 0)?;
         options.kernel = kernel(config, codec.clone(), "executor", zone, true, cancel).await?;

@@ -130,7 +130,7 @@ output_micros_per_1k = 2000
             .unwrap()
             .unwrap();
         let event: WorkflowEvent = env.codec.decode(m.payload()).await.unwrap();
-        if support::is_final(&event.body) {
+        if event.body.is_terminal() {
             finished.insert(event.meta.workflow_id.clone());
         }
         let body = event.body.clone();
@@ -212,15 +212,12 @@ output_micros_per_1k = 2000
         let finals: Vec<&EventBody> = list
             .iter()
             .map(|e| &e.body)
-            .filter(|b| support::is_final(b))
+            .filter(|b| b.is_terminal())
             .collect();
         let [EventBody::WorkflowCompleted(done)] = finals.as_slice() else {
             panic!("{wf} did not complete exactly once: {finals:?} (seed {seed})")
         };
-        let end = list
-            .iter()
-            .position(|e| support::is_final(&e.body))
-            .unwrap();
+        let end = list.iter().position(|e| e.body.is_terminal()).unwrap();
         assert!(
             list[end + 1..]
                 .iter()

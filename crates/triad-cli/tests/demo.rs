@@ -43,10 +43,14 @@ async fn the_demo_runs_the_research_workflow_sealed_end_to_end() {
         stdout.contains("audit: all 4 operations signed by enrolled executors"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("the root of the 17 events before the end signed by processor"),
+        "{stdout}"
+    );
     // The node keys went to the configured key store, one file per node, mode 0600.
     let files = std::fs::read_dir(&keys).unwrap().count();
     assert_eq!(
-        files, 9,
-        "edge + one executor per zone, and each executor's signing key"
+        files, 11,
+        "edge + one executor per zone, each executor's signing key, the processor's and the notary's signing keys"
     );
 }

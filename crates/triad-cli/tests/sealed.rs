@@ -124,6 +124,7 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
     );
 
     let _processor = env.spawn("processor", &["process"]);
+    let _notary = env.spawn("notary", &["notary"]);
     let _east = env.spawn("executor-us-east", &["execute", "--zone", "US-EAST"]);
     let _eu = env.spawn("executor-eu-west", &["execute", "--zone", "EU-WEST"]);
     let _projection = env.spawn("projection", &["project"]);

@@ -74,6 +74,7 @@ specialties = ["eu-legal"]
         executors.push(Guarded(cmd.spawn().unwrap()));
     }
     let _processor = env.spawn("processor", &["process"]);
+    let _notary = env.spawn("notary", &["notary"]);
 
     let file = |name: &str, text: serde_json::Value| {
         let path = dir.join(name);

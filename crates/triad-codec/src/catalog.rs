@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
-    ControlRecord, DeadLetter, ExecutorStatus, InboxRecord, KeyDirectoryChange, ModelRegistration,
-    SovereigntyViolation, TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
+    ControlRecord, CustodyCheckpoint, DeadLetter, ExecutorStatus, InboxRecord, KeyDirectoryChange,
+    ModelRegistration, SovereigntyViolation, TaskRequest, WorkflowEvent, WorkflowKey,
+    WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -24,6 +25,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (KeyDirectoryChange::NAME, KeyDirectoryChange::AVSC),
     (WorkflowKey::NAME, WorkflowKey::AVSC),
     (SovereigntyViolation::NAME, SovereigntyViolation::AVSC),
+    (CustodyCheckpoint::NAME, CustodyCheckpoint::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -82,6 +84,11 @@ impl AvroRecord for KeyDirectoryChange {
 impl AvroRecord for WorkflowKey {
     const NAME: &'static str = "io.triad.v1.WorkflowKey";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.WorkflowKey.avsc");
+}
+
+impl AvroRecord for CustodyCheckpoint {
+    const NAME: &'static str = "io.triad.v1.CustodyCheckpoint";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.CustodyCheckpoint.avsc");
 }
 
 impl AvroRecord for SovereigntyViolation {

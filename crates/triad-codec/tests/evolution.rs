@@ -153,6 +153,11 @@ fn violation_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn checkpoint_schema_evolves_backward_transitively() {
+    gate(&fixtures::custody_checkpoints());
+}
+
+#[test]
 fn snapshot_schema_evolves_backward_transitively() {
     gate(&fixtures::workflow_snapshots());
 }

@@ -56,6 +56,9 @@ fn every_fixture_round_trips() {
     for v in fixtures::sovereignty_violations() {
         round_trip(&v);
     }
+    for c in fixtures::custody_checkpoints() {
+        round_trip(&c);
+    }
 }
 
 #[test]
@@ -256,6 +259,7 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&fixtures::key_directory_changes()) >= 1);
     assert!(defaults_fill(&fixtures::workflow_keys()) >= 1);
     assert!(defaults_fill(&fixtures::sovereignty_violations()) >= 2);
+    assert!(defaults_fill(&fixtures::custody_checkpoints()) >= 1);
 }
 
 #[test]

@@ -428,6 +428,11 @@ pub struct SovereigntyConfig {
     /// Keep the node key in a TPM reached through this TCTI (e.g.
     /// `swtpm:host=127.0.0.1,port=2321`, `device:/dev/tpmrm0`) instead of `key_dir`.
     pub tpm_tcti: Option<String>,
+    /// The notary (`triad notary`) signs a checkpoint of an event-store partition at least
+    /// every this many records…
+    pub checkpoint_every: u64,
+    /// …and when the partition has been quiet this long with records pending.
+    pub checkpoint_idle_ms: u64,
 }
 
 impl Default for SovereigntyConfig {
@@ -439,6 +444,8 @@ impl Default for SovereigntyConfig {
             node_id: None,
             zone: None,
             tpm_tcti: None,
+            checkpoint_every: 256,
+            checkpoint_idle_ms: 1000,
         }
     }
 }
@@ -742,6 +749,15 @@ impl Config {
                 key: "sovereignty.zone",
                 reason: format!("{z:?} is not in policy.zones"),
             });
+        }
+        if self.sovereignty.checkpoint_every == 0 {
+            return invalid("sovereignty.checkpoint_every", "must be at least 1");
+        }
+        if !(4..=3_600_000).contains(&self.sovereignty.checkpoint_idle_ms) {
+            return invalid(
+                "sovereignty.checkpoint_idle_ms",
+                "must be between 4 and 3600000",
+            );
         }
         if self.executor.max_in_flight == 0 {
             return invalid("executor.max_in_flight", "must be at least 1");

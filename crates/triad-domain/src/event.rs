@@ -10,6 +10,25 @@ use crate::{RoutingDecision, TaskSpec, TimestampMicros};
 pub struct WorkflowEvent {
     pub meta: EventMetadata,
     pub body: EventBody,
+    /// On the terminal event only (v5): the processor's signature over the Merkle root of
+    /// every earlier event of the workflow (`docs/audit.md`, "Signed roots").
+    #[serde(default)]
+    pub signed_root: Option<SignedRoot>,
+}
+
+/// A processor's signed statement of a workflow's chain of custody: the RFC 9162 root of the
+/// leaf hashes of the workflow's first `leaves` events (their exact Kafka value bytes, in log
+/// order, each distinct record once), signed over `triad_sovereignty::custody::root_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRoot {
+    pub leaves: i64,
+    /// Hex SHA-256.
+    pub root: String,
+    pub node_id: String,
+    /// The processor's signing key, as the key directory enrols it.
+    pub key_id: String,
+    /// Hex `r || s` (ECDSA P-256, SHA-256, RFC 6979).
+    pub signature: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +70,17 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// True for the event that ends a workflow (the one that carries the signed root).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::WorkflowCompleted(_)
+                | Self::WorkflowFailed(_)
+                | Self::WorkflowCancelled(_)
+                | Self::WorkflowRejected(_)
+        )
+    }
+
     /// The Avro record name of the variant; stored in `EventMetadata::event_type`.
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -387,10 +387,22 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
                     sequence: i64::from(index) + 1,
                     schema_version: crate::EVENT_SCHEMA_VERSION,
                 },
+                signed_root: body.is_terminal().then(signed_root),
                 body,
             }
         })
         .collect()
+}
+
+/// A processor's signed root (hex placeholders of the right lengths).
+pub fn signed_root() -> crate::SignedRoot {
+    crate::SignedRoot {
+        leaves: 12,
+        root: "44".repeat(32),
+        node_id: "processor".to_owned(),
+        key_id: "fedcba9876543210fedcba9876543210".to_owned(),
+        signature: "cd".repeat(64),
+    }
 }
 
 /// The events of [`workflow_events`] a workflow that completes has: without the rejection
@@ -511,6 +523,35 @@ pub fn execution_record() -> ExecutionRecord {
         output_sha256: "33".repeat(32),
         signature: "ab".repeat(64),
     }
+}
+
+/// The first two checkpoints of event-store partition 1.
+pub fn custody_checkpoints() -> Vec<crate::CustodyCheckpoint> {
+    let first = crate::CustodyCheckpoint {
+        stream: "workflow-events".to_owned(),
+        partition: 1,
+        sequence: 1,
+        from_offset: 0,
+        to_offset: 18,
+        records: 18,
+        root: "55".repeat(32),
+        previous: "00".repeat(32),
+        node_id: "notary".to_owned(),
+        key_id: "00112233445566778899aabbccddeeff".to_owned(),
+        signature: "ef".repeat(64),
+        written_at: EPOCH_2026_MICROS,
+        schema_version: 1,
+    };
+    let second = crate::CustodyCheckpoint {
+        sequence: 2,
+        from_offset: 18,
+        to_offset: 118,
+        records: 100,
+        root: "66".repeat(32),
+        previous: "77".repeat(32),
+        ..first.clone()
+    };
+    vec![first, second]
 }
 
 /// A refused open of an EU-only prompt by a US-EAST executor.

@@ -50,3 +50,38 @@ pub struct SovereigntyViolation {
     pub reason: String,
     pub schema_version: i32,
 }
+
+/// A record of `triad.custody-checkpoints` (schema `io.triad.v1.CustodyCheckpoint`): the
+/// notary's signed statement that event-store partition `partition` held exactly `records`
+/// records at offsets `from_offset..to_offset`, with the RFC 9162 root of their leaf hashes,
+/// chained to the partition's previous checkpoint (`docs/audit.md`, "Checkpoints").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustodyCheckpoint {
+    /// The stream, by its logical name (`workflow-events`), so a copy under another topic
+    /// prefix verifies the same.
+    pub stream: String,
+    pub partition: i32,
+    /// 1, 2, 3… per partition.
+    pub sequence: i64,
+    pub from_offset: i64,
+    /// Exclusive: the next checkpoint starts here.
+    pub to_offset: i64,
+    pub records: i64,
+    /// Hex SHA-256.
+    pub root: String,
+    /// Hex SHA-256 of the previous checkpoint's signed bytes; 64 zeros for the first.
+    pub previous: String,
+    pub node_id: String,
+    pub key_id: String,
+    /// Hex `r || s` over `triad_sovereignty::custody::checkpoint_bytes`.
+    pub signature: String,
+    pub written_at: i64,
+    pub schema_version: i32,
+}
+
+impl CustodyCheckpoint {
+    /// The record key: one partition's checkpoints share it (and the partition).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.stream, self.partition)
+    }
+}

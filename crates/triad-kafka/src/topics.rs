@@ -22,6 +22,7 @@ pub const MODELS: &str = "triad.models";
 pub const KEY_DIRECTORY: &str = "triad.key-directory";
 pub const WORKFLOW_KEYS: &str = "triad.workflow-keys";
 pub const VIOLATIONS: &str = "triad.violations";
+pub const CHECKPOINTS: &str = "triad.custody-checkpoints";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -38,6 +39,7 @@ pub struct Names {
     pub key_directory: String,
     pub workflow_keys: String,
     pub violations: String,
+    pub checkpoints: String,
     prefix: String,
 }
 
@@ -55,6 +57,7 @@ impl Names {
             key_directory: format!("{p}{KEY_DIRECTORY}"),
             workflow_keys: format!("{p}{WORKFLOW_KEYS}"),
             violations: format!("{p}{VIOLATIONS}"),
+            checkpoints: format!("{p}{CHECKPOINTS}"),
             prefix: p.clone(),
         }
     }
@@ -183,6 +186,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: 1,
             retention: Retention::Forever,
             purpose: "refused attempts to open a payload outside its zones, key = workflow id",
+        },
+        TopicSpec {
+            name: names.checkpoints,
+            partitions: kafka.partitions,
+            retention: Retention::Forever,
+            purpose: "the notary's signed, chained checkpoints; partition p covers event-store partition p",
         },
         TopicSpec {
             name: names.executor_status,

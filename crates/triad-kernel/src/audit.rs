@@ -35,6 +35,9 @@ pub struct Chain {
     pub topic: String,
     pub partition: i32,
     pub leaves: Vec<Leaf>,
+    /// Every record of the partition read (any workflow's), as (offset, leaf hash), for the
+    /// checkpoints.
+    pub records: Vec<(i64, Hash)>,
 }
 
 impl Chain {
@@ -52,14 +55,16 @@ pub async fn chain(kafka: &KafkaConfig, codec: &Codec, workflow_id: &str) -> Res
     let topic = Names::new(kafka).events;
     let partition = partition_for(workflow_id.as_bytes(), kafka.partitions);
     tracing::info!(messaging.destination.name = %topic, messaging.destination.partition.id = partition, "reading the event store from offset 0");
-    let records =
+    let read =
         triad_kafka::consume::read_partition_from(kafka, &topic, partition, 0, READ_FOR).await?;
     let mut leaves = Vec::new();
-    for m in records {
+    let mut records = Vec::with_capacity(read.len());
+    for m in read {
+        let value = m.payload().unwrap_or_default();
+        records.push((m.offset(), merkle::leaf_hash(value)));
         if m.key() != Some(workflow_id.as_bytes()) {
             continue;
         }
-        let value = m.payload().unwrap_or_default();
         let event: WorkflowEvent = codec.decode(Some(value)).await.map_err(|e| Error::Record {
             topic: topic.clone(),
             offset: m.offset(),
@@ -84,26 +89,154 @@ pub async fn chain(kafka: &KafkaConfig, codec: &Codec, workflow_id: &str) -> Res
         topic,
         partition,
         leaves,
+        records,
     })
 }
 
-/// True for the event that ends a workflow.
-pub fn is_final(body: &EventBody) -> bool {
-    matches!(
-        body,
-        EventBody::WorkflowCompleted(_)
-            | EventBody::WorkflowFailed(_)
-            | EventBody::WorkflowCancelled(_)
-            | EventBody::WorkflowRejected(_)
-    )
+/// Every record of event-store partition `p`, as (offset, leaf hash).
+pub async fn partition_records(kafka: &KafkaConfig, p: i32) -> Result<Vec<(i64, Hash)>> {
+    let topic = Names::new(kafka).events;
+    let read = triad_kafka::consume::read_partition_from(kafka, &topic, p, 0, READ_FOR).await?;
+    Ok(read
+        .iter()
+        .map(|m| {
+            (
+                m.offset(),
+                merkle::leaf_hash(m.payload().unwrap_or_default()),
+            )
+        })
+        .collect())
 }
 
-/// What `verify` found: the operations checked, the zones they stayed in, the problems.
+/// What the checkpoints of a partition say about its records.
+#[derive(Debug, Default)]
+pub struct Coverage {
+    /// Checkpoints verified, in chain order.
+    pub checkpoints: usize,
+    /// Offsets below this are under a verified checkpoint.
+    pub covered_to: i64,
+    /// Records under them.
+    pub records: usize,
+    pub problems: Vec<String>,
+}
+
+/// Checks partition `partition`'s checkpoints against its records (`records`: every record
+/// read, as (offset, leaf hash), in offset order): the chain runs 1, 2, 3… from offset 0,
+/// each linked to the one before, signed by a signing key the directory enrols, and each
+/// range holds exactly the records signed. Read the checkpoints *before* the records: the
+/// log only grows, so a checkpoint reaching past the last record read means the tail was
+/// cut. The check stops at the first break (what follows cannot be trusted).
+pub fn check_checkpoints(
+    partition: i32,
+    records: &[(i64, Hash)],
+    checkpoints: &[(i64, triad_domain::CustodyCheckpoint)],
+    directory: &triad_sovereignty::KeyDirectory,
+) -> Coverage {
+    use crate::notary::{Head, STREAM, statement};
+    let read_to = records.last().map_or(0, |(o, _)| o + 1);
+    let mut head = Head::GENESIS;
+    let mut cov = Coverage::default();
+    let mut last: Option<&triad_domain::CustodyCheckpoint> = None;
+    for (at, c) in checkpoints {
+        if last == Some(c) {
+            continue; // a byte-identical copy
+        }
+        let Some((cp, bytes)) = statement(c) else {
+            cov.problems.push(format!(
+                "the checkpoint at offset {at} has fields out of range"
+            ));
+            break;
+        };
+        let name = format!(
+            "checkpoint #{} (offsets {}..{})",
+            c.sequence, c.from_offset, c.to_offset
+        );
+        if c.stream != STREAM || c.partition != partition {
+            cov.problems.push(format!(
+                "{name} is about {} partition {}, not {STREAM} partition {partition}",
+                c.stream, c.partition
+            ));
+            break;
+        }
+        if cp.sequence != head.sequence + 1
+            || c.from_offset != head.to_offset
+            || cp.previous != head.hash
+        {
+            cov.problems.push(format!(
+                "{name} does not continue the chain after #{} (ending at offset {}): a checkpoint was removed or altered, or two notaries wrote",
+                head.sequence, head.to_offset
+            ));
+            break;
+        }
+        match directory.signer(&c.key_id) {
+            None => {
+                cov.problems.push(format!(
+                    "{name} is signed by key {}, which the key directory does not enrol as a signing key",
+                    c.key_id
+                ));
+                break;
+            }
+            Some(s) => {
+                if s.node_id != c.node_id
+                    || s.state == triad_sovereignty::KeyState::Revoked
+                    || !triad_sovereignty::signing::verify(&s.public_key, &bytes, &c.signature)
+                {
+                    cov.problems.push(format!(
+                        "{name}: the signature does not verify for node {} (key {})",
+                        c.node_id, c.key_id
+                    ));
+                    break;
+                }
+            }
+        }
+        if c.to_offset > read_to {
+            cov.problems.push(format!(
+                "{name} reaches past the partition's end at offset {read_to}: records were deleted (the tail cut)"
+            ));
+            break;
+        }
+        let range: Vec<Hash> = records
+            .iter()
+            .filter(|(o, _)| *o >= c.from_offset && *o < c.to_offset)
+            .map(|(_, h)| *h)
+            .collect();
+        if u64::try_from(range.len()).ok() != Some(cp.records) {
+            cov.problems.push(format!(
+                "{name} signs {} records, the log holds {} there: records were deleted or inserted",
+                c.records,
+                range.len()
+            ));
+            break;
+        }
+        if merkle::root(&range) != cp.root {
+            cov.problems.push(format!(
+                "{name}: the records there are not the ones signed: a record was edited or reordered"
+            ));
+            break;
+        }
+        cov.checkpoints += 1;
+        cov.records += range.len();
+        head = Head {
+            sequence: cp.sequence,
+            to_offset: c.to_offset,
+            hash: custody::sha256(&bytes),
+        };
+        last = Some(c);
+    }
+    cov.covered_to = head.to_offset;
+    cov
+}
+
+/// What `verify` found: the operations checked, the zones they stayed in, who signed the
+/// root, the problems.
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub events: usize,
     pub operations: usize,
     pub zones: std::collections::BTreeSet<String>,
+    /// The node whose signature over the root of the events before the terminal one
+    /// verified, and how many events that root covers.
+    pub root_signed_by: Option<(String, u64)>,
     pub problems: Vec<String>,
 }
 
@@ -116,26 +249,28 @@ fn stored_hash(output: &[u8], reference: Option<&triad_domain::BlobRef>) -> Opti
 }
 
 /// Checks a workflow's events (log order) against the key directory and the policy's
-/// groups: gap-free, ending in a terminal event, and every completed attempt carrying an
-/// execution record signed by a signing key the directory enrols in the zone it claims, over
-/// exactly the prompt, inputs and output the log holds, run and processed inside the task's
-/// allowed zones.
+/// groups: gap-free; ending in a terminal event whose signed root, by a signing key the
+/// directory enrols, is the root of exactly the events before it; and every completed
+/// attempt carrying an execution record signed by a signing key the directory enrols in the
+/// zone it claims, over exactly the prompt, inputs and output the log holds, run and
+/// processed inside the task's allowed zones.
 pub fn check(
-    events: &[WorkflowEvent],
+    leaves: &[Leaf],
     directory: &triad_sovereignty::KeyDirectory,
     groups: &[(String, Vec<String>)],
 ) -> Verdict {
     use std::collections::{BTreeMap, BTreeSet};
     // A processor that crashed between writing and committing writes byte-identical copies
-    // again (deterministic events): a copy adds nothing, a different event at a taken
-    // sequence is a problem found below.
-    let mut distinct: Vec<&WorkflowEvent> = Vec::with_capacity(events.len());
-    for e in events {
-        if !distinct.contains(&e) {
-            distinct.push(e);
+    // again (deterministic events, deterministic signatures): a copy adds nothing, a
+    // different event at a taken sequence is a problem found below.
+    let mut distinct: Vec<&Leaf> = Vec::with_capacity(leaves.len());
+    for l in leaves {
+        if !distinct.iter().any(|d| d.hash == l.hash) {
+            distinct.push(l);
         }
     }
-    let events = distinct;
+    let hashes: Vec<Hash> = distinct.iter().map(|l| l.hash).collect();
+    let events: Vec<&WorkflowEvent> = distinct.iter().map(|l| &l.event).collect();
     let mut v = Verdict {
         events: events.len(),
         ..Verdict::default()
@@ -278,7 +413,7 @@ pub fn check(
     }
     // After the terminal event only late results may follow (a result that arrives after
     // the end is recorded as discarded); anything else means the real end was cut off.
-    let end = events.iter().rposition(|e| is_final(&e.body));
+    let end = events.iter().rposition(|e| e.body.is_terminal());
     let late_only = end.is_some_and(|i| {
         events[i + 1..]
             .iter()
@@ -289,5 +424,171 @@ pub fn check(
             "the last event is not terminal: the tail is missing (truncated or deleted)".to_owned(),
         );
     }
+    if let Some(i) = end {
+        check_root(events[i], &hashes[..i], directory, &mut v);
+    }
     v
+}
+
+/// The terminal event's signed root must be the processor's signature, by a signing key the
+/// directory enrols, over the root of exactly the events before it: this covers every clear
+/// field no execution record signs (labels, routing, costs, the accepted workflow itself).
+fn check_root(
+    terminal: &WorkflowEvent,
+    before: &[Hash],
+    directory: &triad_sovereignty::KeyDirectory,
+    v: &mut Verdict,
+) {
+    let Some(r) = &terminal.signed_root else {
+        v.problems.push(format!(
+            "the terminal event {} carries no signed root: nothing vouches for the {} events before it",
+            terminal.meta.event_id,
+            before.len()
+        ));
+        return;
+    };
+    let n = u64::try_from(before.len()).unwrap_or(u64::MAX);
+    let Ok(claimed) = custody::hash_from_hex("signed_root.root", &r.root) else {
+        v.problems
+            .push("the signed root is not a 32-byte hex hash".to_owned());
+        return;
+    };
+    if u64::try_from(r.leaves).ok() != Some(n) {
+        v.problems.push(format!(
+            "the signed root covers {} events, the log holds {n} before the terminal event: events were inserted or deleted",
+            r.leaves
+        ));
+    } else if merkle::root(before) != claimed {
+        v.problems.push(
+            "the signed root is not the root of the events before the terminal event: an event was edited, inserted, deleted or reordered".to_owned(),
+        );
+    }
+    let Some(s) = directory.signer(&r.key_id) else {
+        v.problems.push(format!(
+            "the root is signed by key {}, which the key directory does not enrol as a signing key",
+            r.key_id
+        ));
+        return;
+    };
+    let signed = custody::root_bytes(&custody::SignedRoot {
+        workflow_id: &terminal.meta.workflow_id,
+        event_id: &terminal.meta.event_id,
+        leaves: u64::try_from(r.leaves).unwrap_or(u64::MAX),
+        root: claimed,
+    });
+    if s.node_id != r.node_id {
+        v.problems.push(format!(
+            "the root's key {} belongs to {}, but the root claims {}",
+            r.key_id, s.node_id, r.node_id
+        ));
+    } else if s.state == triad_sovereignty::KeyState::Revoked {
+        v.problems
+            .push(format!("the root is signed by revoked key {}", r.key_id));
+    } else if !triad_sovereignty::signing::verify(&s.public_key, &signed, &r.signature) {
+        v.problems
+            .push("the signature over the root does not verify".to_owned());
+    } else {
+        v.root_signed_by = Some((r.node_id.clone(), n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notary::{Head, next};
+    use triad_sovereignty::signing::{Signer, SoftwareSigner};
+
+    fn records(n: i64) -> Vec<(i64, Hash)> {
+        (0..n)
+            .map(|o| (o, merkle::leaf_hash(&o.to_be_bytes())))
+            .collect()
+    }
+
+    /// Checkpoints over `records` ending at each of `ends`, signed by `signer`.
+    fn chain_over(
+        records: &[(i64, Hash)],
+        ends: &[i64],
+        signer: &dyn Signer,
+    ) -> Vec<(i64, triad_domain::CustodyCheckpoint)> {
+        let mut head = Head::GENESIS;
+        let mut out = Vec::new();
+        for (i, end) in ends.iter().enumerate() {
+            let leaves: Vec<Hash> = records
+                .iter()
+                .filter(|(o, _)| *o >= head.to_offset && o < end)
+                .map(|(_, h)| *h)
+                .collect();
+            let (c, h) = next(&head, 0, &leaves, *end, "notary", signer).unwrap();
+            out.push((i64::try_from(i).unwrap(), c));
+            head = h;
+        }
+        out
+    }
+
+    fn directory(signer: &dyn Signer) -> triad_sovereignty::KeyDirectory {
+        let mut d = triad_sovereignty::KeyDirectory::default();
+        d.apply(&triad_sovereignty::DirectoryChange::SigningKeyEnrolled {
+            node_id: "notary".into(),
+            zone: "US-EAST".into(),
+            public_key: triad_sovereignty::public_hex(signer.public()),
+        })
+        .unwrap();
+        d
+    }
+
+    fn problems(
+        records: &[(i64, Hash)],
+        cps: &[(i64, triad_domain::CustodyCheckpoint)],
+        d: &triad_sovereignty::KeyDirectory,
+    ) -> String {
+        check_checkpoints(0, records, cps, d).problems.join("; ")
+    }
+
+    #[test]
+    fn a_checkpoint_chain_verifies_and_every_break_is_found() {
+        let notary = SoftwareSigner::generate();
+        let d = directory(&notary);
+        let log = records(30);
+        let cps = chain_over(&log, &[10, 25, 30], &notary);
+        let ok = check_checkpoints(0, &log, &cps, &d);
+        assert!(ok.problems.is_empty(), "{:?}", ok.problems);
+        assert_eq!((ok.checkpoints, ok.covered_to, ok.records), (3, 30, 30));
+        // Records after the last checkpoint are simply not covered yet.
+        let longer = records(33);
+        assert_eq!(check_checkpoints(0, &longer, &cps, &d).covered_to, 30);
+
+        let mut edited = log.clone();
+        edited[12].1 = merkle::leaf_hash(b"edited");
+        assert!(problems(&edited, &cps, &d).contains("not the ones signed"));
+        let mut gap = log.clone();
+        gap.remove(12);
+        assert!(problems(&gap, &cps, &d).contains("signs 15 records, the log holds 14"));
+        assert!(problems(&log[..27], &cps, &d).contains("records were deleted (the tail cut)"));
+        let mut swapped = log.clone();
+        swapped.swap(3, 4);
+        assert!(problems(&swapped, &cps, &d).contains("not the ones signed"));
+
+        let removed: Vec<_> = [cps[0].clone(), cps[2].clone()].into();
+        assert!(problems(&log, &removed, &d).contains("does not continue the chain"));
+        // A second notary's chain over the same records forks at its first checkpoint.
+        let other = chain_over(&log, &[12, 30], &notary);
+        let forked: Vec<_> = [cps[0].clone(), other[1].clone()].into();
+        assert!(problems(&log, &forked, &d).contains("does not continue the chain"));
+
+        let stranger = SoftwareSigner::generate();
+        let foreign = chain_over(&log, &[10, 25, 30], &stranger);
+        assert!(problems(&log, &foreign, &d).contains("does not enrol as a signing key"));
+        let mut resigned = cps.clone();
+        resigned[1].1.root = triad_sovereignty::hex(&merkle::leaf_hash(b"x"));
+        assert!(problems(&log, &resigned, &d).contains("signature does not verify"));
+        // A byte-identical copy of a checkpoint counts once.
+        let copied: Vec<_> = [
+            cps[0].clone(),
+            cps[0].clone(),
+            cps[1].clone(),
+            cps[2].clone(),
+        ]
+        .into();
+        assert!(problems(&log, &copied, &d).is_empty());
+    }
 }

@@ -12,6 +12,7 @@
 //! the key their prompt came with ([`NodeKernel::open`], [`NodeKernel::seal`]).
 
 pub mod audit;
+pub mod notary;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -26,6 +26,7 @@
 //! checkpoint naming the event offset they cover. Loading a partition writes an epoch marker,
 //! reads the snapshots and folds only the event-store tail after the checkpoint.
 
+pub mod custody;
 pub mod recovery;
 pub mod timers;
 
@@ -52,6 +53,7 @@ use triad_kafka::consume::{Group, OnUndecodable, Outcome};
 use triad_kafka::dlq::DeadLetterWriter;
 use triad_kafka::produce::{Delivered, Producer};
 use triad_kafka::topics::Names;
+use triad_sovereignty::merkle::leaf_hash;
 use triad_workflow::Limits;
 use triad_workflow::aggregate::{
     Input, Policy, STATE_FORMAT, WorkflowState, pending_requests, process, task_request,
@@ -66,6 +68,8 @@ pub enum Error {
     Kafka(#[from] triad_kafka::Error),
     #[error(transparent)]
     Codec(#[from] triad_codec::Error),
+    #[error("signing the chain of custody failed: {0}")]
+    Sign(#[from] triad_sovereignty::Error),
     #[error(
         "event store {topic}/{partition}@{offset} does not decode: {source}; the partition \
          stays stopped until an operator repairs it"
@@ -116,6 +120,9 @@ pub struct Options {
     pub timing: ProcessorConfig,
     /// Distinguishes processors sharing the group (static membership id).
     pub instance: u32,
+    /// Signs each terminal event's root (`sovereignty.seal`); without it terminal events
+    /// carry none and `triad audit verify` says so.
+    pub signer: Option<custody::RootSigner>,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +173,7 @@ struct Processor {
     /// Names this instance in its epoch markers.
     instance: String,
     snapshots: mpsc::Sender<WriterMessage>,
+    signer: Option<custody::RootSigner>,
 }
 
 /// One encoded record waiting to be sent.
@@ -234,7 +242,11 @@ impl Processor {
                     })?;
             events.push(event);
         }
-        let folded = recovery::fold(seed, last_input, &events, &self.names.inbox, p);
+        let leaves: Vec<_> = records
+            .iter()
+            .map(|m| leaf_hash(m.payload().unwrap_or_default()))
+            .collect();
+        let folded = recovery::fold(seed, last_input, &events, &leaves, &self.names.inbox, p);
         let heal_point = if heal {
             let offsets: Vec<i64> = records.iter().map(|m| m.offset()).collect();
             let point = recovery::heal_point(
@@ -632,13 +644,23 @@ impl Processor {
             offset: o,
             record: &record,
         };
-        let events = process(&mut state, &input, &self.policy);
+        let mut events = process(&mut state, &input, &self.policy);
+        // The chain of custody follows the exact bytes: each event extends it, and a terminal
+        // event first gets the signed root of the events before it. Events a crash already
+        // wrote are encoded again (deterministically, RFC 6979 signatures included) so that
+        // the chain stays whole, but not written twice.
         let mut writes = Vec::new();
-        for event in events
-            .iter()
-            .filter(|e| !present.contains(&e.meta.event_id))
-        {
-            writes.push(self.encode(&self.names.events, Some(p), &wf, event).await?);
+        for event in &mut events {
+            if let Some(signer) = &self.signer
+                && event.body.is_terminal()
+            {
+                custody::seal(&state.custody, event, signer)?;
+            }
+            let write = self.encode(&self.names.events, Some(p), &wf, event).await?;
+            custody::push(&mut state.custody, leaf_hash(&write.bytes));
+            if !present.contains(&event.meta.event_id) {
+                writes.push(write);
+            }
         }
         // Side effects only after the events are in the log: a crash in between is repaired
         // by the outbox rule on recovery.
@@ -959,6 +981,7 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         rebalances: Arc::default(),
         instance: format!("{group}-{}", options.instance),
         snapshots,
+        signer: options.signer.clone(),
     });
     let liveness = Arc::new(Liveness::new(Duration::from_millis(
         options.timing.liveness_ms,

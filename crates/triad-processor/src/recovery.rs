@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use triad_domain::{SnapshotBody, WorkflowEvent, WorkflowSnapshot};
+use triad_sovereignty::merkle::Hash;
 use triad_workflow::aggregate::WorkflowState;
 
 /// The input that may have been cut short by a crash: the state before it and the ids of
@@ -149,10 +150,14 @@ pub struct Folded {
 /// snapshot already covers. Such events still count for `last_input`, so an input whose
 /// events are all covered is recognised as done; the last input with new events may have been
 /// cut short by a crash, and `repair` holds the state before it.
-pub fn fold<'a>(
+///
+/// `leaves[i]` is the leaf hash of `events[i]`'s Kafka value bytes: an applied event extends
+/// its workflow's chain of custody with it (tests of the fold alone pass none).
+pub fn fold(
     mut workflows: HashMap<String, WorkflowState>,
     last_input: i64,
-    events: impl IntoIterator<Item = &'a WorkflowEvent>,
+    events: &[WorkflowEvent],
+    leaves: &[Hash],
     inbox: &str,
     partition: i32,
 ) -> Folded {
@@ -163,7 +168,7 @@ pub fn fold<'a>(
     // Per workflow: the input offset of its latest events and its state before them.
     let mut before: HashMap<String, (i64, WorkflowState)> = HashMap::new();
     let mut last: Option<(String, HashSet<String>)> = None;
-    for event in events {
+    for (i, event) in events.iter().enumerate() {
         let c = &event.meta.causation;
         let input = (c.topic == inbox && c.partition == partition).then_some(c.offset);
         let wf = &event.meta.workflow_id;
@@ -189,6 +194,9 @@ pub fn fold<'a>(
             before.insert(wf.clone(), (o, state.clone()));
         }
         state.apply(event);
+        if let Some(leaf) = leaves.get(i) {
+            crate::custody::push(&mut state.custody, *leaf);
+        }
         folded.touched.insert(wf.clone());
     }
     if let Some((wf, present)) = last
@@ -348,7 +356,7 @@ mod tests {
     /// The snapshot records a processor writes after the first `cut` events: every workflow's
     /// state, then a checkpoint.
     fn snapshots_at(log: &[WorkflowEvent], cut: usize, epoch: i64) -> Vec<WorkflowSnapshot> {
-        let folded = fold(HashMap::new(), -1, &log[..cut], INBOX, 0);
+        let folded = fold(HashMap::new(), -1, &log[..cut], &[], INBOX, 0);
         let mut out: Vec<WorkflowSnapshot> = folded
             .workflows
             .values()
@@ -395,6 +403,7 @@ mod tests {
                 workflows,
                 last_input,
                 &log[usize::try_from(event_offset).unwrap()..],
+                &[],
                 INBOX,
                 0,
             ),
@@ -406,7 +415,7 @@ mod tests {
     fn snapshots_plus_tail_equal_the_full_fold_at_every_cut() {
         let log = history();
         assert!(log.len() > 40, "the history is too short: {}", log.len());
-        let full = fold(HashMap::new(), -1, &log, INBOX, 0);
+        let full = fold(HashMap::new(), -1, &log, &[], INBOX, 0);
         assert_eq!(full.workflows.len(), WORKFLOWS.len());
         // Cuts at input boundaries: a processor snapshots after an input's events.
         for cut in 1..=log.len() {
@@ -434,7 +443,7 @@ mod tests {
     #[test]
     fn a_snapshot_ahead_of_the_checkpoint_is_used_and_its_events_are_not_applied_twice() {
         let log = history();
-        let full = fold(HashMap::new(), -1, &log, INBOX, 0);
+        let full = fold(HashMap::new(), -1, &log, &[], INBOX, 0);
         // A checkpoint after 10 events, then a round for the whole log whose checkpoint was
         // never written (the processor died).
         let mut records = vec![snapshot(-1, marker())];
@@ -465,7 +474,7 @@ mod tests {
         let repair = restored.repair.expect("the partial input needs a repair");
         assert_eq!(repair.offset, last);
         assert_eq!(repair.present.len(), partial.len() - first);
-        let before = fold(HashMap::new(), -1, &partial[..first], INBOX, 0);
+        let before = fold(HashMap::new(), -1, &partial[..first], &[], INBOX, 0);
         assert_eq!(
             repair.before,
             before.workflows[&partial[first].meta.workflow_id]
@@ -478,7 +487,7 @@ mod tests {
         let log = history();
         let partial = &log[..log.len() - 1];
         let offsets: Vec<i64> = (0..).take(partial.len()).collect();
-        let folded = fold(HashMap::new(), -1, partial, INBOX, 0);
+        let folded = fold(HashMap::new(), -1, partial, &[], INBOX, 0);
         let repair = folded.repair.clone().unwrap();
         let (event_offset, last_input) =
             heal_point(&folded, partial, &offsets, 0, -1, INBOX, 0).unwrap();
@@ -489,14 +498,14 @@ mod tests {
         // plus the tail give the same repair again.
         let mut workflows = folded.workflows.clone();
         workflows.insert(repair.workflow_id.clone(), repair.before.clone());
-        let again = fold(workflows, last_input, &partial[first..], INBOX, 0);
+        let again = fold(workflows, last_input, &partial[first..], &[], INBOX, 0);
         let again_repair = again.repair.unwrap();
         assert_eq!(again_repair.offset, repair.offset);
         assert_eq!(again_repair.before, repair.before);
         assert_eq!(again_repair.present, repair.present);
         assert_eq!(again.workflows, folded.workflows);
         // Without a partial input the checkpoint follows the last event.
-        let complete = fold(HashMap::new(), -1, &log[..first], INBOX, 0);
+        let complete = fold(HashMap::new(), -1, &log[..first], &[], INBOX, 0);
         let offsets: Vec<i64> = (0..).take(first).collect();
         let mut complete_no_repair = complete;
         complete_no_repair.repair = None;
@@ -558,7 +567,7 @@ mod tests {
                 value: Some(r),
             });
         }
-        let full = fold(HashMap::new(), -1, &log, INBOX, 0);
+        let full = fold(HashMap::new(), -1, &log, &[], INBOX, 0);
         assert_eq!(restore(&stored, &log).workflows, full.workflows);
         // A stale key that is no workflow at all is superseded by a tombstone.
         let mut garbage = snapshot(0, marker());

@@ -175,6 +175,7 @@ fn event(wf: &str, index: usize, sequence: i64, body: EventBody) -> WorkflowEven
             schema_version: triad_domain::EVENT_SCHEMA_VERSION,
         },
         body,
+        signed_root: None,
     }
 }
 

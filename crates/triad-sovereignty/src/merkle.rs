@@ -99,6 +99,54 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
     s == 0 && r == *root
 }
 
+/// The right edge of a growing tree: the roots of its perfect subtrees, largest (leftmost)
+/// first — one per set bit of `size`, so O(log n) hashes. The processor keeps one per workflow
+/// in its state to sign the root of every event before the terminal one without holding
+/// the leaves (the root equals [`root`] over the same leaves).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    peaks: Vec<Hash>,
+}
+
+impl Frontier {
+    /// A frontier from its parts, or None when `peaks` does not fit `size` (one per set bit).
+    pub fn from_parts(size: u64, peaks: Vec<Hash>) -> Option<Self> {
+        (usize::try_from(size.count_ones()).ok() == Some(peaks.len()))
+            .then_some(Self { size, peaks })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn peaks(&self) -> &[Hash] {
+        &self.peaks
+    }
+
+    /// Appends a leaf hash: equal-sized subtrees at the edge merge, as binary carries do.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut hash = leaf;
+        let mut carry = self.size;
+        while carry & 1 == 1 {
+            let Some(left) = self.peaks.pop() else { break };
+            hash = node_hash(&left, &hash);
+            carry >>= 1;
+        }
+        self.peaks.push(hash);
+        self.size += 1;
+    }
+
+    /// The tree hash of the leaves pushed so far: the peaks folded from the right.
+    pub fn root(&self) -> Hash {
+        let mut peaks = self.peaks.iter().rev();
+        let Some(last) = peaks.next() else {
+            return root(&[]);
+        };
+        peaks.fold(*last, |right, left| node_hash(left, &right))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +239,20 @@ mod tests {
             }
             assert!(inclusion_proof(tree, n).is_none());
         }
+    }
+
+    #[test]
+    fn a_frontier_has_the_root_of_its_leaves_at_every_size() {
+        let leaves: Vec<Hash> = (0u32..130).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut f = Frontier::default();
+        assert_eq!(f.root(), root(&[]));
+        for (n, leaf) in leaves.iter().enumerate() {
+            f.push(*leaf);
+            assert_eq!(f.root(), root(&leaves[..=n]), "size {}", n + 1);
+            assert_eq!(f.peaks().len(), (n + 1).count_ones() as usize);
+            let again = Frontier::from_parts(f.size(), f.peaks().to_vec()).unwrap();
+            assert_eq!(again, f);
+        }
+        assert!(Frontier::from_parts(3, vec![leaves[0]]).is_none());
     }
 }

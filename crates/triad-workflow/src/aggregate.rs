@@ -93,11 +93,24 @@ pub struct WorkflowState {
     pub failures: BTreeMap<String, i32>,
     /// Zones in which no executor picked a task up, per task: later attempts avoid them.
     pub unavailable: BTreeMap<String, BTreeSet<String>>,
+    /// The chain of custody of the events written so far. The processor keeps it (from the
+    /// exact bytes it writes and reads); the aggregate never reads it.
+    #[serde(default)]
+    pub custody: Custody,
+}
+
+/// The workflow's events so far as a Merkle frontier (`triad_sovereignty::merkle::Frontier`):
+/// their number and the roots of the perfect subtrees at the tree's right edge, in hex.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Custody {
+    pub leaves: u64,
+    pub peaks: Vec<String>,
 }
 
 /// The encoding of a [`WorkflowState`] in a snapshot. A change to the state's shape changes
 /// this name; snapshots in another format are not read (the processor folds the log instead).
-pub const STATE_FORMAT: &str = "triad.workflow-state/json-v1";
+pub const STATE_FORMAT: &str = "triad.workflow-state/json-v2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -301,6 +314,7 @@ pub fn process(
                 schema_version: triad_domain::EVENT_SCHEMA_VERSION,
             },
             body,
+            signed_root: None,
         };
         state.apply(&event);
         out.push(event);

@@ -240,7 +240,7 @@ impl Env {
             |events: &[WorkflowEvent]| {
                 let finished: std::collections::HashSet<&str> = events
                     .iter()
-                    .filter(|e| is_final(&e.body))
+                    .filter(|e| e.body.is_terminal())
                     .map(|e| e.meta.workflow_id.as_str())
                     .collect();
                 workflows.iter().all(|w| finished.contains(w.as_str()))
@@ -249,9 +249,6 @@ impl Env {
         .await
     }
 }
-
-/// True for the event that ends a workflow.
-pub use triad_kernel::audit::is_final;
 
 /// Events grouped by workflow, in log order.
 pub fn by_workflow(events: &[WorkflowEvent]) -> BTreeMap<String, Vec<WorkflowEvent>> {
@@ -455,7 +452,8 @@ pub fn after<'a>(text: &'a str, marker: &str) -> &'a str {
 /// Sets `env` up for sealed payloads: an operator key (in the test's directory), the
 /// sovereignty settings in the environment of every later command, and each node enrolled
 /// in its zone with its wrapping key (in the file store, or in the TPM a TCTI names) and
-/// its signing key. Returns the operator key's path.
+/// its signing key, and the processor and the notary enrolled to sign only. Returns the operator
+/// key's path.
 pub fn sealing(env: &mut Env, nodes: &[(&str, &str, Option<&str>)]) -> PathBuf {
     let op = env.dir.join("operator.key");
     let (out, _) = cli_ok(
@@ -491,6 +489,27 @@ pub fn sealing(env: &mut Env, nodes: &[(&str, &str, Option<&str>)]) -> PathBuf {
                 zone,
                 "--public-key",
                 after(&key, "public key "),
+                "--signing-key",
+                after(&key, "signing key "),
+                "--operator-key",
+                op.to_str().unwrap(),
+            ],
+            &[],
+        );
+    }
+    // The processor signs each terminal event's root and the notary its checkpoints; they
+    // are enrolled to sign only, so that nothing is ever wrapped to them.
+    for signer in ["processor", "notary"] {
+        let (key, _) = cli_ok(env, &["keys", "node-key", "--node", signer], &[]);
+        cli_ok(
+            env,
+            &[
+                "keys",
+                "enrol",
+                "--node",
+                signer,
+                "--zone",
+                nodes.first().map_or("US-EAST", |n| n.1),
                 "--signing-key",
                 after(&key, "signing key "),
                 "--operator-key",
