@@ -75,10 +75,29 @@ pub async fn trail(state: &AppState, workflow_id: &str) -> Result<Option<TrailVi
     let Some(chain) = read(state, workflow_id).await? else {
         return Ok(None);
     };
-    let verdict = state
-        .kernel
-        .as_ref()
-        .map(|k| check(&chain.leaves, &k.kernel().directory(), &state.policy.groups));
+    let verdict = match &state.kernel {
+        None => None,
+        Some(k) => {
+            // Zones are judged under the policy version the workflow was accepted under, as
+            // the log publishes it (docs/audit.md, "Policy versions").
+            let directory = k.kernel().directory();
+            let published = triad_kernel::audit::policies(&state.kafka, &state.codec).await?;
+            let policy = triad_kernel::audit::policy_in_force(
+                triad_kernel::audit::accepted_policy(&chain.leaves),
+                &published,
+                &directory,
+            );
+            let groups: Vec<(String, Vec<String>)> = match &policy {
+                Ok((document, _)) => document.groups.clone().into_iter().collect(),
+                Err(_) => Vec::new(),
+            };
+            let mut v = check(&chain.leaves, &directory, &groups);
+            if let Err(why) = policy {
+                v.problems.push(why);
+            }
+            Some(v)
+        }
+    };
     Ok(Some(TrailView {
         workflow_id: workflow_id.to_owned(),
         topic: chain.topic.clone(),

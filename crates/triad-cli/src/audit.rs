@@ -144,13 +144,26 @@ pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let groups: Vec<(String, Vec<String>)> = config
-        .policy
-        .groups
-        .iter()
-        .map(|(g, z)| (g.clone(), z.clone()))
-        .collect();
+    // Zones are judged under the policy version the workflow was accepted under, as the log
+    // publishes it — never under this verifier's own configuration.
+    let published = triad_kernel::audit::policies(&config.kafka, codec).await?;
+    let policy = triad_kernel::audit::policy_in_force(
+        triad_kernel::audit::accepted_policy(&chain.leaves),
+        &published,
+        directory.directory(),
+    );
+    let groups: Vec<(String, Vec<String>)> = match &policy {
+        Ok((document, _)) => document.groups.clone().into_iter().collect(),
+        Err(_) => Vec::new(),
+    };
     let mut verdict = check(&chain.leaves, directory.directory(), &groups);
+    match &policy {
+        Ok((_, node)) => println!(
+            "under policy version {} (published by {node})",
+            triad_kernel::audit::accepted_policy(&chain.leaves).unwrap_or_default()
+        ),
+        Err(why) => verdict.problems.push(why.clone()),
+    }
     verdict.problems.extend(coverage.problems.iter().cloned());
     let last = chain.leaves.last().map_or(-1, |l| l.offset);
     if coverage.problems.is_empty() && last >= coverage.covered_to {

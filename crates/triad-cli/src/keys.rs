@@ -65,20 +65,26 @@ fn load_operator(path: &Path) -> Result<SoftwareSigner> {
 
 /// Prints a node's public key and key id, creating the key in its store when needed.
 pub fn node_key(config: &Config, node: &str, tpm: Option<&str>) -> Result<()> {
-    let (public, key_id) = match tpm {
+    use triad_sovereignty::signing::Signer;
+    // With a TPM both keys live (and are created) inside it; otherwise in the file store.
+    let (public, key_id, signer): (_, _, Box<dyn Signer>) = match tpm {
         Some(tcti) => {
             let key = TpmKey::open(tcti, triad_sovereignty::tpm::DEFAULT_HANDLE)?;
-            (*key.public(), key.key_id().to_owned())
+            (
+                *key.public(),
+                key.key_id().to_owned(),
+                Box::new(key.signer()),
+            )
         }
         None => {
-            let key = FileKeyStore::new(&config.sovereignty.key_dir).load_or_create(node)?;
-            (*key.public(), key.key_id().to_owned())
+            let store = FileKeyStore::new(&config.sovereignty.key_dir);
+            let key = store.load_or_create(node)?;
+            let signer = store.load_or_create_signer(node)?;
+            (*key.public(), key.key_id().to_owned(), Box::new(signer))
         }
     };
     println!("node {node}: key id {key_id}");
     println!("public key {}", public_hex(&public));
-    // The signing key lives in the file store (a TPM-resident signing key is not built yet).
-    let signer = FileKeyStore::new(&config.sovereignty.key_dir).load_or_create_signer(node)?;
     println!("signing key {}", public_hex(signer.public()));
     println!("signing key id {}", signer.key_id());
     Ok(())

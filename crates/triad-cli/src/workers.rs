@@ -53,12 +53,14 @@ pub fn processor_options(
             node_id: node_id(config, "processor", ""),
             signer,
         });
+    let offers = offers(catalogue);
     Ok(triad_processor::Options {
         kafka: config.kafka.clone(),
-        policy: triad_processor::policy_from(&config.policy, &crate::workers::offers(catalogue)),
+        policy: triad_processor::policy_from(&config.policy, &offers),
         timing: config.processor.clone(),
         instance,
         signer,
+        policy_document: triad_processor::policy_document(&config.policy, &offers),
     })
 }
 
@@ -106,8 +108,9 @@ pub fn node_id(config: &Config, role: &str, zone: &str) -> String {
     })
 }
 
-/// This node's signing key when `sovereignty.seal` is on (the file store's `<node>.sign`):
-/// executors sign their execution records with it, the processor its signed roots.
+/// This node's signing key when `sovereignty.seal` is on: inside the TPM with
+/// `sovereignty.tpm_tcti`, else the file store's `<node>.sign`. Executors sign their
+/// execution records with it, the processor its roots and policies, the notary checkpoints.
 pub fn signer(
     config: &Config,
     role: &str,
@@ -116,10 +119,32 @@ pub fn signer(
     if !config.sovereignty.seal {
         return Ok(None);
     }
+    if let Some(tcti) = &config.sovereignty.tpm_tcti {
+        return Ok(Some(Arc::new(tpm_key(tcti)?.signer())));
+    }
     let store = triad_sovereignty::FileKeyStore::new(&config.sovereignty.key_dir);
     Ok(Some(Arc::new(
         store.load_or_create_signer(&node_id(config, role, zone))?,
     )))
+}
+
+/// The TPM's node key, opened once per process: a TPM simulator serves one connection at a
+/// time, so the kernel's unwrapping and the signer share this one.
+fn tpm_key(tcti: &str) -> Result<Arc<triad_sovereignty::TpmKey>> {
+    static OPEN: std::sync::Mutex<Vec<(String, Arc<triad_sovereignty::TpmKey>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut open = OPEN
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the TPM registry is poisoned"))?;
+    if let Some((_, key)) = open.iter().find(|(t, _)| t == tcti) {
+        return Ok(key.clone());
+    }
+    let key = Arc::new(triad_sovereignty::TpmKey::open(
+        tcti,
+        triad_sovereignty::tpm::DEFAULT_HANDLE,
+    )?);
+    open.push((tcti.to_owned(), key.clone()));
+    Ok(key)
 }
 
 /// This node's sovereignty kernel when `sovereignty.seal` is on (None otherwise): its key
@@ -142,10 +167,7 @@ pub async fn kernel(
     }
     let node_id = node_id(config, role, zone);
     let key: Arc<dyn NodeKey> = match &s.tpm_tcti {
-        Some(tcti) => Arc::new(triad_sovereignty::TpmKey::open(
-            tcti,
-            triad_sovereignty::tpm::DEFAULT_HANDLE,
-        )?),
+        Some(tcti) => tpm_key(tcti)?,
         None => {
             Arc::new(triad_sovereignty::FileKeyStore::new(&s.key_dir).load_or_create(&node_id)?)
         }

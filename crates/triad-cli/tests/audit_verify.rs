@@ -31,6 +31,8 @@ struct Log {
     directory: Vec<Vec<u8>>,
     /// The notary's checkpoints of partition 0.
     checkpoints: Vec<Vec<u8>>,
+    /// The published policy versions.
+    policies: Vec<Vec<u8>>,
     /// The workflow's events and their exact bytes.
     original: Vec<(WorkflowEvent, Vec<u8>)>,
 }
@@ -50,6 +52,12 @@ async fn copy_of(like: &Env, log: &Log, events: &[WorkflowEvent]) -> Env {
                 Some(value),
                 &[],
             )
+            .await
+            .unwrap();
+    }
+    for value in &log.policies {
+        env.producer
+            .send(&env.names.policies, None, Some(value), &[])
             .await
             .unwrap();
     }
@@ -147,6 +155,10 @@ async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
         report.contains("cover offsets 0..18 of partition 0 (18 records), the workflow's included"),
         "{report}"
     );
+    assert!(
+        report.contains("under policy version ") && report.contains("(published by processor)"),
+        "{report}"
+    );
 
     // The log as an auditor copies it: the directory's records and the workflow's events.
     let directory: Vec<Vec<u8>> = triad_kafka::consume::read_all(
@@ -188,9 +200,18 @@ async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
             .map(|m| m.payload().unwrap().to_vec())
             .collect();
     assert!(!checkpoints.is_empty());
+    let policies: Vec<Vec<u8>> =
+        triad_kafka::consume::read_all(&env.kafka, &env.names.policies, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.payload().unwrap().to_vec())
+            .collect();
+    assert_eq!(policies.len(), 1, "the processor published its policy once");
     let log = Log {
         directory,
         checkpoints,
+        policies,
         original,
     };
     let signed = events[17]
@@ -232,6 +253,11 @@ async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
             "the signed root is not the root of the events before the terminal event",
         ),
         (
+            "the accepted workflow moved to a policy version nobody published",
+            Box::new(|ev| accepted(ev).policy_version = Some("00".repeat(32))),
+            "no record on the policy topic publishes policy version",
+        ),
+        (
             "the terminal event edited (no signature of its own covers it)",
             Box::new(|ev| match &mut ev[17].body {
                 EventBody::WorkflowCompleted(c) => c.total_cost_micros += 1,
@@ -254,11 +280,25 @@ async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
             "carries no signed root",
         ),
         (
+            "any one event's time edited (drawn by the seed)",
+            Box::new(move |ev| {
+                let i = usize::try_from(seed % 18).unwrap();
+                ev[i].meta.occurred_at += 1;
+            }),
+            // The root (events before the end) or a checkpoint (the end) no longer matches.
+            "not the ones signed",
+        ),
+        (
             "an event deleted",
             Box::new(|ev| {
                 ev.remove(5);
             }),
             "an event is missing, repeated or out of order",
+        ),
+        (
+            "the tail truncated (the last three events)",
+            Box::new(|ev| ev.truncate(15)),
+            "records were deleted (the tail cut)",
         ),
         (
             "two events swapped",

@@ -6,8 +6,8 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
     ControlRecord, CustodyCheckpoint, DeadLetter, ExecutorStatus, InboxRecord, KeyDirectoryChange,
-    ModelRegistration, SovereigntyViolation, TaskRequest, WorkflowEvent, WorkflowKey,
-    WorkflowSnapshot,
+    ModelRegistration, PolicyVersion, SovereigntyViolation, TaskRequest, WorkflowEvent,
+    WorkflowKey, WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -26,6 +26,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (WorkflowKey::NAME, WorkflowKey::AVSC),
     (SovereigntyViolation::NAME, SovereigntyViolation::AVSC),
     (CustodyCheckpoint::NAME, CustodyCheckpoint::AVSC),
+    (PolicyVersion::NAME, PolicyVersion::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -84,6 +85,11 @@ impl AvroRecord for KeyDirectoryChange {
 impl AvroRecord for WorkflowKey {
     const NAME: &'static str = "io.triad.v1.WorkflowKey";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.WorkflowKey.avsc");
+}
+
+impl AvroRecord for PolicyVersion {
+    const NAME: &'static str = "io.triad.v1.PolicyVersion";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.PolicyVersion.avsc");
 }
 
 impl AvroRecord for CustodyCheckpoint {

@@ -153,6 +153,11 @@ fn violation_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn policy_schema_evolves_backward_transitively() {
+    gate(&fixtures::policy_versions());
+}
+
+#[test]
 fn checkpoint_schema_evolves_backward_transitively() {
     gate(&fixtures::custody_checkpoints());
 }

@@ -59,6 +59,9 @@ fn every_fixture_round_trips() {
     for c in fixtures::custody_checkpoints() {
         round_trip(&c);
     }
+    for p in fixtures::policy_versions() {
+        round_trip(&p);
+    }
 }
 
 #[test]
@@ -260,6 +263,7 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&fixtures::workflow_keys()) >= 1);
     assert!(defaults_fill(&fixtures::sovereignty_violations()) >= 2);
     assert!(defaults_fill(&fixtures::custody_checkpoints()) >= 1);
+    assert!(defaults_fill(&fixtures::policy_versions()) >= 1);
 }
 
 #[test]

@@ -106,6 +106,10 @@ pub struct WorkflowAccepted {
     pub default_zones: Vec<String>,
     pub tasks: Vec<TaskSpec>,
     pub labels: BTreeMap<String, String>,
+    /// The policy the processor accepted the workflow under (v6): the hex SHA-256 of a
+    /// [`crate::PolicyDocument`] published on `triad.policies`.
+    #[serde(default)]
+    pub policy_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

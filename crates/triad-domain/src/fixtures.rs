@@ -299,6 +299,7 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             default_zones: wf.default_zones,
             tasks: wf.tasks,
             labels: wf.labels,
+            policy_version: Some("88".repeat(32)),
         }),
         EventBody::WorkflowRejected(WorkflowRejected {
             reason: "unknown zone MARS".to_owned(),
@@ -523,6 +524,20 @@ pub fn execution_record() -> ExecutionRecord {
         output_sha256: "33".repeat(32),
         signature: "ab".repeat(64),
     }
+}
+
+/// One published policy version.
+pub fn policy_versions() -> Vec<crate::PolicyVersion> {
+    vec![crate::PolicyVersion {
+        version: "88".repeat(32),
+        document: r#"{"zones":["US-EAST"],"groups":{},"hosts":{},"models":{"triad-local":[]}}"#
+            .to_owned(),
+        node_id: "processor".to_owned(),
+        key_id: "fedcba9876543210fedcba9876543210".to_owned(),
+        signature: "cd".repeat(64),
+        published_at: EPOCH_2026_MICROS,
+        schema_version: 1,
+    }]
 }
 
 /// The first two checkpoints of event-store partition 1.

@@ -42,8 +42,8 @@ pub use snapshot::{
 };
 pub use task::TaskRequest;
 pub use workflow_key::{
-    CustodyCheckpoint, SEALED_PREFIX, SovereigntyViolation, WorkflowKey, WrappedWorkflowKey,
-    is_sealed,
+    CustodyCheckpoint, PolicyDocument, PolicyVersion, SEALED_PREFIX, SovereigntyViolation,
+    WorkflowKey, WrappedWorkflowKey, is_sealed,
 };
 
 /// Microseconds since the Unix epoch (Avro `timestamp-micros`).
@@ -52,6 +52,6 @@ pub type TimestampMicros = i64;
 /// The version of `io.triad.v1.InboxRecord` this code writes (`schemas/history`).
 pub const INBOX_SCHEMA_VERSION: i32 = 4;
 /// The version of `io.triad.v1.WorkflowEvent` this code writes.
-pub const EVENT_SCHEMA_VERSION: i32 = 5;
+pub const EVENT_SCHEMA_VERSION: i32 = 6;
 /// The version of `io.triad.v1.TaskRequest` this code writes.
 pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 2;

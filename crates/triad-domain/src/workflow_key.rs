@@ -85,3 +85,32 @@ impl CustodyCheckpoint {
         format!("{}/{}", self.stream, self.partition)
     }
 }
+
+/// A record of `triad.policies` (schema `io.triad.v1.PolicyVersion`): one version of the
+/// sovereignty policy, published and signed by the processor that enforces it before it
+/// accepts any workflow under it (`docs/audit.md`, "Policy versions").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    /// Hex SHA-256 of `document`.
+    pub version: String,
+    /// The policy as canonical JSON ([`PolicyDocument`]).
+    pub document: String,
+    pub node_id: String,
+    pub key_id: String,
+    /// Hex `r || s` over `triad_sovereignty::custody::policy_bytes(document)`.
+    pub signature: String,
+    pub published_at: i64,
+    pub schema_version: i32,
+}
+
+/// The sovereignty policy as one version states it: the zones, the named groups, each
+/// zone's allowed endpoint hosts, and the zones of each model in the catalogue. Serialised
+/// with sorted keys (JSON of these maps), so one policy has one text and one version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    pub zones: Vec<String>,
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    pub hosts: std::collections::BTreeMap<String, Vec<String>>,
+    pub models: std::collections::BTreeMap<String, Vec<String>>,
+}

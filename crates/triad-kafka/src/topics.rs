@@ -23,6 +23,7 @@ pub const KEY_DIRECTORY: &str = "triad.key-directory";
 pub const WORKFLOW_KEYS: &str = "triad.workflow-keys";
 pub const VIOLATIONS: &str = "triad.violations";
 pub const CHECKPOINTS: &str = "triad.custody-checkpoints";
+pub const POLICIES: &str = "triad.policies";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -40,6 +41,7 @@ pub struct Names {
     pub workflow_keys: String,
     pub violations: String,
     pub checkpoints: String,
+    pub policies: String,
     prefix: String,
 }
 
@@ -58,6 +60,7 @@ impl Names {
             workflow_keys: format!("{p}{WORKFLOW_KEYS}"),
             violations: format!("{p}{VIOLATIONS}"),
             checkpoints: format!("{p}{CHECKPOINTS}"),
+            policies: format!("{p}{POLICIES}"),
             prefix: p.clone(),
         }
     }
@@ -192,6 +195,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: kafka.partitions,
             retention: Retention::Forever,
             purpose: "the notary's signed, chained checkpoints; partition p covers event-store partition p",
+        },
+        TopicSpec {
+            name: names.policies,
+            partitions: 1,
+            retention: Retention::Forever,
+            purpose: "every version of the sovereignty policy a processor enforced, signed, key = version",
         },
         TopicSpec {
             name: names.executor_status,

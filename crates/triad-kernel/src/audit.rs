@@ -93,6 +93,77 @@ pub async fn chain(kafka: &KafkaConfig, codec: &Codec, workflow_id: &str) -> Res
     })
 }
 
+/// Every policy version published on `triad.policies`.
+pub async fn policies(
+    kafka: &KafkaConfig,
+    codec: &Codec,
+) -> Result<Vec<triad_domain::PolicyVersion>> {
+    let topic = Names::new(kafka).policies;
+    let read = triad_kafka::consume::read_all(kafka, &topic, READ_FOR).await?;
+    let mut out = Vec::with_capacity(read.len());
+    for m in read {
+        let p = codec.decode(m.payload()).await.map_err(|e| Error::Record {
+            topic: topic.clone(),
+            offset: m.offset(),
+            reason: format!("undecodable policy version: {e}"),
+        })?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The policy a workflow was accepted under: the published record of `version` whose text
+/// hashes to it and whose signature verifies under a signing key the directory enrols (not
+/// revoked). Returns the document and who published it, or why there is none.
+pub fn policy_in_force(
+    version: Option<&str>,
+    published: &[triad_domain::PolicyVersion],
+    directory: &triad_sovereignty::KeyDirectory,
+) -> Result<(triad_domain::PolicyDocument, String), String> {
+    let Some(version) = version else {
+        return Err("the accepted workflow names no policy version".to_owned());
+    };
+    let mut why = format!("no record on the policy topic publishes policy version {version}");
+    for p in published.iter().filter(|p| p.version == version) {
+        if custody::hash_from_hex("version", version).ok()
+            != Some(custody::sha256(p.document.as_bytes()))
+        {
+            why = format!("the published text of policy version {version} does not hash to it");
+            continue;
+        }
+        let Some(s) = directory.signer(&p.key_id) else {
+            why = format!(
+                "policy version {version} is signed by key {}, which the key directory does not enrol as a signing key",
+                p.key_id
+            );
+            continue;
+        };
+        if s.node_id != p.node_id
+            || s.state == triad_sovereignty::KeyState::Revoked
+            || !triad_sovereignty::signing::verify(
+                &s.public_key,
+                &custody::policy_bytes(&p.document),
+                &p.signature,
+            )
+        {
+            why = format!("the signature on policy version {version} does not verify");
+            continue;
+        }
+        return serde_json::from_str(&p.document)
+            .map(|d| (d, p.node_id.clone()))
+            .map_err(|e| format!("policy version {version} is not a policy document: {e}"));
+    }
+    Err(why)
+}
+
+/// The policy version the workflow's `WorkflowAccepted` names.
+pub fn accepted_policy(leaves: &[Leaf]) -> Option<&str> {
+    leaves.iter().find_map(|l| match &l.event.body {
+        EventBody::WorkflowAccepted(a) => a.policy_version.as_deref(),
+        _ => None,
+    })
+}
+
 /// Every record of event-store partition `p`, as (offset, leaf hash).
 pub async fn partition_records(kafka: &KafkaConfig, p: i32) -> Result<Vec<(i64, Hash)>> {
     let topic = Names::new(kafka).events;
@@ -590,5 +661,58 @@ mod tests {
         ]
         .into();
         assert!(problems(&log, &copied, &d).is_empty());
+    }
+
+    fn published(text: &str, signer: &dyn Signer, node: &str) -> triad_domain::PolicyVersion {
+        triad_domain::PolicyVersion {
+            version: triad_sovereignty::hex(&custody::sha256(text.as_bytes())),
+            document: text.to_owned(),
+            node_id: node.to_owned(),
+            key_id: signer.key_id().to_owned(),
+            signature: triad_sovereignty::hex(&signer.sign(&custody::policy_bytes(text)).unwrap()),
+            published_at: 0,
+            schema_version: 1,
+        }
+    }
+
+    #[test]
+    fn only_a_signed_policy_whose_text_hashes_to_its_version_is_in_force() {
+        let processor = SoftwareSigner::generate();
+        let mut d = triad_sovereignty::KeyDirectory::default();
+        d.apply(&triad_sovereignty::DirectoryChange::SigningKeyEnrolled {
+            node_id: "processor".into(),
+            zone: "US-EAST".into(),
+            public_key: triad_sovereignty::public_hex(processor.public()),
+        })
+        .unwrap();
+        let text = r#"{"zones":["US-EAST","EU-WEST"],"groups":{"CONUS":["US-EAST"]},"hosts":{},"models":{}}"#;
+        let good = published(text, &processor, "processor");
+        let v = good.version.clone();
+        let (doc, by) = policy_in_force(Some(&v), std::slice::from_ref(&good), &d).unwrap();
+        assert_eq!(
+            (doc.groups["CONUS"].clone(), by.as_str()),
+            (vec!["US-EAST".to_owned()], "processor")
+        );
+
+        let err = |records: &[triad_domain::PolicyVersion], version: Option<&str>| {
+            policy_in_force(version, records, &d).unwrap_err()
+        };
+        assert!(err(std::slice::from_ref(&good), None).contains("names no policy version"));
+        assert!(err(&[], Some(&v)).contains("no record on the policy topic"));
+        // A wider policy under the old version's name: the text does not hash to it.
+        let mut widened = good.clone();
+        widened.document = widened
+            .document
+            .replace(r#"["US-EAST"]"#, r#"["US-EAST","EU-WEST"]"#);
+        assert!(err(&[widened], Some(&v)).contains("does not hash to it"));
+        let stranger = SoftwareSigner::generate();
+        assert!(
+            err(&[published(text, &stranger, "processor")], Some(&v)).contains("does not enrol")
+        );
+        let mut forged = good.clone();
+        forged.signature = triad_sovereignty::hex(&processor.sign(b"other").unwrap());
+        assert!(err(&[forged.clone()], Some(&v)).contains("does not verify"));
+        // A forged record next to the genuine one does not hide it.
+        assert!(policy_in_force(Some(&v), &[forged, good], &d).is_ok());
     }
 }

@@ -85,8 +85,33 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The aggregate's policy from the configured sovereignty policy and model catalogue (the
-/// sovereignty issue makes the policy event-sourced and versioned).
+/// The policy document of the configured sovereignty policy and model catalogue: what a
+/// policy version states, in its one canonical text.
+pub fn policy_document(
+    policy: &PolicyConfig,
+    models: &[triad_workflow::ModelOffer],
+) -> triad_domain::PolicyDocument {
+    triad_domain::PolicyDocument {
+        zones: policy.zones.clone(),
+        groups: policy.groups.clone(),
+        hosts: policy.hosts.clone(),
+        models: models
+            .iter()
+            .map(|m| (m.id.clone(), m.zones.clone()))
+            .collect(),
+    }
+}
+
+/// The canonical text of `document` and its version (hex SHA-256 of the text).
+pub fn policy_text(document: &triad_domain::PolicyDocument) -> (String, String) {
+    // Struct fields in declaration order, map keys sorted (BTreeMap): one policy, one text.
+    let text = serde_json::to_string(document).unwrap_or_default();
+    let version = triad_sovereignty::hex(&triad_sovereignty::custody::sha256(text.as_bytes()));
+    (text, version)
+}
+
+/// The aggregate's policy from the configured sovereignty policy and model catalogue. Its
+/// version is set by [`run`] once it is published.
 pub fn policy_from(policy: &PolicyConfig, models: &[triad_workflow::ModelOffer]) -> Policy {
     Policy {
         zones: policy.zones.clone(),
@@ -98,7 +123,52 @@ pub fn policy_from(policy: &PolicyConfig, models: &[triad_workflow::ModelOffer])
         default_model: models.first().map(|m| m.id.clone()).unwrap_or_default(),
         models: Some(models.to_vec()),
         limits: Limits::default(),
+        version: String::new(),
     }
+}
+
+/// Publishes `document` on `triad.policies`, signed, unless this signer already did; returns
+/// its version. A processor does this before it decides any input, so every
+/// `WorkflowAccepted.policy_version` names a version already on the log.
+async fn publish_policy(
+    kafka: &KafkaConfig,
+    codec: &Codec,
+    producer: &Producer,
+    document: &triad_domain::PolicyDocument,
+    signer: &custody::RootSigner,
+) -> Result<String> {
+    let (text, version) = policy_text(document);
+    let topic = Names::new(kafka).policies;
+    let published = triad_kafka::consume::read_all(kafka, &topic, Duration::from_secs(60)).await?;
+    for m in &published {
+        if let Ok(p) = codec
+            .decode::<triad_domain::PolicyVersion>(m.payload())
+            .await
+            && p.version == version
+            && p.key_id == signer.signer.key_id()
+        {
+            return Ok(version);
+        }
+    }
+    let signature = triad_sovereignty::hex(
+        &signer
+            .signer
+            .sign(&triad_sovereignty::custody::policy_bytes(&text))?,
+    );
+    let record = triad_domain::PolicyVersion {
+        version: version.clone(),
+        document: text,
+        node_id: signer.node_id.clone(),
+        key_id: signer.signer.key_id().to_owned(),
+        signature,
+        published_at: triad_kafka::now_micros(),
+        schema_version: 1,
+    };
+    producer
+        .send_record(codec, &topic, None, &version, &record)
+        .await?;
+    tracing::info!(policy.version = %version, messaging.destination.name = %topic, "policy version published");
+    Ok(version)
 }
 
 /// The policy of the default configuration.
@@ -123,6 +193,9 @@ pub struct Options {
     /// Signs each terminal event's root (`sovereignty.seal`); without it terminal events
     /// carry none and `triad audit verify` says so.
     pub signer: Option<custody::RootSigner>,
+    /// The policy as a version states it; published (with a signer) before the first input,
+    /// and its version stamped on every accepted workflow.
+    pub policy_document: triad_domain::PolicyDocument,
 }
 
 #[derive(Debug, Default)]
@@ -962,6 +1035,20 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
     let names = Names::new(&options.kafka);
     let producer = Producer::new(&options.kafka)?;
     let group = format!("{}-processor", options.kafka.group_prefix);
+    let mut policy = options.policy.clone();
+    policy.version = match &options.signer {
+        Some(signer) => {
+            publish_policy(
+                &options.kafka,
+                &codec,
+                &producer,
+                &options.policy_document,
+                signer,
+            )
+            .await?
+        }
+        None => String::new(),
+    };
     let (snapshots, snapshot_rx) = mpsc::channel(16);
     let writer_task = tokio::spawn(write_snapshots(
         producer.clone(),
@@ -972,7 +1059,7 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
     let processor = Arc::new(Processor {
         kafka: options.kafka.clone(),
         names: names.clone(),
-        policy: options.policy.clone(),
+        policy,
         timing: options.timing.clone(),
         codec: codec.clone(),
         producer: producer.clone(),

@@ -212,6 +212,7 @@ mod tests {
             default_model: "triad-local".into(),
             models: None,
             limits: Limits::default(),
+            version: String::new(),
         }
     }
 

@@ -41,6 +41,7 @@ fn history(rng: &mut StdRng, expected: &mut Expected, wf: &str) -> Vec<EventBody
         default_zones: spec.default_zones,
         tasks: spec.tasks,
         labels: spec.labels,
+        policy_version: None,
     })];
     let mut total = 0;
     let mut used = Vec::new();

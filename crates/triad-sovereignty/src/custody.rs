@@ -113,6 +113,15 @@ pub fn checkpoint_bytes(c: &Checkpoint<'_>) -> Vec<u8> {
     out
 }
 
+/// `"TRIAD-POLICY" || u8(1) || lp(document)`: what the publisher of a policy version signs.
+pub fn policy_bytes(document: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(document.len() + 20);
+    out.extend_from_slice(b"TRIAD-POLICY");
+    out.push(1);
+    put_lp(&mut out, document.as_bytes());
+    out
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }

@@ -80,6 +80,52 @@ fn the_key_survives_a_simulator_restart_with_its_state_directory() {
 }
 
 #[test]
+fn the_signing_key_lives_in_the_tpm_signs_there_and_survives_a_restart() {
+    use triad_sovereignty::signing::{Signer, verify};
+    let tpm = Swtpm::start(&scratch());
+    let key = TpmKey::open(&tpm.tcti(), DEFAULT_HANDLE).unwrap();
+    let signer = key.signer();
+    // Two keys for two purposes: the signing key is not the unwrapping key.
+    assert_ne!(signer.key_id(), key.key_id());
+    let public = *signer.public();
+    let id = signer.key_id().to_owned();
+    for i in 0..20u32 {
+        let message = format!("execution record {i}");
+        let signature = triad_sovereignty::hex(&signer.sign(message.as_bytes()).unwrap());
+        assert!(
+            verify(&public, message.as_bytes(), &signature),
+            "signature {i}"
+        );
+        assert!(!verify(&public, b"another record", &signature));
+        assert!(!verify(key.public(), message.as_bytes(), &signature));
+    }
+    // ZGen and signing share the one connection a simulator serves.
+    let mut directory = KeyDirectory::default();
+    let key = Arc::new(key);
+    enrol(&mut directory, "n", "US-EAST", &*key);
+    let (wk, record) = WorkflowKey::create(&directory, "wf", &["US-EAST"]).unwrap();
+    let envelope = wk.seal(OUT, b"both").unwrap();
+    let opened = Opener::new("n", "US-EAST", key.clone())
+        .unseal(&directory, &record, &envelope)
+        .unwrap();
+    assert_eq!(opened.as_slice(), b"both");
+    assert!(verify(
+        &public,
+        b"after",
+        &triad_sovereignty::hex(&signer.sign(b"after").unwrap())
+    ));
+    drop((signer, key));
+    let dir = tpm.kill();
+    let tpm = Swtpm::start(&dir);
+    let again = TpmKey::open(&tpm.tcti(), DEFAULT_HANDLE).unwrap().signer();
+    assert_eq!(
+        again.key_id(),
+        id,
+        "the persisted signing key, not a new one"
+    );
+}
+
+#[test]
 fn one_nodes_tpm_cannot_open_what_was_sealed_only_to_another() {
     let (ta, tb) = (Swtpm::start(&scratch()), Swtpm::start(&scratch()));
     let a = Arc::new(TpmKey::open(&ta.tcti(), DEFAULT_HANDLE).unwrap());

@@ -28,6 +28,9 @@ pub struct Policy {
     pub default_model: String,
     pub models: Option<Vec<crate::ModelOffer>>,
     pub limits: Limits,
+    /// The published policy version this is (`WorkflowAccepted.policy_version`); empty when
+    /// none was published.
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -352,6 +355,7 @@ pub fn process(
                     default_zones: cmd.default_zones.clone(),
                     tasks: cmd.tasks.clone(),
                     labels: cmd.labels.clone(),
+                    policy_version: (!policy.version.is_empty()).then(|| policy.version.clone()),
                 }),
             );
             for body in dispatch_ready(state, wf_id, policy) {

@@ -26,6 +26,7 @@ fn policy() -> Policy {
         default_model: "triad-local".into(),
         models: None,
         limits: Limits::default(),
+        version: String::new(),
     }
 }
 
