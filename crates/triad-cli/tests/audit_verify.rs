@@ -25,6 +25,16 @@ fn ok(env: &Env, args: &[&str]) -> String {
     cli_ok(env, args, &[]).0
 }
 
+/// Submits the workflow in `file`, waits for its end and returns its id.
+fn submit(env: &Env, file: &std::path::Path) -> String {
+    let out = ok(env, &["submit", file.to_str().unwrap(), "--timeout", "120"]);
+    after(&out, "submitted ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// The log as an auditor copies it, record by record.
 struct Log {
     /// The key directory's records.
@@ -131,15 +141,7 @@ async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
         serde_json::to_string(&support::research("tamper-evidence", true)).unwrap(),
     )
     .unwrap();
-    let out = ok(
-        &env,
-        &["submit", file.to_str().unwrap(), "--timeout", "120"],
-    );
-    let workflow = after(&out, "submitted ")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let workflow = submit(&env, &file);
     let report = ok(&env, &["audit", "verify", &workflow]);
     assert!(
         report.contains(
@@ -367,15 +369,7 @@ async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
     // second workflow's records are covered by checkpoints linked to the first ones.
     support::kill(&mut notary.0);
     let _notary = env.spawn("notary-2", &["notary"]);
-    let out = ok(
-        &env,
-        &["submit", file.to_str().unwrap(), "--timeout", "120"],
-    );
-    let second = after(&out, "submitted ")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let second = submit(&env, &file);
     let report = ok(&env, &["audit", "verify", &second]);
     assert!(report.contains("the workflow's included"), "{report}");
     let report = ok(&env, &["audit", "checkpoints"]);

@@ -596,10 +596,11 @@ mod tests {
         out
     }
 
-    fn directory(signer: &dyn Signer) -> triad_sovereignty::KeyDirectory {
+    /// A directory enrolling `signer` as node `node`'s signing key.
+    fn directory(node: &str, signer: &dyn Signer) -> triad_sovereignty::KeyDirectory {
         let mut d = triad_sovereignty::KeyDirectory::default();
         d.apply(&triad_sovereignty::DirectoryChange::SigningKeyEnrolled {
-            node_id: "notary".into(),
+            node_id: node.into(),
             zone: "US-EAST".into(),
             public_key: triad_sovereignty::public_hex(signer.public()),
         })
@@ -618,7 +619,7 @@ mod tests {
     #[test]
     fn a_checkpoint_chain_verifies_and_every_break_is_found() {
         let notary = SoftwareSigner::generate();
-        let d = directory(&notary);
+        let d = directory("notary", &notary);
         let log = records(30);
         let cps = chain_over(&log, &[10, 25, 30], &notary);
         let ok = check_checkpoints(0, &log, &cps, &d);
@@ -678,13 +679,7 @@ mod tests {
     #[test]
     fn only_a_signed_policy_whose_text_hashes_to_its_version_is_in_force() {
         let processor = SoftwareSigner::generate();
-        let mut d = triad_sovereignty::KeyDirectory::default();
-        d.apply(&triad_sovereignty::DirectoryChange::SigningKeyEnrolled {
-            node_id: "processor".into(),
-            zone: "US-EAST".into(),
-            public_key: triad_sovereignty::public_hex(processor.public()),
-        })
-        .unwrap();
+        let d = directory("processor", &processor);
         let text = r#"{"zones":["US-EAST","EU-WEST"],"groups":{"CONUS":["US-EAST"]},"hosts":{},"models":{}}"#;
         let good = published(text, &processor, "processor");
         let v = good.version.clone();
