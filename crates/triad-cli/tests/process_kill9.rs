@@ -1,7 +1,10 @@
 //! The workflow processor survives `kill -9`: workflows are submitted, a test executor answers
 //! every dispatched task through the inbox, and the processor process is killed twice along
-//! the way. Every workflow must complete with a gap-free sequence and no event written twice.
-//! Needs the stack (`scripts/dev.sh up`); runs on its own topic prefix and groups.
+//! the way. Every workflow must complete with a gap-free sequence and no event written twice,
+//! and its terminal event must carry the processor's signature over the root of exactly the
+//! records before it as the log holds them — the Merkle frontier survives the kills, the
+//! repairs and the snapshots. Needs the stack (`scripts/dev.sh up`); runs on its own topic
+//! prefix and groups.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashSet};
@@ -27,6 +30,9 @@ const EVENTS_PER_WORKFLOW: usize = 8;
 struct Env {
     prefix: String,
     group: String,
+    /// The processor's signing key lives here (sealing on, so it signs roots).
+    keys: std::path::PathBuf,
+    operator: String,
 }
 
 impl Env {
@@ -40,6 +46,9 @@ impl Env {
             .env("TRIAD_PROCESSOR__UNCLAIMED_AFTER_MS", "600000")
             .env("TRIAD_PROCESSOR__SNAPSHOT_EVERY", "2")
             .env("TRIAD_LOG__FILTER", "warn")
+            .env("TRIAD_SOVEREIGNTY__SEAL", "true")
+            .env("TRIAD_SOVEREIGNTY__OPERATOR_PUBLIC_KEY", &self.operator)
+            .env("TRIAD_SOVEREIGNTY__KEY_DIR", &self.keys)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         c
@@ -67,9 +76,14 @@ fn command(workflow_id: &str, n: i64, body: InboxBody) -> InboxRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
     let id = uuid::Uuid::new_v4().simple().to_string();
+    let operator = triad_sovereignty::signing::SoftwareSigner::generate();
     let env = Env {
         prefix: format!("it-{id}."),
         group: format!("it-{id}"),
+        keys: std::env::temp_dir().join(format!("triad-it-kill9-{id}")),
+        operator: triad_sovereignty::public_hex(triad_sovereignty::signing::Signer::public(
+            &operator,
+        )),
     };
     assert!(env.triad(&["topics", "ensure"]).status().unwrap().success());
     let kafka = KafkaConfig {
@@ -109,6 +123,7 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
     consumer.subscribe(&[names.events.as_str()]).unwrap();
     let mut stream = consumer.stream();
     let mut events: Vec<WorkflowEvent> = Vec::new();
+    let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
     let mut answered = HashSet::new();
     let mut completed = HashSet::new();
     let mut kills = 0;
@@ -125,6 +140,10 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
             .unwrap()
             .unwrap();
         let event: WorkflowEvent = codec.decode(m.payload()).await.unwrap();
+        raw.push((
+            event.meta.workflow_id.clone(),
+            m.payload().unwrap().to_vec(),
+        ));
         match &event.body {
             EventBody::TaskDispatched(d) if answered.insert(d.attempt_id.clone()) => {
                 let n = i64::from(d.attempt) + if d.task_id == "answer" { 10 } else { 0 };
@@ -192,6 +211,7 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
         }
     }
     eprintln!("{} events, {copies} byte-identical copies", events.len());
+    let all = events.clone();
     let events: Vec<WorkflowEvent> = first.into_values().cloned().collect();
     let mut by_workflow: BTreeMap<&str, Vec<&WorkflowEvent>> = BTreeMap::new();
     for e in &events {
@@ -225,4 +245,44 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
             "{wf}"
         );
     }
+
+    // The signed roots: over the distinct records before the end, in log order, signed by
+    // the processor's key (the one in its key directory).
+    let processor_key = triad_sovereignty::FileKeyStore::new(&env.keys)
+        .load_or_create_signer("processor")
+        .unwrap();
+    let mut leaves: BTreeMap<&str, Vec<triad_sovereignty::merkle::Hash>> = BTreeMap::new();
+    let mut checked = 0;
+    for ((wf, bytes), event) in raw.iter().zip(&all) {
+        let list = leaves.entry(wf.as_str()).or_default();
+        let leaf = triad_sovereignty::merkle::leaf_hash(bytes);
+        if list.contains(&leaf) {
+            continue; // a byte-identical copy
+        }
+        if event.body.is_terminal() {
+            let r = event.signed_root.as_ref().expect("a signed root");
+            assert_eq!(r.leaves, list.len() as i64, "{wf}");
+            let root = triad_sovereignty::merkle::root(list);
+            assert_eq!(r.root, triad_sovereignty::hex(&root), "{wf}");
+            let signed =
+                triad_sovereignty::custody::root_bytes(&triad_sovereignty::custody::SignedRoot {
+                    workflow_id: wf,
+                    event_id: &event.meta.event_id,
+                    leaves: list.len() as u64,
+                    root,
+                });
+            assert!(
+                triad_sovereignty::signing::verify(
+                    triad_sovereignty::signing::Signer::public(&processor_key),
+                    &signed,
+                    &r.signature
+                ),
+                "{wf}"
+            );
+            checked += 1;
+        }
+        list.push(leaf);
+    }
+    assert_eq!(checked, WORKFLOWS);
+    let _ = std::fs::remove_dir_all(&env.keys);
 }
