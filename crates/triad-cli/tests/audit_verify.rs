@@ -25,6 +25,16 @@ fn ok(env: &Env, args: &[&str]) -> String {
     cli_ok(env, args, &[]).0
 }
 
+/// Every record value of `topic`, byte for byte.
+async fn values(env: &Env, topic: &str) -> Vec<Vec<u8>> {
+    triad_kafka::consume::read_all(&env.kafka, topic, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.payload().unwrap().to_vec())
+        .collect()
+}
+
 /// Submits the workflow in `file`, waits for its end and returns its id.
 fn submit(env: &Env, file: &std::path::Path) -> String {
     let out = ok(env, &["submit", file.to_str().unwrap(), "--timeout", "120"]);
@@ -163,16 +173,7 @@ async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
     );
 
     // The log as an auditor copies it: the directory's records and the workflow's events.
-    let directory: Vec<Vec<u8>> = triad_kafka::consume::read_all(
-        &env.kafka,
-        &env.names.key_directory,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|m| m.payload().unwrap().to_vec())
-    .collect();
+    let directory = values(&env, &env.names.key_directory).await;
     env.events_until_finished(std::slice::from_ref(&workflow), Duration::from_secs(30))
         .await;
     let partition = triad_kafka::produce::partition_for(workflow.as_bytes(), env.partitions);
@@ -194,21 +195,9 @@ async fn audit_verify_accepts_the_log_and_refuses_every_tampering() {
     }
     let events: Vec<WorkflowEvent> = original.iter().map(|(e, _)| e.clone()).collect();
     assert_eq!(events.len(), 18, "accepted + 4 × 4 task events + completed");
-    let checkpoints: Vec<Vec<u8>> =
-        triad_kafka::consume::read_all(&env.kafka, &env.names.checkpoints, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.payload().unwrap().to_vec())
-            .collect();
+    let checkpoints = values(&env, &env.names.checkpoints).await;
     assert!(!checkpoints.is_empty());
-    let policies: Vec<Vec<u8>> =
-        triad_kafka::consume::read_all(&env.kafka, &env.names.policies, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.payload().unwrap().to_vec())
-            .collect();
+    let policies = values(&env, &env.names.policies).await;
     assert_eq!(policies.len(), 1, "the processor published its policy once");
     let log = Log {
         directory,

@@ -24,20 +24,9 @@ fn fails(env: &Env, args: &[&str], expected: &str) {
     assert!(stderr.contains(expected), "{args:?}: {stderr}");
 }
 
-/// The arguments of `triad keys enrol` for `node` in `zone` with `public_key`.
-fn enrol<'a>(node: &'a str, zone: &'a str, public_key: &'a str, op: &'a str) -> [&'a str; 10] {
-    [
-        "keys",
-        "enrol",
-        "--node",
-        node,
-        "--zone",
-        zone,
-        "--public-key",
-        public_key,
-        "--operator-key",
-        op,
-    ]
+/// The arguments of `triad keys enrol` for `node` in `zone` with `public_key` only.
+fn enrol<'a>(node: &'a str, zone: &'a str, public_key: &'a str, op: &'a str) -> Vec<&'a str> {
+    support::enrol_args(node, zone, Some(public_key), None, op)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

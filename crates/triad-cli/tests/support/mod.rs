@@ -478,45 +478,47 @@ pub fn sealing(env: &mut Env, nodes: &[(&str, &str, Option<&str>)]) -> PathBuf {
             args.extend(["--tpm", tcti]);
         }
         let (key, _) = cli_ok(env, &args, &[]);
-        cli_ok(
-            env,
-            &[
-                "keys",
-                "enrol",
-                "--node",
-                node,
-                "--zone",
-                zone,
-                "--public-key",
-                after(&key, "public key "),
-                "--signing-key",
-                after(&key, "signing key "),
-                "--operator-key",
-                op.to_str().unwrap(),
-            ],
-            &[],
+        let args = enrol_args(
+            node,
+            zone,
+            Some(after(&key, "public key ")),
+            Some(after(&key, "signing key ")),
+            op.to_str().unwrap(),
         );
+        cli_ok(env, &args, &[]);
     }
     // The processor signs each terminal event's root and the notary its checkpoints; they
     // are enrolled to sign only, so that nothing is ever wrapped to them.
     for signer in ["processor", "notary"] {
         let (key, _) = cli_ok(env, &["keys", "node-key", "--node", signer], &[]);
-        cli_ok(
-            env,
-            &[
-                "keys",
-                "enrol",
-                "--node",
-                signer,
-                "--zone",
-                nodes.first().map_or("US-EAST", |n| n.1),
-                "--signing-key",
-                after(&key, "signing key "),
-                "--operator-key",
-                op.to_str().unwrap(),
-            ],
-            &[],
+        let args = enrol_args(
+            signer,
+            nodes.first().map_or("US-EAST", |n| n.1),
+            None,
+            Some(after(&key, "signing key ")),
+            op.to_str().unwrap(),
         );
+        cli_ok(env, &args, &[]);
     }
     op
+}
+
+/// The arguments of `triad keys enrol` for `node` in `zone`: its wrapping key (a recipient)
+/// and/or its signing key, signed with the operator key at `op`.
+pub fn enrol_args<'a>(
+    node: &'a str,
+    zone: &'a str,
+    public_key: Option<&'a str>,
+    signing_key: Option<&'a str>,
+    op: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec!["keys", "enrol", "--node", node, "--zone", zone];
+    if let Some(k) = public_key {
+        args.extend(["--public-key", k]);
+    }
+    if let Some(k) = signing_key {
+        args.extend(["--signing-key", k]);
+    }
+    args.extend(["--operator-key", op]);
+    args
 }
