@@ -49,6 +49,33 @@ fn meta(workflow_id: &str, key: String, actor: &str) -> CommandMetadata {
     }
 }
 
+/// Validates `workflow` and estimates its cost on the catalogue's declared prices
+/// (docs/market.md); nothing is written.
+pub fn estimate(
+    state: &AppState,
+    workflow: &Workflow,
+) -> Result<triad_market::Estimate, CommandError> {
+    workflow
+        .validate(&validation(state))
+        .map_err(CommandError::Invalid)?;
+    let offers = state.policy.models.as_deref().unwrap_or_default();
+    Ok(triad_market::estimate(
+        workflow,
+        offers,
+        &state.policy.groups,
+        triad_market::matching::shared().map(|c| c as &dyn triad_market::SpecialtyClassifier),
+    ))
+}
+
+fn validation(state: &AppState) -> triad_workflow::Context<'_> {
+    triad_workflow::Context {
+        zones: &state.policy.zones,
+        groups: &state.policy.groups,
+        models: state.policy.models.as_deref(),
+        limits: state.policy.limits,
+    }
+}
+
 /// Validates `workflow` and appends `SubmitWorkflow`; returns the workflow id.
 pub async fn submit(
     state: &AppState,
@@ -59,13 +86,9 @@ pub async fn submit(
     if let Some(k) = &key {
         check_key(k)?;
     }
-    let ctx = triad_workflow::Context {
-        zones: &state.policy.zones,
-        groups: &state.policy.groups,
-        models: state.policy.models.as_deref(),
-        limits: state.policy.limits,
-    };
-    workflow.validate(&ctx).map_err(CommandError::Invalid)?;
+    workflow
+        .validate(&validation(state))
+        .map_err(CommandError::Invalid)?;
     let workflow_id = workflow_id_for(key.as_deref());
     let mut command = workflow.to_command();
     if let Some(kernel) = &state.kernel {

@@ -15,6 +15,7 @@ use axum::response::{Html, IntoResponse};
 use futures::Stream;
 
 use crate::commands::{self, CommandError};
+use crate::long::Long;
 use crate::read::{self, EventView, ModelView, TaskView, WorkflowView};
 use crate::stream::{ChangeStream, EventStream};
 use crate::{AppState, Error};
@@ -222,6 +223,18 @@ impl QueryRoot {
         read::models(&state(ctx)?.pool).await.map_err(unavailable)
     }
 
+    /// What a workflow would cost, before it is submitted: the expected cost on the models the
+    /// router would choose and the worst case a hard budget reserves (docs/market.md). The
+    /// input is validated as `submitWorkflow` validates it; nothing is written.
+    async fn estimate_cost(
+        &self,
+        ctx: &Context<'_>,
+        input: WorkflowInput,
+    ) -> async_graphql::Result<CostEstimate> {
+        let e = commands::estimate(state(ctx)?, &input.into_workflow()).map_err(command_error)?;
+        Ok(CostEstimate::from(e))
+    }
+
     /// A workflow's chain of custody, recomputed from the event store in Kafka (not the read
     /// models): its leaves, Merkle root and audit (`triad audit verify`); null when the event
     /// store holds none of its events.
@@ -246,6 +259,60 @@ impl QueryRoot {
         crate::audit::proof(state(ctx)?, &workflow_id, &event_id)
             .await
             .map_err(unavailable)
+    }
+}
+
+/// `estimateCost`'s answer: per task and in total, in micro-credits.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct CostEstimate {
+    /// One call per task on the router's first choice, with the full `maxTokens` of output.
+    pub expected_micros: Long,
+    /// `maxAttempts ×` the priciest eligible model's call, per task: what a budget reserves.
+    pub worst_case_micros: Long,
+    pub tasks: Vec<TaskCostEstimate>,
+}
+
+#[derive(Debug, Clone, SimpleObject)]
+pub struct TaskCostEstimate {
+    pub task_id: String,
+    /// The prompt's estimated tokens, each dependency output counted at its `maxTokens`.
+    pub prompt_tokens: Long,
+    pub max_tokens: Long,
+    pub max_attempts: Long,
+    /// The model the router would choose; null when none can run the task.
+    pub model: Option<String>,
+    /// Every model that could run the task, best first.
+    pub candidates: Vec<String>,
+    /// The specialty the prompt reads as, when the task names none.
+    pub inferred_specialty: Option<String>,
+    pub expected_micros: Long,
+    pub worst_case_micros: Long,
+    /// Why no model can run the task.
+    pub problem: Option<String>,
+}
+
+impl From<triad_market::Estimate> for CostEstimate {
+    fn from(e: triad_market::Estimate) -> Self {
+        Self {
+            expected_micros: Long(e.expected_micros),
+            worst_case_micros: Long(e.worst_case_micros),
+            tasks: e
+                .tasks
+                .into_iter()
+                .map(|t| TaskCostEstimate {
+                    task_id: t.task,
+                    prompt_tokens: Long(i64::from(t.prompt_tokens)),
+                    max_tokens: Long(i64::from(t.max_tokens)),
+                    max_attempts: Long(i64::from(t.max_attempts)),
+                    model: t.model,
+                    candidates: t.candidates,
+                    inferred_specialty: t.inferred_specialty,
+                    expected_micros: Long(t.expected_micros),
+                    worst_case_micros: Long(t.worst_case_micros),
+                    problem: t.problem,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -199,6 +199,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/workflows/{id}/cancel"),
     ("get", "/v1/health"),
     ("get", "/metrics"),
+    ("post", "/v1/estimate"),
 ];
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
@@ -215,6 +216,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(ROUTES[2].1, get(rest::events))
         .route(ROUTES[3].1, post(rest::cancel))
         .route(ROUTES[4].1, get(rest::health))
+        .route(ROUTES[6].1, post(rest::estimate))
         .fallback(rest::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -113,6 +113,13 @@ pub async fn submit(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+/// `POST /v1/estimate`: validate the document and estimate its cost; nothing is written.
+pub async fn estimate(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let workflow = parse_document(&headers, &body)?;
+    let estimate = commands::estimate(&s, &workflow).map_err(command_problem)?;
+    Ok((StatusCode::OK, Json(estimate)).into_response())
+}
+
 fn not_found_workflow(id: &str) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,

@@ -281,6 +281,62 @@ pub fn read_workflow(file: &Path) -> Result<Workflow> {
 
 /// `triad submit`: validates locally first (errors name the field), then submits and
 /// follows the events unless told not to.
+/// `triad estimate`: validates a workflow document and prints what it would cost on the
+/// configured catalogue (docs/market.md), per task and in total; needs no running stack.
+pub async fn estimate_file(config: &Config, file: &Path, json: bool) -> Result<()> {
+    let workflow = read_workflow(file)?;
+    let catalogue = crate::workers::catalogue(config).await?;
+    let offers = crate::workers::offers(&catalogue);
+    let policy = triad_processor::policy_from(&config.policy, &offers);
+    let ctx = triad_workflow::Context {
+        zones: &policy.zones,
+        groups: &policy.groups,
+        models: policy.models.as_deref(),
+        limits: policy.limits,
+    };
+    if let Err(errors) = workflow.validate(&ctx) {
+        bail!("{} is invalid:\n{errors}", file.display());
+    }
+    let estimate = triad_market::estimate(
+        &workflow,
+        &offers,
+        &policy.groups,
+        triad_market::matching::shared().map(|c| c as &dyn triad_market::SpecialtyClassifier),
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&estimate)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:>8} {:>8} {:>3}  {:<16} {:>12} {:>12}  reads as",
+        "task", "prompt", "max out", "att", "model", "expected µc", "worst µc"
+    );
+    for t in &estimate.tasks {
+        println!(
+            "{:<20} {:>8} {:>8} {:>3}  {:<16} {:>12} {:>12}  {}",
+            t.task,
+            t.prompt_tokens,
+            t.max_tokens,
+            t.max_attempts,
+            t.model.as_deref().unwrap_or("-"),
+            t.expected_micros,
+            t.worst_case_micros,
+            t.inferred_specialty.as_deref().unwrap_or("-"),
+        );
+        if let Some(problem) = &t.problem {
+            println!("  ! {problem}");
+        }
+    }
+    println!(
+        "total: expected {} µcredits, worst case {} µcredits (what a budget must cover)",
+        estimate.expected_micros, estimate.worst_case_micros
+    );
+    if estimate.tasks.iter().any(|t| t.problem.is_some()) {
+        bail!("some tasks have no eligible model");
+    }
+    Ok(())
+}
+
 pub async fn submit_file(
     config: &Config,
     codec: Arc<Codec>,

@@ -96,6 +96,15 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Estimate what a workflow document (JSON or YAML) would cost on the configured models:
+    /// expected and worst case, per task (needs no running stack).
+    Estimate {
+        /// The workflow document; `-` reads standard input.
+        file: std::path::PathBuf,
+        /// Print the estimate as JSON (the shape of `POST /v1/estimate`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the topic catalogue.
     Topics {
         #[command(subcommand)]
@@ -493,6 +502,7 @@ async fn main() -> Result<()> {
             no_wait,
             timeout,
         } => demo::submit_file(&config, codec(&config)?, &file, key, !no_wait, timeout).await?,
+        Command::Estimate { file, json } => demo::estimate_file(&config, &file, json).await?,
         Command::Topics {
             command: TopicsCommand::Ensure { dry_run },
         } => {

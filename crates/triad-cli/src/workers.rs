@@ -26,6 +26,11 @@ pub fn offers(catalogue: &Catalogue) -> Vec<triad_workflow::ModelOffer> {
                 id: f.id.clone(),
                 zones: f.zones.clone(),
                 specialties: f.specialties.clone(),
+                input_micros_per_1k: f.input_micros_per_1k,
+                output_micros_per_1k: f.output_micros_per_1k,
+                max_context: f.max_context,
+                latency_p50_ms: f.latency_p50_ms,
+                latency_p95_ms: f.latency_p95_ms,
             }
         })
         .collect()

@@ -63,24 +63,7 @@ async fn submit_stream_resume_read_and_clear_errors_over_rest() {
     ];
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    // Ready when the health check passes (the projection has created its schema).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let ok = http
-            .get(format!("{base}/v1/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ok {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the API never became healthy: {}",
-            support::read_log(&env.log_path("api"))
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_api_healthy(&http, &base, &env.log_path("api")).await;
 
     // Submit twice with one key: one workflow.
     let key = format!("api-test-{}", uuid::Uuid::new_v4());

@@ -18,8 +18,12 @@ use triad_kafka::consume::{Group, OnUndecodable, Outcome};
 use triad_kafka::dlq::DeadLetterWriter;
 use triad_kafka::produce::Producer;
 use triad_kafka::topics::Names;
+use triad_market::SpecialtyClassifier;
 use triad_models::{Catalogue, Health, ModelError, ModelRequest};
-use triad_router::{Breaker, BreakerConfig, ModelInfo, Needs, Permit, Transition, backoff, rank};
+use triad_router::{
+    Breaker, BreakerConfig, CallWindow, ModelInfo, Needs, Permit, Transition, backoff,
+    estimate_tokens, rank,
+};
 
 use crate::Result;
 use crate::control::{self, Cancellations};
@@ -97,6 +101,8 @@ struct Executor {
     catalogue: Catalogue,
     breakers: Mutex<HashMap<String, Breaker>>,
     health: Mutex<HashMap<String, bool>>,
+    /// Each model's recent calls here: measured latency and reliability for the router.
+    stats: Mutex<HashMap<String, CallWindow>>,
     attempts: Mutex<Attempts>,
     cancellations: Arc<Cancellations>,
     started: Instant,
@@ -165,16 +171,22 @@ impl Executor {
         let now = self.now();
         let breakers = self.breakers.lock().ok();
         let health = self.health.lock().ok();
+        let stats = self.stats.lock().ok();
         self.catalogue
             .models
             .iter()
             .map(|(id, m)| {
                 let f = m.capabilities();
+                // Measured figures replace the declared ones once there are enough calls.
+                let window = stats.as_ref().and_then(|s| s.get(id));
+                let measured = |p| window.and_then(|w| w.latency_percentile(p));
                 ModelInfo {
                     id: id.clone(),
                     zones: f.zones.clone(),
                     specialties: f.specialties.clone(),
-                    latency_p50_ms: f.latency_p50_ms,
+                    latency_p50_ms: measured(50).unwrap_or(f.latency_p50_ms),
+                    latency_p95_ms: measured(95).unwrap_or(f.latency_p95_ms),
+                    reliability: window.and_then(CallWindow::success_ratio).unwrap_or(1.0),
                     input_micros_per_1k: f.input_micros_per_1k,
                     output_micros_per_1k: f.output_micros_per_1k,
                     max_context: f.max_context,
@@ -206,7 +218,13 @@ impl Executor {
         })
     }
 
-    fn record(&self, model: &str, ok: bool) -> Option<Transition> {
+    fn record(&self, model: &str, ok: bool, latency_ms: i64) -> Option<Transition> {
+        if let Ok(mut stats) = self.stats.lock() {
+            stats
+                .entry(model.to_owned())
+                .or_default()
+                .record(u64::try_from(latency_ms).unwrap_or(0), ok);
+        }
         let now = self.now();
         let mut breakers = self.breakers.lock().ok()?;
         let b = breakers.get_mut(model)?;
@@ -218,9 +236,12 @@ impl Executor {
     }
 
     /// Calls the ranked models best first until one answers (crate docs, step 3).
+    /// `instruction` is the template without its references (what the prompt reads as is
+    /// judged on it); `prompt` is the filled template sent to the model.
     async fn try_models(
         &self,
         request: &TaskRequest,
+        instruction: &str,
         prompt: &str,
         abort: &CancellationToken,
     ) -> Tried {
@@ -234,9 +255,17 @@ impl Executor {
                 .cloned()
                 .collect::<BTreeSet<_>>(),
             specialties: request.specialties.clone(),
+            inferred_specialty: if request.specialties.is_empty() {
+                triad_market::matching::shared()
+                    .and_then(|c| c.classify(instruction))
+                    .map(|i| i.specialty)
+            } else {
+                None
+            },
             hint: request.model_hint.clone().filter(|h| !h.is_empty()),
-            prompt_tokens: u32::try_from(prompt.split_whitespace().count()).unwrap_or(u32::MAX),
+            prompt_tokens: estimate_tokens(prompt),
             max_tokens: u32::try_from(request.max_tokens.max(1)).unwrap_or(1),
+            timeout_ms: u64::try_from(request.timeout_ms.max(0)).unwrap_or(0),
             zone_hosts: Arc::clone(&self.options.zone_hosts),
         };
         let ranking = rank(&self.model_infos(), &needs);
@@ -245,7 +274,10 @@ impl Executor {
             retryable: false,
             calls: vec![],
             score: ranking.eligible.first().map_or(0.0, |r| r.score),
-            reason: ranking.reason.to_owned(),
+            reason: match (&needs.inferred_specialty, ranking.reason) {
+                (Some(s), "best score") => format!("best score; the prompt reads as {s}"),
+                (_, reason) => reason.to_owned(),
+            },
             alternatives: ranking
                 .eligible
                 .iter()
@@ -310,7 +342,7 @@ impl Executor {
                             cost_micros: cost,
                             latency_ms: latency,
                         });
-                        if let Some(t) = self.record(&ranked.id, true) {
+                        if let Some(t) = self.record(&ranked.id, true, latency) {
                             self.publish_transition(&ranked.id, t).await;
                         }
                         tried.score = ranked.score;
@@ -341,7 +373,7 @@ impl Executor {
                             tried.retryable = false;
                             return tried;
                         }
-                        if let Some(t) = self.record(&ranked.id, false) {
+                        if let Some(t) = self.record(&ranked.id, false, latency) {
                             self.publish_transition(&ranked.id, t).await;
                         }
                         tried.retryable |= e.retryable;
@@ -543,7 +575,10 @@ impl Executor {
             });
             child
         };
-        let tried = self.try_models(request, &prompt, &abort).await;
+        let instruction = triad_market::matching::instruction(&template);
+        let tried = self
+            .try_models(request, &instruction, &prompt, &abort)
+            .await;
         self.cancellations.release(&request.workflow_id);
         abort.cancel();
         result.latency_ms = millis(started.elapsed());
@@ -898,6 +933,7 @@ pub async fn run(
         producer: producer.clone(),
         catalogue,
         breakers: Mutex::new(HashMap::new()),
+        stats: Mutex::new(HashMap::new()),
         health: Mutex::new(HashMap::new()),
         attempts: Mutex::new(Attempts::default()),
         cancellations: Arc::new(Cancellations::default()),

@@ -175,11 +175,11 @@ async fn publish_policy(
 pub fn default_policy() -> Policy {
     policy_from(
         &PolicyConfig::default(),
-        &[triad_workflow::ModelOffer {
-            id: "triad-local".to_owned(),
-            zones: Vec::new(),
-            specialties: Vec::new(),
-        }],
+        &[triad_workflow::ModelOffer::new(
+            "triad-local",
+            Vec::new(),
+            Vec::new(),
+        )],
     )
 }
 

@@ -9,18 +9,24 @@
 //! every specialty the task requires. Eligible models are ranked by
 //!
 //! ```text
-//! score = 0.5 · specialty + 0.3 · latency + 0.2 · cost
-//! specialty = 1                      (requirements are a filter; the weight rewards fit:)
-//!           + 0.1 · |extra specialties matching the task's| capped so the score stays ≤ 1
-//! latency   = 1000 / (1000 + p50 ms)
-//! cost      = 1000 / (1000 + expected cost in micro-credits)
+//! score = (0.5 · specialty + 0.3 · latency + 0.2 · cost) · sla · reliability
+//! specialty   = 1 when the task names specialties (they are a filter) or none was inferred;
+//!               else 1 when the model offers the specialty inferred from the prompt, 0.5 if not
+//! latency     = 1000 / (1000 + p50 ms)
+//! cost        = 1000 / (1000 + expected cost in micro-credits)
+//! sla         = 1, or 0.5 when the model's p95 exceeds the task's timeout
+//! reliability = 0.5 + 0.5 · success ratio of its recent calls (1 until there are enough)
 //! ```
-//! A model hint is respected when the hinted model is eligible (reason `"hint"`); ties go
-//! to the lower model id so the order is deterministic.
+//! The latency figures and the success ratio are measured ([`CallWindow`]) once a model has
+//! enough recent calls, the declared fingerprint until then. A model hint is respected when
+//! the hinted model is eligible (reason `"hint"`); ties go to the lower model id so the
+//! order is deterministic.
 
 pub mod breaker;
+pub mod stats;
 
 pub use breaker::{Breaker, BreakerConfig, Permit, Transition};
+pub use stats::CallWindow;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -35,6 +41,9 @@ pub struct ModelInfo {
     pub zones: Vec<String>,
     pub specialties: Vec<String>,
     pub latency_p50_ms: u64,
+    pub latency_p95_ms: u64,
+    /// Share of its recent calls that succeeded, in [0, 1]; 1 while there are too few.
+    pub reliability: f64,
     pub input_micros_per_1k: i64,
     pub output_micros_per_1k: i64,
     pub max_context: u32,
@@ -50,9 +59,14 @@ pub struct Needs {
     pub executor_zone: String,
     pub allowed_zones: BTreeSet<String>,
     pub specialties: Vec<String>,
+    /// The specialty the prompt reads as (a classifier's answer) when the task names none:
+    /// a preference, never a filter, since a classifier can be wrong.
+    pub inferred_specialty: Option<String>,
     pub hint: Option<String>,
     pub prompt_tokens: u32,
     pub max_tokens: u32,
+    /// How long one attempt may take (the task's SLA).
+    pub timeout_ms: u64,
     /// The policy's host allowlist per zone (`policy.hosts`): a remote model is eligible only
     /// if its endpoint host is allowed in each of its zones that has a list.
     pub zone_hosts: std::sync::Arc<std::collections::BTreeMap<String, Vec<String>>>,
@@ -137,16 +151,28 @@ pub fn expected_cost(m: &ModelInfo, needs: &Needs) -> f64 {
 
 /// The documented score of an eligible model (module docs).
 pub fn score(m: &ModelInfo, needs: &Needs) -> f64 {
-    let extra = m
-        .specialties
-        .iter()
-        .filter(|s| needs.specialties.contains(s))
-        .count()
-        .saturating_sub(needs.specialties.len());
-    let specialty = (1.0 + 0.1 * extra as f64).min(1.0);
+    let specialty = match &needs.inferred_specialty {
+        Some(s) if needs.specialties.is_empty() && !m.specialties.contains(s) => 0.5,
+        _ => 1.0,
+    };
     let latency = 1000.0 / (1000.0 + m.latency_p50_ms as f64);
     let cost = 1000.0 / (1000.0 + expected_cost(m, needs).max(0.0));
-    0.5 * specialty + 0.3 * latency + 0.2 * cost
+    let sla = if needs.timeout_ms > 0 && m.latency_p95_ms > needs.timeout_ms {
+        0.5
+    } else {
+        1.0
+    };
+    let reliability = 0.5 + 0.5 * m.reliability.clamp(0.0, 1.0);
+    (0.5 * specialty + 0.3 * latency + 0.2 * cost) * sla * reliability
+}
+
+/// The token estimate of a text, used before a tokenizer has seen it (routing, cost
+/// estimates): the larger of its word count and a quarter of its bytes, the usual rule of
+/// thumb for English text with BPE vocabularies.
+pub fn estimate_tokens(text: &str) -> u32 {
+    let words = text.split_whitespace().count();
+    let quarter = text.len().div_ceil(4);
+    u32::try_from(words.max(quarter)).unwrap_or(u32::MAX)
 }
 
 /// Ranks `models` for a task (module docs).
@@ -209,6 +235,8 @@ mod tests {
             zones: zones.iter().map(|z| (*z).to_owned()).collect(),
             specialties: vec!["reasoning".into()],
             latency_p50_ms: p50,
+            latency_p95_ms: p50 * 2,
+            reliability: 1.0,
             input_micros_per_1k: price,
             output_micros_per_1k: price,
             max_context: 8192,
@@ -223,9 +251,11 @@ mod tests {
             executor_zone: "US-EAST".into(),
             allowed_zones: allowed.iter().map(|z| (*z).to_owned()).collect(),
             specialties: vec![],
+            inferred_specialty: None,
             hint: None,
             prompt_tokens: 100,
             max_tokens: 100,
+            timeout_ms: 60_000,
             zone_hosts: std::sync::Arc::default(),
         }
     }
@@ -333,6 +363,53 @@ mod tests {
         ] {
             assert!(why.contains(expected), "{why}");
         }
+    }
+
+    #[test]
+    fn inferred_specialty_sla_and_reliability_reorder_but_never_filter() {
+        let mut coder = model("coder", &["US-EAST"], 100, 0);
+        coder.specialties = vec!["code".into()];
+        let generalist = model("generalist", &["US-EAST"], 100, 0);
+        let mut n = needs(&["US-EAST"]);
+        // Identical but for the id: the id breaks the tie.
+        assert_eq!(
+            rank(&[coder.clone(), generalist.clone()], &n).eligible[0].id,
+            "coder"
+        );
+        n.inferred_specialty = Some("reasoning".into());
+        let r = rank(&[coder.clone(), generalist.clone()], &n);
+        assert_eq!(r.eligible[0].id, "generalist");
+        assert_eq!(r.eligible.len(), 2, "an inferred specialty is a preference");
+        // A named specialty overrides the inference (and filters).
+        n.specialties = vec!["code".into()];
+        let r = rank(&[coder.clone(), generalist.clone()], &n);
+        assert_eq!(r.eligible.len(), 1);
+        assert_eq!(r.eligible[0].id, "coder");
+        n.specialties.clear();
+        n.inferred_specialty = None;
+        // A p95 beyond the task's SLA halves the score.
+        let mut slow_tail = generalist.clone();
+        slow_tail.id = "a-slow-tail".into();
+        slow_tail.latency_p95_ms = 5_000;
+        n.timeout_ms = 2_000;
+        let r = rank(&[slow_tail.clone(), generalist.clone()], &n);
+        assert_eq!(r.eligible[0].id, "generalist");
+        assert!((r.eligible[1].score * 2.0 - r.eligible[0].score).abs() < 1e-9);
+        // Measured unreliability costs up to half the score.
+        let mut flaky = generalist.clone();
+        flaky.id = "a-flaky".into();
+        flaky.reliability = 0.2;
+        let r = rank(&[flaky, generalist], &n);
+        assert_eq!(r.eligible[0].id, "generalist");
+        assert!((r.eligible[1].score / r.eligible[0].score - 0.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn token_estimates_take_the_larger_of_words_and_quarter_bytes() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("What is 2+2?"), 3);
+        assert_eq!(estimate_tokens("a b c d e f"), 6);
+        assert_eq!(estimate_tokens("supercalifragilistic"), 5);
     }
 
     #[test]

@@ -39,14 +39,37 @@ pub struct Context<'a> {
     pub limits: Limits,
 }
 
-/// What a model offers, as far as submission can know: where it processes data and its
-/// specialties. Health, breakers and context windows are the router's, at run time.
+/// What a model offers, as far as submission can know: where it processes data, its
+/// specialties, and the declared figures cost estimates use. Health, breakers and measured
+/// latency are the router's, at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelOffer {
     pub id: String,
     /// Empty: the model runs inside the executor, so in whichever zone executes the task.
     pub zones: Vec<String>,
     pub specialties: Vec<String>,
+    /// Millionths of a credit per 1K input / output tokens.
+    pub input_micros_per_1k: i64,
+    pub output_micros_per_1k: i64,
+    pub max_context: u32,
+    pub latency_p50_ms: u64,
+    pub latency_p95_ms: u64,
+}
+
+impl ModelOffer {
+    /// An offer with no price and generous declared figures (tests, defaults).
+    pub fn new(id: impl Into<String>, zones: Vec<String>, specialties: Vec<String>) -> Self {
+        Self {
+            id: id.into(),
+            zones,
+            specialties,
+            input_micros_per_1k: 0,
+            output_micros_per_1k: 0,
+            max_context: 65_536,
+            latency_p50_ms: 1,
+            latency_p95_ms: 1,
+        }
+    }
 }
 
 impl ModelOffer {

@@ -36,11 +36,11 @@ fn errors_against(w: &Workflow, models: &[ModelOffer]) -> Vec<String> {
 }
 
 fn offer(id: &str, zones: &[&str], specialties: &[&str]) -> ModelOffer {
-    ModelOffer {
-        id: id.to_owned(),
-        zones: zones.iter().map(|z| (*z).to_owned()).collect(),
-        specialties: specialties.iter().map(|s| (*s).to_owned()).collect(),
-    }
+    ModelOffer::new(
+        id,
+        zones.iter().map(|z| (*z).to_owned()).collect(),
+        specialties.iter().map(|s| (*s).to_owned()).collect(),
+    )
 }
 
 /// Against the embedded model, which runs inside the executor (so in any zone).

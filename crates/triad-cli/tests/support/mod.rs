@@ -419,6 +419,28 @@ pub async fn wait_for(
     }
 }
 
+/// Waits until `triad api` at `base` answers `GET /v1/health` with 200 (the projection has
+/// created its schema); fails the test with the API's log after a minute.
+pub async fn wait_api_healthy(http: &reqwest::Client, base: &str, log: &Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = http
+            .get(format!("{base}/v1/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ok {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API never became healthy: {}",
+            read_log(log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs `triad args` (with `extra` environment on top of the installation's), capturing
 /// its output.
 pub fn cli(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {

@@ -1,0 +1,238 @@
+//! The market's cost estimates and capability matching on the real stack (`triad process`,
+//! `triad execute`, `triad project`, `triad api` as child processes; local servers speak
+//! the OpenAI wire protocol for three priced models):
+//! - `triad estimate --json`, `POST /v1/estimate` and GraphQL `estimateCost` give the same
+//!   figures, and bad documents get errors that name the field;
+//! - what the workflow then costs stays within the worst case, task by task, even when a
+//!   failing first choice falls back to the dearest model;
+//! - a task that names no specialty is routed by what its prompt reads as.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Env, cli_ok, free_port, kill};
+use triad_domain::EventBody;
+use triad_testkit::{Behaviour, FakeProvider, Flavor};
+
+fn document() -> Value {
+    json!({
+        "name": "market",
+        "zones": ["US-EAST"],
+        "tasks": [
+            {"id": "q", "prompt": "Generate 3 questions about tides",
+             "specialties": ["research"], "max_tokens": 200},
+            {"id": "answer", "prompt": "Answer: {q.output}", "specialties": ["research"],
+             "depends_on": ["q"], "max_tokens": 200},
+            {"id": "french", "prompt": "Translate this sentence into French: {answer.output}",
+             "depends_on": ["answer"], "max_tokens": 400}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estimates_agree_everywhere_bound_the_real_cost_and_prompts_steer_routing() {
+    let cheap = FakeProvider::start(Flavor::OpenAi).await;
+    let dear = FakeProvider::start(Flavor::OpenAi).await;
+    let translator = FakeProvider::start(Flavor::OpenAi).await;
+    // "q" succeeds on the cheap model; "answer" is refused there (400: no retry), so it
+    // falls back to the dear one.
+    cheap.push(Behaviour::Answer(None));
+    cheap.push(Behaviour::Status {
+        code: 400,
+        retry_after: None,
+        message: "context rejected".into(),
+    });
+    let model = |id: &str, base: String, specialties: &str, price: (i64, i64)| {
+        format!(
+            "[models.{id}]\nkind = \"openai\"\nbase_url = \"{base}\"\nzones = [\"US-EAST\"]\n\
+             specialties = [{specialties}]\ninput_micros_per_1k = {}\noutput_micros_per_1k = {}\n\
+             latency_p50_ms = 100\nlatency_p95_ms = 200\n",
+            price.0, price.1
+        )
+    };
+    let mut env = Env::new(1).await.with_config(&format!(
+        "{}{}{}",
+        model("cheap", cheap.base_url(), "\"research\"", (2_000, 4_000)),
+        model("dear", dear.base_url(), "\"research\"", (20_000, 40_000)),
+        model(
+            "translator",
+            translator.base_url(),
+            "\"translation\"",
+            (2_000, 4_000)
+        ),
+    ));
+    let file = env.dir().join("market.json");
+    std::fs::write(&file, document().to_string()).unwrap();
+
+    // The CLI needs no stack.
+    let (out, _) = cli_ok(&env, &["estimate", file.to_str().unwrap(), "--json"], &[]);
+    let offline: Value = serde_json::from_str(&out).unwrap();
+    let tasks = offline["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(tasks[0]["model"], "cheap");
+    assert_eq!(tasks[0]["candidates"], json!(["cheap", "dear"]));
+    // 32 bytes of prompt → 8 tokens; 200 out: (8·2000 + 200·4000) / 1000.
+    assert_eq!(tasks[0]["prompt_tokens"], 8);
+    assert_eq!(tasks[0]["expected_micros"], 816);
+    assert_eq!(tasks[0]["worst_case_micros"], 3 * 8_160);
+    // "answer" counts q's output at its 200 tokens.
+    assert_eq!(tasks[1]["prompt_tokens"], 203);
+    assert_eq!(tasks[2]["inferred_specialty"], "translation");
+    assert_eq!(tasks[2]["model"], "translator");
+    let (table, _) = cli_ok(&env, &["estimate", file.to_str().unwrap()], &[]);
+    assert!(
+        table.contains(&format!(
+            "worst case {} µcredits",
+            offline["worst_case_micros"]
+        )),
+        "{table}"
+    );
+
+    let schema = format!("it_{}", env.group.trim_start_matches("it-"));
+    let port = free_port();
+    env.extra_env.extend([
+        ("TRIAD_PROJECTION__SCHEMA".to_owned(), schema),
+        ("TRIAD_API__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+    ]);
+    let mut children = vec![
+        env.spawn("processor", &["process"]),
+        env.spawn("executor", &["execute", "--zone", "US-EAST"]),
+        env.spawn("projection", &["project"]),
+        env.spawn("api", &["api"]),
+    ];
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    support::wait_api_healthy(&http, &base, &env.log_path("api")).await;
+
+    // REST: the same estimate as the CLI.
+    let r = http
+        .post(format!("{base}/v1/estimate"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rest: Value = r.json().await.unwrap();
+    assert_eq!(rest, offline);
+    // A bad document: 422 naming the field, as for a submission.
+    let mut bad = document();
+    bad["tasks"][1]["depends_on"] = json!(["nowhere"]);
+    let r = http
+        .post(format!("{base}/v1/estimate"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["errors"][0]["field"], "tasks[1].depends_on[0]",
+        "{problem}"
+    );
+
+    // GraphQL: the same figures again.
+    let query = r#"query($input: WorkflowInput!) { estimateCost(input: $input) {
+        expectedMicros worstCaseMicros
+        tasks { taskId model candidates inferredSpecialty promptTokens expectedMicros worstCaseMicros problem } } }"#;
+    let input = json!({
+        "name": "market", "zones": ["US-EAST"],
+        "tasks": [
+            {"id": "q", "prompt": "Generate 3 questions about tides", "specialties": ["research"], "maxTokens": 200},
+            {"id": "answer", "prompt": "Answer: {q.output}", "specialties": ["research"], "dependsOn": ["q"], "maxTokens": 200},
+            {"id": "french", "prompt": "Translate this sentence into French: {answer.output}", "dependsOn": ["answer"], "maxTokens": 400}
+        ]
+    });
+    let r: Value = http
+        .post(format!("{base}/graphql"))
+        .json(&json!({"query": query, "variables": {"input": input}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gql = &r["data"]["estimateCost"];
+    assert_eq!(gql["worstCaseMicros"], offline["worst_case_micros"], "{r}");
+    assert_eq!(gql["expectedMicros"], offline["expected_micros"]);
+    for (g, o) in gql["tasks"].as_array().unwrap().iter().zip(tasks) {
+        assert_eq!(g["taskId"], o["task"]);
+        assert_eq!(g["model"], o["model"]);
+        assert_eq!(g["candidates"], o["candidates"]);
+        assert_eq!(g["inferredSpecialty"], o["inferred_specialty"]);
+        assert_eq!(g["worstCaseMicros"], o["worst_case_micros"]);
+    }
+
+    // Run it: every task's billed cost stays within its worst case.
+    let r = http
+        .post(format!("{base}/v1/workflows"))
+        .json(&document())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["workflow_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = env
+        .events_until_finished(std::slice::from_ref(&id), Duration::from_secs(120))
+        .await;
+    for c in &mut children {
+        kill(&mut c.0);
+    }
+    let mut billed = 0;
+    let mut routed = std::collections::BTreeMap::new();
+    for e in &events {
+        match &e.body {
+            EventBody::TaskCompleted(t) => {
+                let task = tasks
+                    .iter()
+                    .find(|x| x["task"] == t.task_id.as_str())
+                    .unwrap();
+                assert!(t.cost_micros > 0, "{t:?}");
+                assert!(
+                    t.cost_micros <= task["worst_case_micros"].as_i64().unwrap(),
+                    "{} cost {} over its worst case {}",
+                    t.task_id,
+                    t.cost_micros,
+                    task["worst_case_micros"]
+                );
+                billed += t.cost_micros;
+            }
+            EventBody::TaskRouted(r) => {
+                routed.insert(r.task_id.clone(), r.decision.clone());
+            }
+            EventBody::WorkflowCompleted(w) => {
+                assert_eq!(w.total_cost_micros, billed);
+                assert!(billed <= offline["worst_case_micros"].as_i64().unwrap());
+            }
+            EventBody::WorkflowFailed(f) => panic!("the workflow failed: {f:?}"),
+            _ => {}
+        }
+    }
+    assert!(billed > 0);
+    assert_eq!(routed["q"].model_id, "cheap");
+    // The first choice refused; the fallback was the dearest candidate, still covered.
+    assert_eq!(routed["answer"].model_id, "dear", "{:?}", routed["answer"]);
+    assert!(routed["answer"].reason.starts_with("fallback"));
+    // No specialty named: the prompt reads as translation, so the translator beats the
+    // free, faster embedded model that would win on latency and price alone.
+    assert_eq!(
+        routed["french"].model_id, "translator",
+        "{:?}",
+        routed["french"]
+    );
+    assert_eq!(
+        routed["french"].reason,
+        "best score; the prompt reads as translation"
+    );
+    assert!(
+        routed["french"]
+            .alternatives
+            .contains(&"triad-local".to_owned())
+    );
+    assert_eq!(translator.requests().len(), 1);
+}
