@@ -115,6 +115,8 @@ impl EventView {
             "TaskFailed" => "task.failed",
             "TaskSkipped" => "task.skipped",
             "TaskResultDiscarded" => "task.result_discarded",
+            "BidPlaced" => "auction.bid",
+            "AuctionClosed" => "auction.closed",
             "WorkflowCompleted" => "workflow.complete",
             "WorkflowFailed" => "workflow.failed",
             "WorkflowCancelled" => "workflow.cancelled",

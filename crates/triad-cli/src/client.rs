@@ -181,6 +181,24 @@ pub fn describe(e: &WorkflowEvent) -> String {
         EventBody::TaskFailed(f) => format!("{} attempt {}: {}", f.task_id, f.attempt, f.error),
         EventBody::TaskSkipped(s) => format!("{}: {}", s.task_id, s.reason),
         EventBody::TaskResultDiscarded(d) => format!("{}: {}", d.task_id, d.reason),
+        EventBody::BidPlaced(b) => format!(
+            "{} ← {} {}{}: {}",
+            b.task_id,
+            b.bid.model_id,
+            b.bid.status,
+            b.bid
+                .price_micros
+                .map(|p| format!(" {p} µcredits"))
+                .unwrap_or_default(),
+            b.bid.reason
+        ),
+        EventBody::AuctionClosed(a) => format!(
+            "{} → {} ({} bids): {}",
+            a.task_id,
+            a.winner.as_deref().unwrap_or("no winner"),
+            a.bids,
+            a.reason
+        ),
         EventBody::WorkflowCompleted(c) => format!(
             "cost {} µcredits, models {:?}",
             c.total_cost_micros, c.models_used

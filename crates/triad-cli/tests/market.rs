@@ -5,7 +5,10 @@
 //!   figures, and bad documents get errors that name the field;
 //! - what the workflow then costs stays within the worst case, task by task, even when a
 //!   failing first choice falls back to the dearest model;
-//! - a task that names no specialty is routed by what its prompt reads as.
+//! - a task that names no specialty is routed by what its prompt reads as;
+//! - auctions: every bid is recorded with its fate, the cheapest qualifying bid wins, and a
+//!   winner that does not deliver what it promised loses standing until a dearer, reliable
+//!   rival wins.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -16,6 +19,16 @@ use serde_json::{Value, json};
 use support::{Env, cli_ok, free_port, kill};
 use triad_domain::EventBody;
 use triad_testkit::{Behaviour, FakeProvider, Flavor};
+
+/// A `[models.<id>]` table for an OpenAI-compatible model served by a local fake.
+fn model_toml(id: &str, base: &str, specialties: &str, price: (i64, i64), extra: &str) -> String {
+    format!(
+        "[models.{id}]\nkind = \"openai\"\nbase_url = \"{base}\"\nzones = [\"US-EAST\"]\n\
+         specialties = [{specialties}]\ninput_micros_per_1k = {}\noutput_micros_per_1k = {}\n\
+         latency_p50_ms = 100\nlatency_p95_ms = 200\n{extra}\n",
+        price.0, price.1
+    )
+}
 
 fn document() -> Value {
     json!({
@@ -45,23 +58,28 @@ async fn estimates_agree_everywhere_bound_the_real_cost_and_prompts_steer_routin
         retry_after: None,
         message: "context rejected".into(),
     });
-    let model = |id: &str, base: String, specialties: &str, price: (i64, i64)| {
-        format!(
-            "[models.{id}]\nkind = \"openai\"\nbase_url = \"{base}\"\nzones = [\"US-EAST\"]\n\
-             specialties = [{specialties}]\ninput_micros_per_1k = {}\noutput_micros_per_1k = {}\n\
-             latency_p50_ms = 100\nlatency_p95_ms = 200\n",
-            price.0, price.1
-        )
-    };
     let mut env = Env::new(1).await.with_config(&format!(
         "{}{}{}",
-        model("cheap", cheap.base_url(), "\"research\"", (2_000, 4_000)),
-        model("dear", dear.base_url(), "\"research\"", (20_000, 40_000)),
-        model(
+        model_toml(
+            "cheap",
+            &cheap.base_url(),
+            "\"research\"",
+            (2_000, 4_000),
+            ""
+        ),
+        model_toml(
+            "dear",
+            &dear.base_url(),
+            "\"research\"",
+            (20_000, 40_000),
+            ""
+        ),
+        model_toml(
             "translator",
-            translator.base_url(),
+            &translator.base_url(),
             "\"translation\"",
-            (2_000, 4_000)
+            (2_000, 4_000),
+            ""
         ),
     ));
     let file = env.dir().join("market.json");
@@ -235,4 +253,152 @@ async fn estimates_agree_everywhere_bound_the_real_cost_and_prompts_steer_routin
             .contains(&"triad-local".to_owned())
     );
     assert_eq!(translator.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auctions_record_every_bid_and_a_winner_that_breaks_its_promise_loses_standing() {
+    let bargain = FakeProvider::start(Flavor::OpenAi).await;
+    let premium = FakeProvider::start(Flavor::OpenAi).await;
+    let shy = FakeProvider::start(Flavor::OpenAi).await;
+    let unsure = FakeProvider::start(Flavor::OpenAi).await;
+    // The bargain model promises 100 ms and takes 500 ms, three times: each award it wins
+    // is dishonoured (more than twice its estimate).
+    for _ in 0..3 {
+        bargain.push(Behaviour::Slow(Duration::from_millis(500)));
+    }
+    let research = "\"research\"";
+    let env = Env::new(1).await.with_config(&format!(
+        "{}{}{}{}",
+        model_toml(
+            "bargain",
+            &bargain.base_url(),
+            research,
+            (1_000, 1_000),
+            "bid_confidence = 0.9"
+        ),
+        model_toml(
+            "premium",
+            &premium.base_url(),
+            research,
+            (5_000, 5_000),
+            "bid_confidence = 0.9"
+        ),
+        model_toml("shy", &shy.base_url(), research, (1, 1), ""),
+        model_toml(
+            "unsure",
+            &unsure.base_url(),
+            research,
+            (1, 1),
+            "bid_confidence = 0.2"
+        ),
+    ));
+    let mut processor = env.spawn("processor", &["process"]);
+    let mut executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
+    // Four auctions in a row (each task depends on the previous one).
+    let mut wf = triad_workflow::Workflow::new("auctions").zones(["US-EAST"]);
+    for i in 1..=4 {
+        let mut t = triad_workflow::Task::new(format!("t{i}"), format!("Summarise step {i}"))
+            .specialties(["research"])
+            .max_tokens(100)
+            .auction(true);
+        if i > 1 {
+            t = t.depends_on([format!("t{}", i - 1)]);
+        }
+        wf = wf.task(t);
+    }
+    env.submit("wf-auctions", wf.to_command()).await;
+    let events = env
+        .events_until_finished(&["wf-auctions".to_owned()], Duration::from_secs(120))
+        .await;
+    kill(&mut processor.0);
+    kill(&mut executor.0);
+    let mut closed = Vec::new();
+    let mut bids: std::collections::BTreeMap<String, Vec<triad_domain::AuctionBid>> =
+        Default::default();
+    let mut routed = std::collections::BTreeMap::new();
+    for e in &events {
+        match &e.body {
+            EventBody::BidPlaced(b) => bids
+                .entry(b.task_id.clone())
+                .or_default()
+                .push(b.bid.clone()),
+            EventBody::AuctionClosed(a) => closed.push(a.clone()),
+            EventBody::TaskRouted(r) => {
+                assert!(
+                    r.decision.auction.is_none(),
+                    "the auction travels as its own events"
+                );
+                routed.insert(r.task_id.clone(), r.decision.clone());
+            }
+            EventBody::WorkflowFailed(f) => panic!("the workflow failed: {f:?}"),
+            _ => {}
+        }
+    }
+    let winners: Vec<Option<&str>> = closed.iter().map(|a| a.winner.as_deref()).collect();
+    assert_eq!(
+        winners,
+        [
+            Some("bargain"),
+            Some("bargain"),
+            Some("bargain"),
+            Some("premium")
+        ],
+        "{closed:?}"
+    );
+    for (i, a) in closed.iter().enumerate() {
+        let task = format!("t{}", i + 1);
+        assert_eq!(a.task_id, task);
+        assert_eq!(a.bids, 4);
+        let fates: std::collections::BTreeMap<&str, &str> = bids[&task]
+            .iter()
+            .map(|b| (b.model_id.as_str(), b.status.as_str()))
+            .collect();
+        let (won, lost) = if i < 3 {
+            ("bargain", "premium")
+        } else {
+            ("premium", "bargain")
+        };
+        assert_eq!(fates[won], "WON");
+        assert_eq!(fates[lost], "ACCEPTED");
+        assert_eq!(fates["shy"], "DECLINED");
+        assert_eq!(fates["unsure"], "BELOW_FLOOR");
+        // The bargain model's standing halves with each broken promise: 1, ½, ¼, ⅛.
+        let standing = bids[&task]
+            .iter()
+            .find(|b| b.model_id == "bargain")
+            .unwrap()
+            .standing;
+        assert!(
+            (standing - 0.5f64.powi(i as i32)).abs() < 1e-9,
+            "{task}: {standing}"
+        );
+        // The award is what ran first.
+        assert_eq!(routed[&task].model_id, won);
+        assert!(
+            routed[&task]
+                .reason
+                .starts_with("auction: lowest effective price")
+        );
+        assert_eq!(
+            a.price_micros,
+            bids[&task]
+                .iter()
+                .find(|b| b.model_id == won)
+                .unwrap()
+                .price_micros
+        );
+    }
+    // Premium's price is five times bargain's: bargain at standing ⅛ costs eight times
+    // its price, so it lost on effective price, not on the raw one.
+    let last = &bids["t4"];
+    let price = |m: &str| {
+        last.iter()
+            .find(|b| b.model_id == m)
+            .unwrap()
+            .price_micros
+            .unwrap()
+    };
+    assert!(price("bargain") < price("premium"));
+    assert_eq!((shy.requests().len(), unsure.requests().len()), (0, 0));
+    assert_eq!(premium.requests().len(), 1);
 }

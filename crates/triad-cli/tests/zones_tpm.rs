@@ -208,7 +208,8 @@ specialties = ["eu-legal"]
         specialties: vec![],
         max_tokens: 64,
         timeout_ms: 10_000,
-        schema_version: 2,
+        auction: false,
+        schema_version: triad_domain::TASK_REQUEST_SCHEMA_VERSION,
     };
     env.producer
         .send_record(

@@ -240,6 +240,7 @@ fn value_matches_default(value: &Value, default: &Json) -> bool {
         (Value::Null, Json::Null) => true,
         (Value::Int(i), Json::Number(n)) => n.as_i64() == Some(i64::from(*i)),
         (Value::Long(i), Json::Number(n)) => n.as_i64() == Some(*i),
+        (Value::Double(x), Json::Number(n)) => n.as_f64() == Some(*x),
         (Value::Boolean(b), Json::Bool(d)) => b == d,
         (Value::String(s), Json::String(d)) => s == d,
         (Value::Array(a), Json::Array(d)) => a.is_empty() && d.is_empty(),

@@ -108,6 +108,11 @@ pub struct ExecutorConfig {
     pub breaker_window_ms: u64,
     /// ...and let one probe through after this cool-down.
     pub breaker_cooldown_ms: u64,
+    /// Auctions (tasks with `auction`): how long bidders have to answer; later bids are
+    /// recorded as LATE.
+    pub bid_timeout_ms: u64,
+    /// Auctions: bids below this confidence do not qualify.
+    pub bid_confidence_floor: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +170,11 @@ pub struct ModelConfig {
     /// Empty: no egress, and the model runs in the executor's zone like `local`.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// `local`, `openai`, `anthropic`: take part in auctions, bidding the declared price of the
+    /// task and the declared p50 with this confidence (0–1). Unset: no bids. (A `wasm`
+    /// component bids through its own `bid` export.)
+    #[serde(default)]
+    pub bid_confidence: Option<f64>,
 }
 
 fn default_latency() -> u64 {
@@ -211,6 +221,7 @@ impl ModelConfig {
             timeout_ms: 5_000,
             component: None,
             allowed_hosts: vec![],
+            bid_confidence: None,
         }
     }
 
@@ -278,6 +289,8 @@ impl Default for ExecutorConfig {
             breaker_failures: 3,
             breaker_window_ms: 60_000,
             breaker_cooldown_ms: 30_000,
+            bid_timeout_ms: 250,
+            bid_confidence_floor: 0.5,
         }
     }
 }

@@ -136,6 +136,31 @@ pub struct RoutingDecision {
     pub reason: String,
     pub alternatives: Vec<String>,
     pub calls: Vec<ModelCall>,
+    /// The auction that chose the model, for tasks that asked for one (inbox v5). The event
+    /// store records it as `BidPlaced`/`AuctionClosed` events instead.
+    #[serde(default)]
+    pub auction: Option<Auction>,
+}
+
+/// An attempt's auction (docs/market.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Auction {
+    pub winner: Option<String>,
+    pub reason: String,
+    pub bids: Vec<AuctionBid>,
+}
+
+/// One bid and its fate: `WON`, `ACCEPTED`, `MALFORMED`, `LATE`, `DECLINED`, `OVER_SLA` or
+/// `BELOW_FLOOR`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuctionBid {
+    pub model_id: String,
+    pub price_micros: Option<i64>,
+    pub latency_ms: Option<i64>,
+    pub confidence: Option<f64>,
+    pub standing: f64,
+    pub status: String,
+    pub reason: String,
 }
 
 /// One call to a model: real spend whether or not its result is used.

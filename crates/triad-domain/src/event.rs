@@ -67,6 +67,8 @@ pub enum EventBody {
     WorkflowCancelled(WorkflowCancelled),
     TaskRouted(TaskRouted),
     TaskResultDiscarded(TaskResultDiscarded),
+    BidPlaced(BidPlaced),
+    AuctionClosed(AuctionClosed),
 }
 
 impl EventBody {
@@ -96,6 +98,8 @@ impl EventBody {
             Self::WorkflowCancelled(_) => "WorkflowCancelled",
             Self::TaskRouted(_) => "TaskRouted",
             Self::TaskResultDiscarded(_) => "TaskResultDiscarded",
+            Self::BidPlaced(_) => "BidPlaced",
+            Self::AuctionClosed(_) => "AuctionClosed",
         }
     }
 }
@@ -202,6 +206,27 @@ pub struct TaskRouted {
     pub attempt_id: String,
     pub executor_zone: String,
     pub decision: RoutingDecision,
+}
+
+/// One bid of the auction an attempt held (v7), whatever its fate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BidPlaced {
+    pub task_id: String,
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub bid: crate::AuctionBid,
+}
+
+/// The award of an attempt's auction (v7); no winner means the router's score chose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuctionClosed {
+    pub task_id: String,
+    pub attempt: i32,
+    pub attempt_id: String,
+    pub winner: Option<String>,
+    pub price_micros: Option<i64>,
+    pub bids: i32,
+    pub reason: String,
 }
 
 /// A result for an attempt no longer in flight (a duplicate delivery, late after a timeout

@@ -100,7 +100,10 @@ pub fn inbox_records() -> Vec<InboxRecord> {
                 output_tokens: 7,
                 cost_micros: 0,
                 latency_ms: 3,
-                routing: Some(routing_decision()),
+                routing: Some(RoutingDecision {
+                    auction: Some(auction()),
+                    ..routing_decision()
+                }),
                 execution: Some(Box::new(execution_record())),
             }),
         },
@@ -144,6 +147,41 @@ pub fn routing_decision() -> RoutingDecision {
                 latency_ms: 3,
             },
         ],
+        auction: None,
+    }
+}
+
+/// The auction of an attempt that asked for one: a winner, a rival, a late and a malformed
+/// bid.
+pub fn auction() -> crate::Auction {
+    let bid = |model: &str, price: Option<i64>, status: &str, reason: &str| crate::AuctionBid {
+        model_id: model.to_owned(),
+        price_micros: price,
+        latency_ms: price.map(|_| 120),
+        confidence: price.map(|_| 0.9),
+        standing: 1.0,
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+    };
+    crate::Auction {
+        winner: Some("triad-local".to_owned()),
+        reason: "lowest effective price among 2 qualifying bids".to_owned(),
+        bids: vec![
+            bid(
+                "triad-local",
+                Some(10),
+                "WON",
+                "effective price 10.0 (price / standing 1.00)",
+            ),
+            bid(
+                "aetherai-v1",
+                Some(90),
+                "ACCEPTED",
+                "effective price 90.0 (price / standing 1.00)",
+            ),
+            bid("grok-4", None, "LATE", "no bid before the deadline"),
+            bid("kimi-k2", Some(-5), "MALFORMED", "negative price -5"),
+        ],
     }
 }
 
@@ -170,6 +208,7 @@ pub fn task_request() -> TaskRequest {
         specialties: vec!["reasoning".to_owned()],
         max_tokens: task.max_tokens,
         timeout_ms: task.timeout_ms,
+        auction: true,
         schema_version: crate::TASK_REQUEST_SCHEMA_VERSION,
     }
 }
@@ -366,6 +405,21 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             model_id: "triad-local".to_owned(),
             cost_micros: 42,
             reason: "duplicate result of a completed attempt".to_owned(),
+        }),
+        EventBody::BidPlaced(crate::BidPlaced {
+            task_id: "generate_questions".to_owned(),
+            attempt: 1,
+            attempt_id: "generate_questions#1".to_owned(),
+            bid: auction().bids[0].clone(),
+        }),
+        EventBody::AuctionClosed(crate::AuctionClosed {
+            task_id: "generate_questions".to_owned(),
+            attempt: 1,
+            attempt_id: "generate_questions#1".to_owned(),
+            winner: Some("triad-local".to_owned()),
+            price_micros: Some(10),
+            bids: 4,
+            reason: "lowest effective price among 2 qualifying bids".to_owned(),
         }),
     ];
     bodies

@@ -18,9 +18,9 @@ pub mod workflow_key;
 
 pub use blob::BlobRef;
 pub use command::{
-    CancelWorkflow, CommandMetadata, ExecutionRecord, InboxBody, InboxRecord, ModelCall,
-    RoutingDecision, SubmitWorkflow, TaskOutcome, TaskResultReported, TaskSpec, TaskTimerFired,
-    TimerKind,
+    Auction, AuctionBid, CancelWorkflow, CommandMetadata, ExecutionRecord, InboxBody, InboxRecord,
+    ModelCall, RoutingDecision, SubmitWorkflow, TaskOutcome, TaskResultReported, TaskSpec,
+    TaskTimerFired, TimerKind,
 };
 pub use control::{
     AdapterInstall, BreakerState, BreakerTransition, ControlAction, ControlRecord, ExecutorStatus,
@@ -28,9 +28,10 @@ pub use control::{
 };
 pub use dead_letter::{DeadLetter, DeadLetterHeader};
 pub use event::{
-    Causation, EventBody, EventMetadata, SignedRoot, TaskCompleted, TaskDispatched, TaskFailed,
-    TaskResultDiscarded, TaskRouted, TaskScheduled, TaskSkipped, WorkflowAccepted,
-    WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected,
+    AuctionClosed, BidPlaced, Causation, EventBody, EventMetadata, SignedRoot, TaskCompleted,
+    TaskDispatched, TaskFailed, TaskResultDiscarded, TaskRouted, TaskScheduled, TaskSkipped,
+    WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed,
+    WorkflowRejected,
 };
 pub use ids::{derive_event_id, new_command_id};
 pub use key_directory::{
@@ -46,12 +47,21 @@ pub use workflow_key::{
     WorkflowKey, WrappedWorkflowKey, is_sealed,
 };
 
+/// The token estimate of a text, used before a tokenizer has seen it (routing, bids, cost
+/// estimates): the larger of its word count and a quarter of its bytes, the usual rule of
+/// thumb for English text with BPE vocabularies.
+pub fn estimate_tokens(text: &str) -> u32 {
+    let words = text.split_whitespace().count();
+    let quarter = text.len().div_ceil(4);
+    u32::try_from(words.max(quarter)).unwrap_or(u32::MAX)
+}
+
 /// Microseconds since the Unix epoch (Avro `timestamp-micros`).
 pub type TimestampMicros = i64;
 
 /// The version of `io.triad.v1.InboxRecord` this code writes (`schemas/history`).
-pub const INBOX_SCHEMA_VERSION: i32 = 4;
+pub const INBOX_SCHEMA_VERSION: i32 = 5;
 /// The version of `io.triad.v1.WorkflowEvent` this code writes.
-pub const EVENT_SCHEMA_VERSION: i32 = 6;
+pub const EVENT_SCHEMA_VERSION: i32 = 7;
 /// The version of `io.triad.v1.TaskRequest` this code writes.
-pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 2;
+pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 3;

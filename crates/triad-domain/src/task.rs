@@ -29,5 +29,8 @@ pub struct TaskRequest {
     pub specialties: Vec<String>,
     pub max_tokens: i32,
     pub timeout_ms: i64,
+    /// The task asked for an auction (v3).
+    #[serde(default)]
+    pub auction: bool,
     pub schema_version: i32,
 }

@@ -103,6 +103,8 @@ struct Executor {
     health: Mutex<HashMap<String, bool>>,
     /// Each model's recent calls here: measured latency and reliability for the router.
     stats: Mutex<HashMap<String, CallWindow>>,
+    /// Each bidder's record of honouring its auction awards here.
+    standing: Mutex<triad_market::auction::Standing>,
     attempts: Mutex<Attempts>,
     cancellations: Arc<Cancellations>,
     started: Instant,
@@ -118,6 +120,30 @@ struct Tried {
     score: f64,
     reason: String,
     alternatives: Vec<String>,
+    auction: Option<triad_market::auction::Outcome>,
+}
+
+/// The auction as the inbox records it.
+fn auction_record(o: &triad_market::auction::Outcome) -> triad_domain::Auction {
+    triad_domain::Auction {
+        winner: o.winner.clone(),
+        reason: o.reason.clone(),
+        bids: o
+            .bids
+            .iter()
+            .map(|b| triad_domain::AuctionBid {
+                model_id: b.model_id.clone(),
+                price_micros: b.offer.map(|o| o.price_micros),
+                latency_ms: b
+                    .offer
+                    .map(|o| i64::try_from(o.latency_ms).unwrap_or(i64::MAX)),
+                confidence: b.offer.map(|o| o.confidence),
+                standing: b.standing,
+                status: b.status.as_str().to_owned(),
+                reason: b.reason.clone(),
+            })
+            .collect(),
+    }
 }
 
 fn millis(d: Duration) -> i64 {
@@ -235,6 +261,76 @@ impl Executor {
         }
     }
 
+    /// Asks each eligible model for a bid, concurrently, and closes the auction when all have
+    /// answered or `executor.bid_timeout_ms` has passed (docs/market.md).
+    async fn hold_auction(
+        &self,
+        eligible: &[triad_router::Ranked],
+        prompt: &str,
+        needs: &Needs,
+    ) -> triad_market::auction::Outcome {
+        use triad_market::auction::{Offer, Received, Rules, close};
+        let call = ModelRequest {
+            prompt: prompt.to_owned(),
+            max_tokens: needs.max_tokens,
+            timeout: Duration::from_millis(self.options.config.bid_timeout_ms),
+        };
+        let window = Duration::from_millis(self.options.config.bid_timeout_ms);
+        let bids = futures::future::join_all(eligible.iter().map(|r| {
+            let call = &call;
+            async move {
+                let received = match self.catalogue.models.get(&r.id) {
+                    None => Received::Declined,
+                    Some(model) => match tokio::time::timeout(window, model.bid(call)).await {
+                        Err(_) => Received::Late,
+                        Ok(None) => Received::Declined,
+                        Ok(Some(b)) => Received::Bid(Offer {
+                            price_micros: b.price_micros,
+                            latency_ms: b.latency_ms,
+                            confidence: b.confidence,
+                        }),
+                    },
+                };
+                (r.id.clone(), received)
+            }
+        }))
+        .await;
+        let rules = Rules {
+            sla_ms: needs.timeout_ms,
+            confidence_floor: self.options.config.bid_confidence_floor,
+        };
+        let standing = self.standing.lock().map(|s| s.clone()).unwrap_or_default();
+        let outcome = close(bids, rules, &standing);
+        tracing::info!(winner = ?outcome.winner, bids = outcome.bids.len(), reason = %outcome.reason, "auction closed");
+        outcome
+    }
+
+    /// Holds the auction's winner to its bid: its standing rises when its call succeeded
+    /// within twice the promised latency, and halves otherwise (docs/market.md).
+    fn settle_auction(&self, tried: &Tried) {
+        let Some(outcome) = &tried.auction else {
+            return;
+        };
+        let (Some(winner), Some(offer)) = (&outcome.winner, outcome.winning_offer()) else {
+            return;
+        };
+        let calls: Vec<&ModelCall> = tried
+            .calls
+            .iter()
+            .filter(|c| &c.model_id == winner)
+            .collect();
+        if calls.is_empty() {
+            // Never called (cancelled first): nothing was promised and broken.
+            return;
+        }
+        let ok = calls.iter().find(|c| c.ok);
+        let latency = ok.map_or(0, |c| u64::try_from(c.latency_ms).unwrap_or(u64::MAX));
+        if let Ok(mut standing) = self.standing.lock() {
+            let honoured = standing.settle(winner, offer, ok.is_some(), latency);
+            tracing::info!(model = %winner, honoured, standing = standing.of(winner), "auction award settled");
+        }
+    }
+
     /// Calls the ranked models best first until one answers (crate docs, step 3).
     /// `instruction` is the template without its references (what the prompt reads as is
     /// judged on it); `prompt` is the filled template sent to the model.
@@ -268,16 +364,33 @@ impl Executor {
             timeout_ms: u64::try_from(request.timeout_ms.max(0)).unwrap_or(0),
             zone_hosts: Arc::clone(&self.options.zone_hosts),
         };
-        let ranking = rank(&self.model_infos(), &needs);
+        let mut ranking = rank(&self.model_infos(), &needs);
+        let auction = if request.auction && !ranking.eligible.is_empty() {
+            let outcome = self.hold_auction(&ranking.eligible, prompt, &needs).await;
+            // The winner is called first; the others follow by score, as fallbacks.
+            if let Some(i) = outcome
+                .winner
+                .as_ref()
+                .and_then(|w| ranking.eligible.iter().position(|r| &r.id == w))
+            {
+                let won = ranking.eligible.remove(i);
+                ranking.eligible.insert(0, won);
+            }
+            Some(outcome)
+        } else {
+            None
+        };
         let mut tried = Tried {
             outcome: Err(String::new()),
             retryable: false,
             calls: vec![],
             score: ranking.eligible.first().map_or(0.0, |r| r.score),
-            reason: match (&needs.inferred_specialty, ranking.reason) {
-                (Some(s), "best score") => format!("best score; the prompt reads as {s}"),
-                (_, reason) => reason.to_owned(),
+            reason: match (&auction, &needs.inferred_specialty, ranking.reason) {
+                (Some(a), _, _) if a.winner.is_some() => format!("auction: {}", a.reason),
+                (_, Some(s), "best score") => format!("best score; the prompt reads as {s}"),
+                (_, _, reason) => reason.to_owned(),
             },
+            auction,
             alternatives: ranking
                 .eligible
                 .iter()
@@ -579,6 +692,7 @@ impl Executor {
         let tried = self
             .try_models(request, &instruction, &prompt, &abort)
             .await;
+        self.settle_auction(&tried);
         self.cancellations.release(&request.workflow_id);
         abort.cancel();
         result.latency_ms = millis(started.elapsed());
@@ -588,6 +702,7 @@ impl Executor {
             reason: tried.reason.clone(),
             alternatives: tried.alternatives.clone(),
             calls: tried.calls.clone(),
+            auction: tried.auction.as_ref().map(auction_record),
         };
         match &tried.outcome {
             Ok((model, response, cost)) => {
@@ -934,6 +1049,7 @@ pub async fn run(
         catalogue,
         breakers: Mutex::new(HashMap::new()),
         stats: Mutex::new(HashMap::new()),
+        standing: Mutex::new(triad_market::auction::Standing::default()),
         health: Mutex::new(HashMap::new()),
         attempts: Mutex::new(Attempts::default()),
         cancellations: Arc::new(Cancellations::default()),

@@ -2,10 +2,12 @@
 //! - [`matching`]: which specialty a task's text asks for when the task names none — a
 //!   TF-IDF nearest-centroid classifier built from a labelled set kept in the repository,
 //!   behind the [`SpecialtyClassifier`] trait so an embedding model can replace it;
+//! - [`auction`]: the bidding market's rule and each bidder's standing;
 //! - [`estimate`]: what a workflow will cost before it runs — the expected cost on the
 //!   model the router would choose, and the worst case (every attempt, any fallback) that a
 //!   hard budget must cover.
 
+pub mod auction;
 pub mod estimate;
 pub mod matching;
 

@@ -110,6 +110,52 @@ impl ModelError {
     }
 }
 
+/// A model that bids in auctions from its declared figures (`models.<id>.bid_confidence`):
+/// the task's price at its declared prices (the prompt's estimated tokens and the full
+/// `max_tokens`), its declared p50, and the configured confidence. Providers have no bidding
+/// API, so their adapter bids on their behalf, and the auction's standing holds it to the
+/// promise.
+#[derive(Debug)]
+pub struct DeclaredBids {
+    inner: Arc<dyn ModelAdapter>,
+    confidence: f64,
+}
+
+impl DeclaredBids {
+    pub fn new(inner: Arc<dyn ModelAdapter>, confidence: f64) -> Self {
+        Self { inner, confidence }
+    }
+}
+
+#[async_trait::async_trait]
+impl ModelAdapter for DeclaredBids {
+    fn capabilities(&self) -> &Fingerprint {
+        self.inner.capabilities()
+    }
+
+    async fn invoke(&self, request: &ModelRequest) -> Result<ModelResponse, ModelError> {
+        self.inner.invoke(request).await
+    }
+
+    async fn stream(&self, request: &ModelRequest) -> Result<Vec<String>, ModelError> {
+        self.inner.stream(request).await
+    }
+
+    async fn bid(&self, request: &ModelRequest) -> Option<Bid> {
+        let f = self.inner.capabilities();
+        let prompt = i64::from(triad_domain::estimate_tokens(&request.prompt));
+        Some(Bid {
+            price_micros: f.cost_micros(prompt, i64::from(request.max_tokens)),
+            latency_ms: f.latency_p50_ms,
+            confidence: self.confidence,
+        })
+    }
+
+    async fn health(&self) -> Health {
+        self.inner.health().await
+    }
+}
+
 /// An offer to run a task (the market issue builds auctions on it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bid {
@@ -336,6 +382,7 @@ impl Catalogue {
                     timeout_ms: 60_000,
                     component: None,
                     allowed_hosts: Vec::new(),
+                    bid_confidence: None,
                 },
             );
         }
@@ -394,6 +441,18 @@ impl Catalogue {
                     })?,
                     timeout,
                 )?),
+            };
+            let adapter = match m.bid_confidence {
+                None => adapter,
+                Some(c) if c.is_finite() && (0.0..=1.0).contains(&c) => {
+                    Arc::new(DeclaredBids::new(adapter, c))
+                }
+                Some(c) => {
+                    return Err(Error::Config {
+                        model: id.clone(),
+                        reason: format!("bid_confidence must be within [0, 1], not {c}"),
+                    });
+                }
             };
             models.insert(id.clone(), adapter);
         }

@@ -501,7 +501,8 @@ impl Batch {
                 delta.discarded_micros += d.cost_micros;
                 delta.last_used = delta.last_used.max(Some(at));
             }
-            EventBody::TaskRouted(_) => {}
+            // The routing decision and the auction live in the timeline only.
+            EventBody::TaskRouted(_) | EventBody::BidPlaced(_) | EventBody::AuctionClosed(_) => {}
         }
         let w = self.workflow(wf);
         w.last_sequence = Some(m.sequence);
@@ -679,6 +680,8 @@ fn task_of(body: &EventBody) -> Option<&str> {
         EventBody::TaskSkipped(e) => &e.task_id,
         EventBody::TaskRouted(e) => &e.task_id,
         EventBody::TaskResultDiscarded(e) => &e.task_id,
+        EventBody::BidPlaced(e) => &e.task_id,
+        EventBody::AuctionClosed(e) => &e.task_id,
         EventBody::WorkflowFailed(e) => return e.failed_task.as_deref(),
         _ => return None,
     })
@@ -745,6 +748,8 @@ pub fn data(body: &EventBody) -> crate::Result<Value> {
         EventBody::WorkflowCancelled(e) => serde_json::to_value(e)?,
         EventBody::TaskRouted(e) => serde_json::to_value(e)?,
         EventBody::TaskResultDiscarded(e) => serde_json::to_value(e)?,
+        EventBody::BidPlaced(e) => serde_json::to_value(e)?,
+        EventBody::AuctionClosed(e) => serde_json::to_value(e)?,
     })
 }
 

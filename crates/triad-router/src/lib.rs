@@ -166,14 +166,7 @@ pub fn score(m: &ModelInfo, needs: &Needs) -> f64 {
     (0.5 * specialty + 0.3 * latency + 0.2 * cost) * sla * reliability
 }
 
-/// The token estimate of a text, used before a tokenizer has seen it (routing, cost
-/// estimates): the larger of its word count and a quarter of its bytes, the usual rule of
-/// thumb for English text with BPE vocabularies.
-pub fn estimate_tokens(text: &str) -> u32 {
-    let words = text.split_whitespace().count();
-    let quarter = text.len().div_ceil(4);
-    u32::try_from(words.max(quarter)).unwrap_or(u32::MAX)
-}
+pub use triad_domain::estimate_tokens;
 
 /// Ranks `models` for a task (module docs).
 pub fn rank(models: &[ModelInfo], needs: &Needs) -> Ranking {

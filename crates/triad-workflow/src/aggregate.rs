@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use triad_domain::{
-    Causation, EventBody, EventMetadata, InboxBody, InboxRecord, SubmitWorkflow, TaskCompleted,
-    TaskDispatched, TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported,
-    TaskRouted, TaskScheduled, TaskSkipped, TaskTimerFired, TimerKind, TimestampMicros,
-    WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed,
-    WorkflowRejected, derive_event_id,
+    AuctionClosed, BidPlaced, Causation, EventBody, EventMetadata, InboxBody, InboxRecord,
+    RoutingDecision, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome,
+    TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped,
+    TaskTimerFired, TimerKind, TimestampMicros, WorkflowAccepted, WorkflowCancelled,
+    WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected, derive_event_id,
 };
 
 use crate::{Context, Limits, RetryPolicy, Task, Workflow};
@@ -220,7 +220,9 @@ impl WorkflowState {
             EventBody::WorkflowRejected(_) => self.status = Status::Rejected,
             EventBody::TaskScheduled(_)
             | EventBody::TaskRouted(_)
-            | EventBody::TaskResultDiscarded(_) => {}
+            | EventBody::TaskResultDiscarded(_)
+            | EventBody::BidPlaced(_)
+            | EventBody::AuctionClosed(_) => {}
             EventBody::TaskDispatched(d) => {
                 self.tasks.insert(
                     d.task_id.clone(),
@@ -449,12 +451,40 @@ fn discard_reason(state: &WorkflowState, r: &TaskResultReported) -> Option<Strin
 fn on_result(state: &WorkflowState, r: &TaskResultReported, policy: &Policy) -> Vec<EventBody> {
     let mut out = Vec::new();
     if let Some(decision) = &r.routing {
+        // An auction is recorded as its own events (every bid, then the award), so the
+        // routing decision that follows carries none.
+        if let Some(auction) = &decision.auction {
+            for bid in &auction.bids {
+                out.push(EventBody::BidPlaced(BidPlaced {
+                    task_id: r.task_id.clone(),
+                    attempt: r.attempt,
+                    attempt_id: r.attempt_id.clone(),
+                    bid: bid.clone(),
+                }));
+            }
+            out.push(EventBody::AuctionClosed(AuctionClosed {
+                task_id: r.task_id.clone(),
+                attempt: r.attempt,
+                attempt_id: r.attempt_id.clone(),
+                price_micros: auction
+                    .bids
+                    .iter()
+                    .find(|b| b.status == "WON")
+                    .and_then(|b| b.price_micros),
+                winner: auction.winner.clone(),
+                bids: i32::try_from(auction.bids.len()).unwrap_or(i32::MAX),
+                reason: auction.reason.clone(),
+            }));
+        }
         out.push(EventBody::TaskRouted(TaskRouted {
             task_id: r.task_id.clone(),
             attempt: r.attempt,
             attempt_id: r.attempt_id.clone(),
             executor_zone: r.executor_zone.clone(),
-            decision: decision.clone(),
+            decision: RoutingDecision {
+                auction: None,
+                ..decision.clone()
+            },
         }));
     }
     match r.outcome {
@@ -710,6 +740,7 @@ pub fn task_request(state: &WorkflowState, task_id: &str, policy: &Policy) -> Op
         specialties: task.specialties.clone(),
         max_tokens: task.max_tokens,
         timeout_ms: task.timeout_ms,
+        auction: task.auction,
         schema_version: triad_domain::TASK_REQUEST_SCHEMA_VERSION,
     })
 }

@@ -372,6 +372,61 @@ fn a_routing_decision_is_recorded_before_the_outcome() {
 }
 
 #[test]
+fn an_auction_is_recorded_bid_by_bid_then_the_award_then_the_routing() {
+    let mut r = result(2, "generate_questions", 1, TaskOutcome::Succeeded, false);
+    if let InboxBody::TaskResultReported(t) = &mut r.body {
+        t.routing = Some(triad_domain::RoutingDecision {
+            auction: Some(fixtures::auction()),
+            ..fixtures::routing_decision()
+        });
+    }
+    let records = [submit(1), r];
+    let (events, _) = run(&records);
+    assert_eq!(
+        types(&events[3..]),
+        [
+            "BidPlaced",
+            "BidPlaced",
+            "BidPlaced",
+            "BidPlaced",
+            "AuctionClosed",
+            "TaskRouted",
+            "TaskCompleted",
+            "TaskScheduled",
+            "TaskDispatched"
+        ]
+    );
+    let bids: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::BidPlaced(b) => Some((b.bid.model_id.clone(), b.bid.status.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        bids,
+        fixtures::auction()
+            .bids
+            .iter()
+            .map(|b| (b.model_id.clone(), b.status.clone()))
+            .collect::<Vec<_>>()
+    );
+    let EventBody::AuctionClosed(closed) = &events[7].body else {
+        panic!()
+    };
+    assert_eq!(closed.winner.as_deref(), Some("triad-local"));
+    assert_eq!((closed.price_micros, closed.bids), (Some(10), 4));
+    // The routing decision that follows carries no copy of the auction.
+    let EventBody::TaskRouted(routed) = &events[8].body else {
+        panic!()
+    };
+    assert_eq!(routed.decision, fixtures::routing_decision());
+    // A pure function of the input: the same record again gives byte-identical events.
+    let (again, _) = run(&records);
+    assert_eq!(events, again);
+}
+
+#[test]
 fn a_deadline_retries_in_the_same_zone_and_uses_the_budget() {
     let (events, state) = run(&[
         submit(1),
