@@ -81,8 +81,8 @@ def test_every_event_type_decodes_with_confluent_avro_deserializer(registry, fix
     assert [e["meta"]["event_type"] for e in events] == [
         "WorkflowAccepted", "WorkflowRejected", "TaskScheduled", "TaskDispatched",
         "TaskCompleted", "TaskFailed", "TaskSkipped", "WorkflowCompleted", "WorkflowFailed",
-        "WorkflowCancelled", "TaskRouted", "TaskResultDiscarded"]
-    assert [e["meta"]["sequence"] for e in events] == list(range(1, 13))
+        "WorkflowCancelled", "TaskRouted", "TaskResultDiscarded", "BidPlaced", "AuctionClosed"]
+    assert [e["meta"]["sequence"] for e in events] == list(range(1, 15))
     assert all(e["meta"]["occurred_at"] == EPOCH_2026 for e in events)
     completed = events[4]["body"]
     # The fixture's output travels by reference (claim check, events v3).
@@ -99,6 +99,13 @@ def test_every_event_type_decodes_with_confluent_avro_deserializer(registry, fix
     assert decision["model_id"] == "triad-local" and decision["score"] == 0.75
     assert [c["ok"] for c in decision["calls"]] == [False, True]
     assert events[5]["body"]["unavailable_zone"] is None
+    # Auctions (events v7): a bid with its fate and the bidder's standing, then the award.
+    bid = events[12]["body"]["bid"]
+    assert (bid["model_id"], bid["status"], bid["price_micros"], bid["standing"]) == (
+        "triad-local", "WON", 10, 1.0)
+    closed = events[13]["body"]
+    assert (closed["winner"], closed["price_micros"], closed["bids"]) == ("triad-local", 10, 4)
+    assert decision["auction"] is None
 
 
 def test_every_command_and_dead_letter_decodes(registry, fixture_topics):
@@ -107,6 +114,10 @@ def test_every_command_and_dead_letter_decodes(registry, fixture_topics):
     assert inbox[0]["body"]["name"] == "research"
     assert inbox[2]["body"]["outcome"] == "SUCCEEDED"
     assert inbox[2]["body"]["routing"]["alternatives"] == ["aetherai-v1"]
+    # The reported auction (inbox v5): late bids carry no offer.
+    bids = inbox[2]["body"]["routing"]["auction"]["bids"]
+    assert [(b["status"], b["price_micros"]) for b in bids] == [
+        ("WON", 10), ("ACCEPTED", 90), ("LATE", None), ("MALFORMED", -5)]
     assert inbox[3]["body"]["kind"] == "DEADLINE"
 
 
@@ -114,11 +125,14 @@ def test_work_queue_control_and_status_records_decode(registry, fixture_topics):
     [request] = decode_all(registry, fixture_topics["tasks"])
     assert request["attempt_id"].endswith("/answer#1")
     assert request["inputs"] == {"generate_questions": b"1. Who holds the keys?"}
+    assert request["auction"] is True
     [control] = decode_all(registry, fixture_topics["control"])
     assert control["action"] == "CANCEL"
     statuses = decode_all(registry, fixture_topics["status"])
     assert statuses[0]["body"]["capacity"] == 256
     assert statuses[1]["body"]["to_state"] == "OPEN"
+    health = statuses[3]["body"]
+    assert (health["model_id"], health["healthy"], health["probes"]) == ("aetherai-v1", False, 2)
     [letter] = decode_all(registry, fixture_topics["dlq"])
     assert letter["value"] == b"{not avro}"
     assert letter["source_offset"] == 17

@@ -402,3 +402,95 @@ async fn auctions_record_every_bid_and_a_winner_that_breaks_its_promise_loses_st
     assert_eq!((shy.requests().len(), unsure.requests().len()), (0, 0));
     assert_eq!(premium.requests().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_mark_a_model_unhealthy_and_healthy_again_and_the_router_follows() {
+    let flaky = FakeProvider::start(Flavor::OpenAi).await;
+    let steady = FakeProvider::start(Flavor::OpenAi).await;
+    flaky.set_health(Some(503));
+    let research = "\"research\"";
+    let env = Env::new(1).await.with_config(&format!(
+        "[executor]\nhealth_every_ms = 100\nunhealthy_after = 2\nhealthy_after = 2\n\n{}{}",
+        model_toml("flaky", &flaky.base_url(), research, (1_000, 1_000), ""),
+        model_toml("steady", &steady.base_url(), research, (9_000, 9_000), ""),
+    ));
+    let mut processor = env.spawn("processor", &["process"]);
+    let mut executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
+    let transitions = |statuses: &[triad_domain::ExecutorStatus]| -> Vec<(String, bool)> {
+        statuses
+            .iter()
+            .filter_map(|s| match &s.body {
+                triad_domain::StatusBody::HealthTransition(h) => {
+                    Some((h.model_id.clone(), h.healthy))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // Two failed probes in a row: flaky is marked unhealthy, with the probe's answer.
+    let statuses: Vec<triad_domain::ExecutorStatus> = env
+        .read_until(
+            &env.names.executor_status,
+            Duration::from_secs(60),
+            "flaky marked unhealthy",
+            |s: &[triad_domain::ExecutorStatus]| !transitions(s).is_empty(),
+        )
+        .await;
+    assert_eq!(transitions(&statuses), [("flaky".to_owned(), false)]);
+    let reason = statuses
+        .iter()
+        .find_map(|s| match &s.body {
+            triad_domain::StatusBody::HealthTransition(h) => Some(h.reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(reason.contains("503"), "{reason}");
+    let task = |id: &str| {
+        triad_workflow::Workflow::new(id).zones(["US-EAST"]).task(
+            triad_workflow::Task::new("t", "Look this up")
+                .specialties(["research"])
+                .max_tokens(50),
+        )
+    };
+    // The cheaper model is skipped while unhealthy: never called, the dearer one answers.
+    env.submit("wf-while-sick", task("sick").to_command()).await;
+    let events = env
+        .events_until_finished(&["wf-while-sick".to_owned()], Duration::from_secs(60))
+        .await;
+    let model_of = |events: &[triad_domain::WorkflowEvent], wf: &str| {
+        events
+            .iter()
+            .find_map(|e| match &e.body {
+                EventBody::TaskRouted(r) if e.meta.workflow_id == wf => Some(r.decision.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let sick = model_of(&events, "wf-while-sick");
+    assert_eq!(sick.model_id, "steady");
+    assert!(!sick.alternatives.contains(&"flaky".to_owned()));
+    assert!(
+        flaky.requests().is_empty(),
+        "an unhealthy model is not called"
+    );
+    // Healed: two good probes in a row and it is back, and chosen again (it is cheaper).
+    flaky.set_health(None);
+    env.read_until(
+        &env.names.executor_status,
+        Duration::from_secs(60),
+        "flaky healthy again",
+        |s: &[triad_domain::ExecutorStatus]| {
+            transitions(s) == [("flaky".to_owned(), false), ("flaky".to_owned(), true)]
+        },
+    )
+    .await;
+    env.submit("wf-healed", task("healed").to_command()).await;
+    let events = env
+        .events_until_finished(&["wf-healed".to_owned()], Duration::from_secs(60))
+        .await;
+    kill(&mut processor.0);
+    kill(&mut executor.0);
+    assert_eq!(model_of(&events, "wf-healed").model_id, "flaky");
+    assert_eq!(flaky.requests().len(), 1);
+    assert!(flaky.health_probes() >= 4);
+}

@@ -113,6 +113,12 @@ pub struct ExecutorConfig {
     pub bid_timeout_ms: u64,
     /// Auctions: bids below this confidence do not qualify.
     pub bid_confidence_floor: f64,
+    /// How often each model's `health()` is probed.
+    pub health_every_ms: u64,
+    /// Failed probes in a row that mark a model unhealthy (the router skips it)...
+    pub unhealthy_after: u32,
+    /// ...and good probes in a row that mark it healthy again.
+    pub healthy_after: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,6 +297,9 @@ impl Default for ExecutorConfig {
             breaker_cooldown_ms: 30_000,
             bid_timeout_ms: 250,
             bid_confidence_floor: 0.5,
+            health_every_ms: 30_000,
+            unhealthy_after: 2,
+            healthy_after: 2,
         }
     }
 }

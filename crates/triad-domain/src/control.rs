@@ -38,6 +38,16 @@ pub enum StatusBody {
     Heartbeat(Heartbeat),
     BreakerTransition(BreakerTransition),
     AdapterInstall(AdapterInstall),
+    HealthTransition(HealthTransition),
+}
+
+/// A model's health changed after `probes` probes in a row agreed (v3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthTransition {
+    pub model_id: String,
+    pub healthy: bool,
+    pub reason: String,
+    pub probes: i32,
 }
 
 /// An executor installed (or refused) a component version registered on `triad.models`.

@@ -263,6 +263,12 @@ pub fn executor_statuses() -> Vec<ExecutorStatus> {
             installed: false,
             reason: Some("the component does not hash to its registration".to_owned()),
         })),
+        status(StatusBody::HealthTransition(crate::HealthTransition {
+            model_id: "aetherai-v1".to_owned(),
+            healthy: false,
+            reason: "GET /v1/models: HTTP 503".to_owned(),
+            probes: 2,
+        })),
     ]
 }
 

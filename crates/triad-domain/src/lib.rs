@@ -24,7 +24,7 @@ pub use command::{
 };
 pub use control::{
     AdapterInstall, BreakerState, BreakerTransition, ControlAction, ControlRecord, ExecutorStatus,
-    Heartbeat, INLINE_COMPONENT_MAX_BYTES, ModelRegistration, StatusBody,
+    HealthTransition, Heartbeat, INLINE_COMPONENT_MAX_BYTES, ModelRegistration, StatusBody,
 };
 pub use dead_letter::{DeadLetter, DeadLetterHeader};
 pub use event::{

@@ -17,6 +17,8 @@ pub struct Metrics {
     breaker: Mutex<BTreeMap<TransitionKey, u64>>,
     /// (zone, model, outcome) → attempts reported.
     attempts: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// (zone, model, to) → health changes.
+    health: Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
 
 fn state(s: BreakerState) -> &'static str {
@@ -48,6 +50,14 @@ impl Metrics {
         }
     }
 
+    pub fn health_transition(&self, zone: &str, model: &str, healthy: bool) {
+        let to = if healthy { "healthy" } else { "unhealthy" };
+        if let Ok(mut m) = self.health.lock() {
+            *m.entry((zone.to_owned(), model.to_owned(), to))
+                .or_default() += 1;
+        }
+    }
+
     pub fn attempt(&self, zone: &str, model: &str, succeeded: bool) {
         let outcome = if succeeded { "succeeded" } else { "failed" };
         if let Ok(mut m) = self.attempts.lock() {
@@ -68,6 +78,20 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "triad_breaker_transitions_total{{zone=\"{}\",model=\"{}\",from=\"{from}\",to=\"{to}\"}} {n}",
+                    label(zone),
+                    label(model)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP triad_model_health_transitions_total Models marked healthy or unhealthy by their probes.\n\
+             # TYPE triad_model_health_transitions_total counter\n",
+        );
+        if let Ok(m) = self.health.lock() {
+            for ((zone, model, to), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "triad_model_health_transitions_total{{zone=\"{}\",model=\"{}\",to=\"{to}\"}} {n}",
                     label(zone),
                     label(model)
                 );

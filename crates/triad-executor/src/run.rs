@@ -100,7 +100,8 @@ struct Executor {
     producer: Producer,
     catalogue: Catalogue,
     breakers: Mutex<HashMap<String, Breaker>>,
-    health: Mutex<HashMap<String, bool>>,
+    /// Each model's probes (`executor.health_every_ms`): the router skips unhealthy ones.
+    health: Mutex<HashMap<String, triad_router::ProbeTracker>>,
     /// Each model's recent calls here: measured latency and reliability for the router.
     stats: Mutex<HashMap<String, CallWindow>>,
     /// Each bidder's record of honouring its auction awards here.
@@ -218,7 +219,7 @@ impl Executor {
                     max_context: f.max_context,
                     healthy: health
                         .as_ref()
-                        .and_then(|h| h.get(id).copied())
+                        .and_then(|h| h.get(id).map(triad_router::ProbeTracker::healthy))
                         .unwrap_or(true),
                     breaker: breakers
                         .as_ref()
@@ -1007,18 +1008,51 @@ impl Executor {
         self.publish_status(&status, "heartbeat").await;
     }
 
+    /// Probes every model once; a model whose health changes (enough probes in a row) is
+    /// published as a `HealthTransition` status, counted and logged.
     async fn check_health(&self) {
+        let config = triad_router::HealthConfig {
+            unhealthy_after: self.options.config.unhealthy_after,
+            healthy_after: self.options.config.healthy_after,
+        };
         for (id, model) in &self.catalogue.models {
-            let healthy = match model.health().await {
-                Health::Healthy => true,
-                Health::Unhealthy(why) => {
-                    tracing::warn!(model = %id, reason = %why, "model unhealthy");
-                    false
-                }
+            let (ok, reason) = match model.health().await {
+                Health::Healthy => (true, "the probe succeeded".to_owned()),
+                Health::Unhealthy(why) => (false, why),
             };
-            if let Ok(mut h) = self.health.lock() {
-                h.insert(id.clone(), healthy);
-            }
+            let changed = self
+                .health
+                .lock()
+                .ok()
+                .and_then(|mut h| h.entry(id.clone()).or_default().observe(ok, config));
+            let Some(healthy) = changed else {
+                if !ok {
+                    tracing::debug!(model = %id, %reason, "health probe failed");
+                }
+                continue;
+            };
+            let probes = if healthy {
+                config.healthy_after
+            } else {
+                config.unhealthy_after
+            };
+            tracing::warn!(model = %id, healthy, %reason, probes, "model health changed");
+            self.options
+                .metrics
+                .health_transition(&self.options.zone, id, healthy);
+            let status = ExecutorStatus {
+                zone: self.options.zone.clone(),
+                executor_id: self.executor_id.clone(),
+                occurred_at: triad_kafka::now_micros(),
+                body: StatusBody::HealthTransition(triad_domain::HealthTransition {
+                    model_id: id.clone(),
+                    healthy,
+                    reason,
+                    probes: i32::try_from(probes.max(1)).unwrap_or(i32::MAX),
+                }),
+                schema_version: 3,
+            };
+            self.publish_status(&status, "health transition").await;
         }
     }
 }
@@ -1106,20 +1140,16 @@ pub async fn run(
         let executor = executor.clone();
         let stop = background.clone();
         let every = Duration::from_millis(options.config.heartbeat_ms);
+        let probe_every = Duration::from_millis(options.config.health_every_ms.max(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
-            let mut n: u64 = 0;
+            let mut probe = tokio::time::interval(probe_every);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    _ = tick.tick() => {}
+                    _ = tick.tick() => executor.heartbeat().await,
+                    _ = probe.tick() => executor.check_health().await,
                 }
-                executor.heartbeat().await;
-                // Health checks are slower than heartbeats: every 15th beat (30 s by default).
-                if n.is_multiple_of(15) {
-                    executor.check_health().await;
-                }
-                n += 1;
             }
         })
     };

@@ -23,9 +23,11 @@
 //! order is deterministic.
 
 pub mod breaker;
+pub mod health;
 pub mod stats;
 
 pub use breaker::{Breaker, BreakerConfig, Permit, Transition};
+pub use health::{HealthConfig, ProbeTracker};
 pub use stats::CallWindow;
 
 use std::collections::BTreeSet;

@@ -77,6 +77,9 @@ struct State {
     script: VecDeque<Behaviour>,
     default: Option<Behaviour>,
     requests: Vec<Recorded>,
+    /// The status `GET /v1/models` (the adapters' health probe) answers with; None: 200.
+    health_status: Option<u16>,
+    health_probes: usize,
 }
 
 /// A running fake provider. Behaviours queued with [`FakeProvider::push`] are used in order;
@@ -138,6 +141,16 @@ impl FakeProvider {
 
     pub fn set_default(&self, b: Behaviour) {
         self.state.lock().unwrap().default = Some(b);
+    }
+
+    /// Health probes (`GET /v1/models`) get this error status from now on; `None` heals.
+    pub fn set_health(&self, status: Option<u16>) {
+        self.state.lock().unwrap().health_status = status;
+    }
+
+    /// How many health probes arrived.
+    pub fn health_probes(&self) -> usize {
+        self.state.lock().unwrap().health_probes
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -206,11 +219,23 @@ async fn serve(
         };
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if path == "/v1/models" {
-            // Health checks see a healthy provider; they are not scripted or recorded.
-            let payload =
-                json!({"object": "list", "data": [{"id": "fake", "object": "model"}]}).to_string();
+            // Health checks are not scripted or recorded as requests; they answer 200 unless
+            // `set_health` says otherwise.
+            let status = {
+                let mut s = state.lock().unwrap();
+                s.health_probes += 1;
+                s.health_status
+            };
+            let (code, payload) = match status {
+                None => (
+                    200,
+                    json!({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+                        .to_string(),
+                ),
+                Some(code) => (code, error_body(flavor, code, "unavailable").to_string()),
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 {code} Status\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                 payload.len()
             );
             stream.write_all(head.as_bytes()).await?;
