@@ -47,6 +47,10 @@ pub struct Args {
     /// (e.g. swtpm:host=127.0.0.1,port=2321).
     #[arg(long, requires = "seal")]
     pub tpm: Option<String>,
+    /// Measure what the market adds to a routing decision (reading the prompt's specialty,
+    /// closing an auction) against `rank` alone (--count decisions each; no services needed).
+    #[arg(long, conflicts_with_all = ["flow", "projection", "visibility", "fanout", "wasm", "seal"])]
+    pub routing: bool,
     /// Tasks calling at once in --wasm's load pass.
     #[arg(long, default_value_t = 4)]
     pub wasm_concurrency: usize,
@@ -152,6 +156,9 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> 
     }
     if args.wasm {
         return crate::bench_wasm::run(args.count, args.wasm_concurrency).await;
+    }
+    if args.routing {
+        return crate::bench_routing::run(args.count);
     }
     if args.projection {
         return crate::bench_projection::run(config, codec, args.workflows).await;

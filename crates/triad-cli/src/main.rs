@@ -5,6 +5,7 @@ mod bench;
 mod bench_fanout;
 mod bench_flow;
 mod bench_projection;
+mod bench_routing;
 mod bench_seal;
 mod bench_visibility;
 mod bench_wasm;
