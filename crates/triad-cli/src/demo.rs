@@ -281,13 +281,15 @@ pub fn read_workflow(file: &Path) -> Result<Workflow> {
 
 /// `triad submit`: validates locally first (errors name the field), then submits and
 /// follows the events unless told not to.
-/// `triad estimate`: validates a workflow document and prints what it would cost on the
-/// configured catalogue (docs/market.md), per task and in total; needs no running stack.
-pub async fn estimate_file(config: &Config, file: &Path, json: bool) -> Result<()> {
+/// Reads a workflow document and validates it as the processor will, against the configured
+/// policy and model catalogue; returns it with that policy (its `models` are the offers).
+async fn read_valid_workflow(
+    config: &Config,
+    file: &Path,
+) -> Result<(triad_workflow::Workflow, triad_workflow::aggregate::Policy)> {
     let workflow = read_workflow(file)?;
     let catalogue = crate::workers::catalogue(config).await?;
-    let offers = crate::workers::offers(&catalogue);
-    let policy = triad_processor::policy_from(&config.policy, &offers);
+    let policy = triad_processor::policy_from(&config.policy, &crate::workers::offers(&catalogue));
     let ctx = triad_workflow::Context {
         zones: &policy.zones,
         groups: &policy.groups,
@@ -297,6 +299,14 @@ pub async fn estimate_file(config: &Config, file: &Path, json: bool) -> Result<(
     if let Err(errors) = workflow.validate(&ctx) {
         bail!("{} is invalid:\n{errors}", file.display());
     }
+    Ok((workflow, policy))
+}
+
+/// `triad estimate`: validates a workflow document and prints what it would cost on the
+/// configured catalogue (docs/market.md), per task and in total; needs no running stack.
+pub async fn estimate_file(config: &Config, file: &Path, json: bool) -> Result<()> {
+    let (workflow, policy) = read_valid_workflow(config, file).await?;
+    let offers = policy.models.clone().unwrap_or_default();
     let estimate = triad_market::estimate(
         &workflow,
         &offers,
@@ -345,18 +355,7 @@ pub async fn submit_file(
     wait: bool,
     timeout: u64,
 ) -> Result<()> {
-    let workflow = read_workflow(file)?;
-    let catalogue = crate::workers::catalogue(config).await?;
-    let policy = triad_processor::policy_from(&config.policy, &crate::workers::offers(&catalogue));
-    let ctx = triad_workflow::Context {
-        zones: &policy.zones,
-        groups: &policy.groups,
-        models: policy.models.as_deref(),
-        limits: policy.limits,
-    };
-    if let Err(errors) = workflow.validate(&ctx) {
-        bail!("{} is invalid:\n{errors}", file.display());
-    }
+    let (workflow, policy) = read_valid_workflow(config, file).await?;
     let producer = Producer::new(&config.kafka)?;
     let cancel = CancellationToken::new();
     let _stop_kernel = cancel.clone().drop_guard();

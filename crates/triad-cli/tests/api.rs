@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Env, free_port, kill};
+use support::{Env, kill};
 use triad_domain::EventBody;
 
 /// One SSE frame: (id, event, data).
@@ -48,22 +48,8 @@ fn document(topic: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_stream_resume_read_and_clear_errors_over_rest() {
     let mut env = Env::new(2).await;
-    let schema = format!("it_{}", env.group.trim_start_matches("it-"));
-    let port = free_port();
-    env.extra_env.extend([
-        ("TRIAD_PROJECTION__SCHEMA".to_owned(), schema.clone()),
-        ("TRIAD_API__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
-        ("TRIAD_API__MAX_BODY_BYTES".to_owned(), "4096".to_owned()),
-    ]);
-    let mut children = vec![
-        env.spawn("processor", &["process"]),
-        env.spawn("executor", &["execute", "--zone", "US-EAST"]),
-        env.spawn("projection", &["project"]),
-        env.spawn("api", &["api"]),
-    ];
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    support::wait_api_healthy(&http, &base, &env.log_path("api")).await;
+    let (mut children, base, http, schema) =
+        support::api_stack(&mut env, &[("TRIAD_API__MAX_BODY_BYTES", "4096")]).await;
 
     // Submit twice with one key: one workflow.
     let key = format!("api-test-{}", uuid::Uuid::new_v4());

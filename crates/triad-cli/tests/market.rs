@@ -16,7 +16,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Env, cli_ok, free_port, kill};
+use support::{Env, cli_ok, kill};
 use triad_domain::EventBody;
 use triad_testkit::{Behaviour, FakeProvider, Flavor};
 
@@ -109,21 +109,7 @@ async fn estimates_agree_everywhere_bound_the_real_cost_and_prompts_steer_routin
         "{table}"
     );
 
-    let schema = format!("it_{}", env.group.trim_start_matches("it-"));
-    let port = free_port();
-    env.extra_env.extend([
-        ("TRIAD_PROJECTION__SCHEMA".to_owned(), schema),
-        ("TRIAD_API__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
-    ]);
-    let mut children = vec![
-        env.spawn("processor", &["process"]),
-        env.spawn("executor", &["execute", "--zone", "US-EAST"]),
-        env.spawn("projection", &["project"]),
-        env.spawn("api", &["api"]),
-    ];
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    support::wait_api_healthy(&http, &base, &env.log_path("api")).await;
+    let (mut children, base, http, schema) = support::api_stack(&mut env, &[]).await;
 
     // REST: the same estimate as the CLI.
     let r = http
@@ -253,6 +239,11 @@ async fn estimates_agree_everywhere_bound_the_real_cost_and_prompts_steer_routin
             .contains(&"triad-local".to_owned())
     );
     assert_eq!(translator.requests().len(), 1);
+    support::pg()
+        .await
+        .query("SELECT triad_drop_schema($1)", &[&schema])
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,6 +419,36 @@ pub async fn wait_for(
     }
 }
 
+/// Starts the processor, a US-EAST executor, the projection worker (in a schema of the
+/// test's own) and `triad api` on a free port, with `extra` settings; returns the children,
+/// the API's base URL, a client and the read models' schema, once the API is healthy.
+pub async fn api_stack(
+    env: &mut Env,
+    extra: &[(&str, &str)],
+) -> (Vec<Guarded>, String, reqwest::Client, String) {
+    let schema = format!("it_{}", env.group.trim_start_matches("it-"));
+    let port = free_port();
+    env.extra_env.extend([
+        ("TRIAD_PROJECTION__SCHEMA".to_owned(), schema.clone()),
+        ("TRIAD_API__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+    ]);
+    env.extra_env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let children = vec![
+        env.spawn("processor", &["process"]),
+        env.spawn("executor", &["execute", "--zone", "US-EAST"]),
+        env.spawn("projection", &["project"]),
+        env.spawn("api", &["api"]),
+    ];
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_api_healthy(&http, &base, &env.log_path("api")).await;
+    (children, base, http, schema)
+}
+
 /// Waits until `triad api` at `base` answers `GET /v1/health` with 200 (the projection has
 /// created its schema); fails the test with the API's log after a minute.
 pub async fn wait_api_healthy(http: &reqwest::Client, base: &str, log: &Path) {
