@@ -112,26 +112,15 @@ async fn estimates_agree_everywhere_bound_the_real_cost_and_prompts_steer_routin
     let (mut children, base, http, schema) = support::api_stack(&mut env, &[]).await;
 
     // REST: the same estimate as the CLI.
-    let r = http
-        .post(format!("{base}/v1/estimate"))
-        .json(&document())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let rest: Value = r.json().await.unwrap();
+    let estimate = format!("{base}/v1/estimate");
+    let (status, rest) = support::post_json(&http, &estimate, &document()).await;
+    assert_eq!(status, 200);
     assert_eq!(rest, offline);
     // A bad document: 422 naming the field, as for a submission.
     let mut bad = document();
     bad["tasks"][1]["depends_on"] = json!(["nowhere"]);
-    let r = http
-        .post(format!("{base}/v1/estimate"))
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let problem: Value = r.json().await.unwrap();
+    let (status, problem) = support::post_json(&http, &estimate, &bad).await;
+    assert_eq!(status, 422);
     assert_eq!(
         problem["errors"][0]["field"], "tasks[1].depends_on[0]",
         "{problem}"
@@ -149,15 +138,12 @@ async fn estimates_agree_everywhere_bound_the_real_cost_and_prompts_steer_routin
             {"id": "french", "prompt": "Translate this sentence into French: {answer.output}", "dependsOn": ["answer"], "maxTokens": 400}
         ]
     });
-    let r: Value = http
-        .post(format!("{base}/graphql"))
-        .json(&json!({"query": query, "variables": {"input": input}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, r) = support::post_json(
+        &http,
+        &format!("{base}/graphql"),
+        &json!({"query": query, "variables": {"input": input}}),
+    )
+    .await;
     let gql = &r["data"]["estimateCost"];
     assert_eq!(gql["worstCaseMicros"], offline["worst_case_micros"], "{r}");
     assert_eq!(gql["expectedMicros"], offline["expected_micros"]);
@@ -170,17 +156,10 @@ async fn estimates_agree_everywhere_bound_the_real_cost_and_prompts_steer_routin
     }
 
     // Run it: every task's billed cost stays within its worst case.
-    let r = http
-        .post(format!("{base}/v1/workflows"))
-        .json(&document())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["workflow_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (status, submitted) =
+        support::post_json(&http, &format!("{base}/v1/workflows"), &document()).await;
+    assert_eq!(status, 202);
+    let id = submitted["workflow_id"].as_str().unwrap().to_owned();
     let events = env
         .events_until_finished(std::slice::from_ref(&id), Duration::from_secs(120))
         .await;

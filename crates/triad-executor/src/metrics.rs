@@ -16,9 +16,9 @@ type TransitionKey = (String, String, &'static str, &'static str);
 pub struct Metrics {
     breaker: Mutex<BTreeMap<TransitionKey, u64>>,
     /// (zone, model, outcome) → attempts reported.
-    attempts: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    attempts: Counters,
     /// (zone, model, to) → health changes.
-    health: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    health: Counters,
 }
 
 fn state(s: BreakerState) -> &'static str {
@@ -26,6 +26,24 @@ fn state(s: BreakerState) -> &'static str {
         BreakerState::Closed => "closed",
         BreakerState::Open => "open",
         BreakerState::HalfOpen => "half_open",
+    }
+}
+
+/// Per-(zone, model, `label`) counters.
+type Counters = Mutex<BTreeMap<(String, String, &'static str), u64>>;
+
+/// Writes one counter family labelled by zone, model and `label`.
+fn family(out: &mut String, name: &str, help: &str, label_name: &str, counters: &Counters) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    if let Ok(m) = counters.lock() {
+        for ((zone, model, value), n) in m.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{zone=\"{}\",model=\"{}\",{label_name}=\"{value}\"}} {n}",
+                label(zone),
+                label(model)
+            );
+        }
     }
 }
 
@@ -83,34 +101,20 @@ impl Metrics {
                 );
             }
         }
-        out.push_str(
-            "# HELP triad_model_health_transitions_total Models marked healthy or unhealthy by their probes.\n\
-             # TYPE triad_model_health_transitions_total counter\n",
+        family(
+            &mut out,
+            "triad_model_health_transitions_total",
+            "Models marked healthy or unhealthy by their probes.",
+            "to",
+            &self.health,
         );
-        if let Ok(m) = self.health.lock() {
-            for ((zone, model, to), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "triad_model_health_transitions_total{{zone=\"{}\",model=\"{}\",to=\"{to}\"}} {n}",
-                    label(zone),
-                    label(model)
-                );
-            }
-        }
-        out.push_str(
-            "# HELP triad_task_attempts_total Task attempts reported, by the model that answered last.\n\
-             # TYPE triad_task_attempts_total counter\n",
+        family(
+            &mut out,
+            "triad_task_attempts_total",
+            "Task attempts reported, by the model that answered last.",
+            "outcome",
+            &self.attempts,
         );
-        if let Ok(m) = self.attempts.lock() {
-            for ((zone, model, outcome), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "triad_task_attempts_total{{zone=\"{}\",model=\"{}\",outcome=\"{outcome}\"}} {n}",
-                    label(zone),
-                    label(model)
-                );
-            }
-        }
         out
     }
 }
@@ -127,6 +131,7 @@ mod tests {
         m.breaker_transition("US-EAST", "flaky", BreakerState::Closed, BreakerState::Open);
         m.breaker_transition("US-EAST", "flaky", BreakerState::Closed, BreakerState::Open);
         m.attempt("US-EAST", "odd\"name", true);
+        m.health_transition("US-EAST", "flaky", false);
         let text = m.render();
         assert!(text.contains(
             "triad_breaker_transitions_total{zone=\"US-EAST\",model=\"flaky\",from=\"closed\",to=\"open\"} 2\n"
@@ -135,5 +140,11 @@ mod tests {
             "triad_task_attempts_total{zone=\"US-EAST\",model=\"odd\\\"name\",outcome=\"succeeded\"} 1\n"
         ), "{text}");
         assert!(text.contains("# TYPE triad_breaker_transitions_total counter\n"));
+        assert!(text.contains(
+            "# HELP triad_model_health_transitions_total Models marked healthy or unhealthy by their probes.\n\
+             # TYPE triad_model_health_transitions_total counter\n\
+             triad_model_health_transitions_total{zone=\"US-EAST\",model=\"flaky\",to=\"unhealthy\"} 1\n"
+        ), "{text}");
+        assert!(text.contains("# TYPE triad_task_attempts_total counter\n"));
     }
 }

@@ -449,6 +449,17 @@ pub async fn api_stack(
     (children, base, http, schema)
 }
 
+/// POSTs `body` as JSON to `url`; returns the status and the JSON answer.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = http.post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// Waits until `triad api` at `base` answers `GET /v1/health` with 200 (the projection has
 /// created its schema); fails the test with the API's log after a minute.
 pub async fn wait_api_healthy(http: &reqwest::Client, base: &str, log: &Path) {
