@@ -353,6 +353,9 @@ pub struct WorkflowInput {
     #[graphql(default)]
     pub labels: Vec<LabelInput>,
     pub tasks: Vec<TaskInput>,
+    /// The TRIAD credits account that pays; the workflow then runs only on a reservation of
+    /// its worst-case cost (docs/credits.md).
+    pub account: Option<String>,
 }
 
 impl WorkflowInput {
@@ -361,6 +364,7 @@ impl WorkflowInput {
             name: self.name,
             zones: self.zones,
             labels: self.labels.into_iter().map(|l| (l.key, l.value)).collect(),
+            account: self.account,
             tasks: self
                 .tasks
                 .into_iter()

@@ -156,7 +156,16 @@ pub fn describe(e: &WorkflowEvent) -> String {
         }
     };
     let detail = match &e.body {
-        EventBody::WorkflowAccepted(a) => format!("{} ({} tasks)", a.name, a.tasks.len()),
+        EventBody::WorkflowAccepted(a) => match &a.budget {
+            Some(b) => format!(
+                "{} ({} tasks, {} µcredits reserved on {})",
+                a.name,
+                a.tasks.len(),
+                b.reserved_micros,
+                b.account
+            ),
+            None => format!("{} ({} tasks)", a.name, a.tasks.len()),
+        },
         EventBody::WorkflowRejected(r) => r.reason.clone(),
         EventBody::TaskScheduled(s) => format!("{} attempt {}", s.task_id, s.attempt),
         EventBody::TaskDispatched(d) => format!("{} → zone {}", d.task_id, d.zone),
@@ -205,6 +214,14 @@ pub fn describe(e: &WorkflowEvent) -> String {
         ),
         EventBody::WorkflowFailed(f) => f.reason.clone(),
         EventBody::WorkflowCancelled(c) => c.reason.clone().unwrap_or_default(),
+        EventBody::BudgetRequested(b) => format!(
+            "{} µcredits from account {}",
+            b.budget.reserved_micros, b.budget.account
+        ),
+        EventBody::BudgetSettled(b) => format!(
+            "burned {} µcredits, released {} to account {}",
+            b.burned_micros, b.released_micros, b.account
+        ),
     };
     format!("#{:<3} {:<20} {detail}", e.meta.sequence, e.meta.event_type)
 }

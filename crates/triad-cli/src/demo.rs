@@ -289,7 +289,11 @@ async fn read_valid_workflow(
 ) -> Result<(triad_workflow::Workflow, triad_workflow::aggregate::Policy)> {
     let workflow = read_workflow(file)?;
     let catalogue = crate::workers::catalogue(config).await?;
-    let policy = triad_processor::policy_from(&config.policy, &crate::workers::offers(&catalogue));
+    let policy = triad_processor::policy_from(
+        &config.policy,
+        &config.credits,
+        &crate::workers::offers(&catalogue),
+    );
     let ctx = triad_workflow::Context {
         zones: &policy.zones,
         groups: &policy.groups,

@@ -61,7 +61,7 @@ pub fn processor_options(
     let offers = offers(catalogue);
     Ok(triad_processor::Options {
         kafka: config.kafka.clone(),
-        policy: triad_processor::policy_from(&config.policy, &offers),
+        policy: triad_processor::policy_from(&config.policy, &config.credits, &offers),
         timing: config.processor.clone(),
         instance,
         signer,
@@ -290,7 +290,11 @@ pub async fn api(
         codec,
         producer: triad_kafka::produce::Producer::new(&config.kafka)?,
         pool,
-        policy: triad_processor::policy_from(&config.policy, &crate::workers::offers(&catalogue)),
+        policy: triad_processor::policy_from(
+            &config.policy,
+            &config.credits,
+            &crate::workers::offers(&catalogue),
+        ),
         registry_url: config.registry.url.clone(),
         changes: tokio::sync::broadcast::channel(64).0,
         hub: triad_api::stream::EventHub::default(),

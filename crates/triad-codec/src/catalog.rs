@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
-    ControlRecord, CustodyCheckpoint, DeadLetter, ExecutorStatus, InboxRecord, KeyDirectoryChange,
-    ModelRegistration, PolicyVersion, SovereigntyViolation, TaskRequest, WorkflowEvent,
-    WorkflowKey, WorkflowSnapshot,
+    ControlRecord, CreditsCommand, CreditsEvent, CustodyCheckpoint, DeadLetter, ExecutorStatus,
+    InboxRecord, KeyDirectoryChange, ModelRegistration, PolicyVersion, SovereigntyViolation,
+    TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -27,6 +27,8 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (SovereigntyViolation::NAME, SovereigntyViolation::AVSC),
     (CustodyCheckpoint::NAME, CustodyCheckpoint::AVSC),
     (PolicyVersion::NAME, PolicyVersion::AVSC),
+    (CreditsCommand::NAME, CreditsCommand::AVSC),
+    (CreditsEvent::NAME, CreditsEvent::AVSC),
 ];
 
 /// A Rust type that is the image of one top-level `.avsc` record.
@@ -85,6 +87,16 @@ impl AvroRecord for KeyDirectoryChange {
 impl AvroRecord for WorkflowKey {
     const NAME: &'static str = "io.triad.v1.WorkflowKey";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.WorkflowKey.avsc");
+}
+
+impl AvroRecord for CreditsCommand {
+    const NAME: &'static str = "io.triad.v1.CreditsCommand";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.CreditsCommand.avsc");
+}
+
+impl AvroRecord for CreditsEvent {
+    const NAME: &'static str = "io.triad.v1.CreditsEvent";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.CreditsEvent.avsc");
 }
 
 impl AvroRecord for PolicyVersion {

@@ -163,6 +163,16 @@ fn checkpoint_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn credits_command_schema_evolves_backward_transitively() {
+    gate(&fixtures::credits_commands());
+}
+
+#[test]
+fn credits_event_schema_evolves_backward_transitively() {
+    gate(&fixtures::credits_events());
+}
+
+#[test]
 fn snapshot_schema_evolves_backward_transitively() {
     gate(&fixtures::workflow_snapshots());
 }

@@ -62,6 +62,12 @@ fn every_fixture_round_trips() {
     for p in fixtures::policy_versions() {
         round_trip(&p);
     }
+    for c in fixtures::credits_commands() {
+        round_trip(&c);
+    }
+    for e in fixtures::credits_events() {
+        round_trip(&e);
+    }
 }
 
 #[test]
@@ -81,6 +87,24 @@ fn fixtures_cover_every_union_branch() {
     assert_eq!(
         branches(catalog.schema::<triad_domain::WorkflowEvent>().unwrap()),
         fixtures::workflow_events().len()
+    );
+    // The ledger's unions are the fifth field of each record.
+    let union_at = |schema: &Schema, i: usize| match schema {
+        Schema::Record(r) => match &r.fields[i].schema {
+            Schema::Union(u) => u.variants().len(),
+            other => panic!("not a union: {other:?}"),
+        },
+        other => panic!("not a record: {other:?}"),
+    };
+    let commands = fixtures::credits_commands();
+    assert_eq!(
+        union_at(catalog.schema::<triad_domain::CreditsCommand>().unwrap(), 4),
+        commands.len()
+    );
+    let events = fixtures::credits_events();
+    assert_eq!(
+        union_at(catalog.schema::<triad_domain::CreditsEvent>().unwrap(), 5),
+        events.len()
     );
 }
 
@@ -265,6 +289,8 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&fixtures::sovereignty_violations()) >= 2);
     assert!(defaults_fill(&fixtures::custody_checkpoints()) >= 1);
     assert!(defaults_fill(&fixtures::policy_versions()) >= 1);
+    assert!(defaults_fill(&fixtures::credits_commands()) >= 3);
+    assert!(defaults_fill(&fixtures::credits_events()) >= 5);
 }
 
 #[test]
@@ -304,6 +330,24 @@ fn shared_named_types_are_identical_across_files() {
             "{shared} differs between the inbox and the event schema"
         );
     }
+    let commands: Json = serde_json::from_str(triad_domain::CreditsCommand::AVSC).unwrap();
+    let ledger: Json = serde_json::from_str(triad_domain::CreditsEvent::AVSC).unwrap();
+    let kind = |json: &Json| -> Json {
+        fn enum_named(json: &Json) -> Option<Json> {
+            match json {
+                Json::Object(map)
+                    if map.get("name").and_then(Json::as_str) == Some("CreditKind") =>
+                {
+                    Some(json.clone())
+                }
+                Json::Object(map) => map.values().find_map(enum_named),
+                Json::Array(items) => items.iter().find_map(enum_named),
+                _ => None,
+            }
+        }
+        enum_named(json).unwrap()
+    };
+    assert_eq!(kind(&commands), kind(&ledger), "CreditKind differs");
 }
 
 fn arb_string() -> impl Strategy<Value = String> {
@@ -357,16 +401,18 @@ fn arb_inbox() -> impl Strategy<Value = InboxRecord> {
         (
             arb_string(),
             proptest::collection::vec(arb_task(), 0..4),
-            proptest::collection::btree_map(arb_string(), arb_string(), 0..3)
+            proptest::collection::btree_map(arb_string(), arb_string(), 0..3),
+            proptest::option::of(arb_string())
         )
-            .prop_map(
-                |(name, tasks, labels)| InboxBody::SubmitWorkflow(SubmitWorkflow {
+            .prop_map(|(name, tasks, labels, account)| InboxBody::SubmitWorkflow(
+                SubmitWorkflow {
                     name,
                     default_zones: vec!["US-EAST".to_owned()],
                     tasks,
                     labels,
-                })
-            ),
+                    account,
+                }
+            )),
         proptest::option::of(arb_string())
             .prop_map(|reason| InboxBody::CancelWorkflow(CancelWorkflow { reason })),
     ];
@@ -407,10 +453,11 @@ fn resolution_matches_union_branches_by_name_not_position() {
             panic!("body is not a union")
         };
         let expected = match record.body {
-            InboxBody::SubmitWorkflow(_) => 3,
-            InboxBody::CancelWorkflow(_) => 2,
-            InboxBody::TaskResultReported(_) => 1,
-            InboxBody::TaskTimerFired(_) => 0,
+            InboxBody::SubmitWorkflow(_) => 4,
+            InboxBody::CancelWorkflow(_) => 3,
+            InboxBody::TaskResultReported(_) => 2,
+            InboxBody::TaskTimerFired(_) => 1,
+            InboxBody::LedgerReply(_) => 0,
         };
         assert_eq!(*index, expected, "{}", record.body.type_name());
         // And through the typed path with the real reader, the record is unchanged.

@@ -55,6 +55,7 @@ pub struct Config {
     pub processor: ProcessorConfig,
     pub executor: ExecutorConfig,
     pub sovereignty: SovereigntyConfig,
+    pub credits: CreditsConfig,
     /// The model catalogue, by model id. Defaults to the embedded `triad-local` model;
     /// providers whose key variables are set (`AETHERAI_URL`, `GROK_API_KEY`,
     /// `KIMI_API_KEY`, `CLAUDE_API_KEY`) are added by `triad-models` at start-up.
@@ -91,6 +92,16 @@ pub struct ProcessorConfig {
     /// A workflow state larger than this is not snapshotted (and no checkpoint is written
     /// while it is pending), so a snapshot record stays below the broker's message limit.
     pub snapshot_max_bytes: usize,
+}
+
+/// TRIAD credits (docs/credits.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditsConfig {
+    /// Reject submissions that name no credits account. Off by default, so the demo and
+    /// single-user setups run without a ledger; a submission that names an account always
+    /// runs on a reservation.
+    pub require_account: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -503,6 +514,7 @@ impl Default for Config {
             processor: ProcessorConfig::default(),
             executor: ExecutorConfig::default(),
             sovereignty: SovereigntyConfig::default(),
+            credits: CreditsConfig::default(),
             models: BTreeMap::from([("triad-local".to_owned(), ModelConfig::embedded())]),
         }
     }

@@ -34,6 +34,7 @@ pub enum InboxBody {
     CancelWorkflow(CancelWorkflow),
     TaskResultReported(TaskResultReported),
     TaskTimerFired(TaskTimerFired),
+    LedgerReply(LedgerReply),
 }
 
 impl InboxBody {
@@ -44,6 +45,7 @@ impl InboxBody {
             Self::CancelWorkflow(_) => "CancelWorkflow",
             Self::TaskResultReported(_) => "TaskResultReported",
             Self::TaskTimerFired(_) => "TaskTimerFired",
+            Self::LedgerReply(_) => "LedgerReply",
         }
     }
 }
@@ -54,6 +56,31 @@ pub struct SubmitWorkflow {
     pub default_zones: Vec<String>,
     pub tasks: Vec<TaskSpec>,
     pub labels: BTreeMap<String, String>,
+    /// The credits account that pays (v6); the workflow then waits for a reservation.
+    #[serde(default)]
+    pub account: Option<String>,
+}
+
+/// The credits ledger's answer about a workflow's reservation (v6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerReply {
+    pub account: String,
+    pub outcome: LedgerOutcome,
+    pub amount_micros: i64,
+    pub burned_micros: i64,
+    pub released_micros: i64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LedgerOutcome {
+    #[serde(rename = "RESERVED")]
+    Reserved,
+    #[serde(rename = "REFUSED")]
+    Refused,
+    #[serde(rename = "SETTLED")]
+    Settled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

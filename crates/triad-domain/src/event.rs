@@ -69,6 +69,8 @@ pub enum EventBody {
     TaskResultDiscarded(TaskResultDiscarded),
     BidPlaced(BidPlaced),
     AuctionClosed(AuctionClosed),
+    BudgetRequested(BudgetRequested),
+    BudgetSettled(BudgetSettled),
 }
 
 impl EventBody {
@@ -100,6 +102,8 @@ impl EventBody {
             Self::TaskResultDiscarded(_) => "TaskResultDiscarded",
             Self::BidPlaced(_) => "BidPlaced",
             Self::AuctionClosed(_) => "AuctionClosed",
+            Self::BudgetRequested(_) => "BudgetRequested",
+            Self::BudgetSettled(_) => "BudgetSettled",
         }
     }
 }
@@ -114,6 +118,35 @@ pub struct WorkflowAccepted {
     /// [`crate::PolicyDocument`] published on `triad.policies`.
     #[serde(default)]
     pub policy_version: Option<String>,
+    /// The credits reservation the workflow runs on (v8); none for a workflow without an
+    /// account.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+}
+
+/// A workflow's credits reservation and the worst case of one attempt of each task, which
+/// every dispatch is pre-authorised against (docs/credits.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    pub account: String,
+    pub reserved_micros: i64,
+    pub attempt_micros: BTreeMap<String, i64>,
+}
+
+/// A valid submission naming an account, waiting for the ledger to reserve its worst case
+/// (v8). The reservation turns it into `WorkflowAccepted`, a refusal into `WorkflowRejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetRequested {
+    pub budget: Budget,
+    pub submission: WorkflowAccepted,
+}
+
+/// The ledger burned the workflow's spend and released the rest of its reservation (v8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetSettled {
+    pub account: String,
+    pub burned_micros: i64,
+    pub released_micros: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,8 +41,12 @@ pub fn research_workflow() -> SubmitWorkflow {
             ),
         ],
         labels: BTreeMap::from([("team".to_owned(), "demo".to_owned())]),
+        account: None,
     }
 }
+
+/// The credits account of the fixtures.
+pub const ACCOUNT: &str = "acct-demo";
 
 fn task(id: &str, prompt: &str, depends_on: &[&str]) -> TaskSpec {
     TaskSpec {
@@ -117,7 +121,144 @@ pub fn inbox_records() -> Vec<InboxRecord> {
                 zone: "US-EAST".to_owned(),
             }),
         },
+        InboxRecord {
+            meta: command_meta(5),
+            body: InboxBody::LedgerReply(crate::LedgerReply {
+                account: ACCOUNT.to_owned(),
+                outcome: crate::LedgerOutcome::Settled,
+                amount_micros: 9_000,
+                burned_micros: 84,
+                released_micros: 8_916,
+                reason: None,
+            }),
+        },
     ]
+}
+
+/// The budget of the research workflow on [`ACCOUNT`].
+pub fn budget() -> crate::Budget {
+    crate::Budget {
+        account: ACCOUNT.to_owned(),
+        reserved_micros: 9_000,
+        attempt_micros: BTreeMap::from([
+            ("answer".to_owned(), 1_500),
+            ("generate_questions".to_owned(), 1_500),
+        ]),
+    }
+}
+
+/// One command of every ledger command variant, on [`ACCOUNT`].
+pub fn credits_commands() -> Vec<crate::CreditsCommand> {
+    let command = |n: u32, body| crate::CreditsCommand {
+        command_id: format!("00000000-0000-4000-9000-{n:012}"),
+        account: ACCOUNT.to_owned(),
+        issued_at: EPOCH_2026_MICROS + i64::from(n),
+        actor: Some("operator".to_owned()),
+        body,
+        schema_version: crate::CREDITS_SCHEMA_VERSION,
+    };
+    vec![
+        command(
+            1,
+            crate::CreditsCommandBody::IssueCredits(crate::IssueCredits {
+                amount_micros: 1_000_000,
+                kind: crate::CreditKind::Capacity,
+                reason: "served 1M tokens of model capacity".to_owned(),
+            }),
+        ),
+        command(
+            2,
+            crate::CreditsCommandBody::ReserveCredits(crate::ReserveCredits {
+                workflow_id: WORKFLOW_ID.to_owned(),
+                amount_micros: 9_000,
+                reply_topic: INBOX_TOPIC.to_owned(),
+            }),
+        ),
+        command(
+            3,
+            crate::CreditsCommandBody::SettleReservation(crate::SettleReservation {
+                workflow_id: WORKFLOW_ID.to_owned(),
+                burned_micros: 84,
+                reply_topic: INBOX_TOPIC.to_owned(),
+            }),
+        ),
+    ]
+}
+
+/// One ledger event of every variant, as one account's consecutive events.
+pub fn credits_events() -> Vec<crate::CreditsEvent> {
+    use crate::CreditsEventBody as B;
+    let wf = WORKFLOW_ID.to_owned();
+    let steps = [
+        (
+            B::CreditsIssued(crate::CreditsIssued {
+                amount_micros: 1_000_000,
+                kind: crate::CreditKind::Grant,
+                reason: "welcome grant".to_owned(),
+            }),
+            (1_000_000, 1_000_000, 0, 0),
+        ),
+        (
+            B::ReservationRefused(crate::ReservationRefused {
+                workflow_id: "wf-too-big".to_owned(),
+                amount_micros: 5_000_000,
+                reason: "5000000 µcredits asked, 1000000 available".to_owned(),
+            }),
+            (1_000_000, 1_000_000, 0, 0),
+        ),
+        (
+            B::CreditsReserved(crate::CreditsReserved {
+                workflow_id: wf.clone(),
+                amount_micros: 9_000,
+            }),
+            (1_000_000, 991_000, 9_000, 0),
+        ),
+        (
+            B::CreditsBurned(crate::CreditsBurned {
+                workflow_id: wf.clone(),
+                amount_micros: 84,
+            }),
+            (1_000_000, 991_000, 8_916, 84),
+        ),
+        (
+            B::ReservationReleased(crate::ReservationReleased {
+                workflow_id: wf,
+                amount_micros: 8_916,
+            }),
+            (1_000_000, 999_916, 0, 84),
+        ),
+    ];
+    steps
+        .into_iter()
+        .zip(0i64..)
+        .map(
+            |((body, (issued, balance, reserved, burned)), i)| crate::CreditsEvent {
+                event_id: format!("00000000-0000-5000-9000-{i:012}"),
+                account: ACCOUNT.to_owned(),
+                sequence: i + 1,
+                occurred_at: EPOCH_2026_MICROS + i,
+                causation: crate::LedgerCausation {
+                    command_id: format!("00000000-0000-4000-9000-{i:012}"),
+                    topic: "triad.credits-inbox".to_owned(),
+                    partition: 2,
+                    offset: i,
+                },
+                body,
+                totals: crate::AccountTotals {
+                    issued_micros: issued,
+                    balance_micros: balance,
+                    reserved_micros: reserved,
+                    burned_micros: burned,
+                },
+                previous_sha256: if i == 0 {
+                    crate::GENESIS_SHA256.to_owned()
+                } else {
+                    format!("{:02x}", i).repeat(32)
+                },
+                schema_version: crate::CREDITS_SCHEMA_VERSION,
+            },
+        )
+        .collect()
 }
 
 /// A router decision with one failed call and a fallback.
@@ -343,8 +484,9 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             name: wf.name,
             default_zones: wf.default_zones,
             tasks: wf.tasks,
-            labels: wf.labels,
+            labels: wf.labels.clone(),
             policy_version: Some("88".repeat(32)),
+            budget: None,
         }),
         EventBody::WorkflowRejected(WorkflowRejected {
             reason: "unknown zone MARS".to_owned(),
@@ -426,6 +568,22 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             price_micros: Some(10),
             bids: 4,
             reason: "lowest effective price among 2 qualifying bids".to_owned(),
+        }),
+        EventBody::BudgetRequested(crate::BudgetRequested {
+            budget: budget(),
+            submission: WorkflowAccepted {
+                name: "research".to_owned(),
+                default_zones: vec!["US-EAST".to_owned()],
+                tasks: research_workflow().tasks,
+                labels: wf.labels,
+                policy_version: Some("88".repeat(32)),
+                budget: Some(budget()),
+            },
+        }),
+        EventBody::BudgetSettled(crate::BudgetSettled {
+            account: ACCOUNT.to_owned(),
+            burned_micros: 84,
+            released_micros: 8_916,
         }),
     ];
     bodies

@@ -7,6 +7,7 @@
 pub mod blob;
 pub mod command;
 pub mod control;
+pub mod credits;
 pub mod dead_letter;
 pub mod event;
 pub mod fixtures;
@@ -19,19 +20,24 @@ pub mod workflow_key;
 pub use blob::BlobRef;
 pub use command::{
     Auction, AuctionBid, CancelWorkflow, CommandMetadata, ExecutionRecord, InboxBody, InboxRecord,
-    ModelCall, RoutingDecision, SubmitWorkflow, TaskOutcome, TaskResultReported, TaskSpec,
-    TaskTimerFired, TimerKind,
+    LedgerOutcome, LedgerReply, ModelCall, RoutingDecision, SubmitWorkflow, TaskOutcome,
+    TaskResultReported, TaskSpec, TaskTimerFired, TimerKind,
 };
 pub use control::{
     AdapterInstall, BreakerState, BreakerTransition, ControlAction, ControlRecord, ExecutorStatus,
     HealthTransition, Heartbeat, INLINE_COMPONENT_MAX_BYTES, ModelRegistration, StatusBody,
 };
+pub use credits::{
+    AccountTotals, CreditKind, CreditsBurned, CreditsCommand, CreditsCommandBody, CreditsEvent,
+    CreditsEventBody, CreditsIssued, CreditsReserved, GENESIS_SHA256, IssueCredits,
+    LedgerCausation, ReservationRefused, ReservationReleased, ReserveCredits, SettleReservation,
+};
 pub use dead_letter::{DeadLetter, DeadLetterHeader};
 pub use event::{
-    AuctionClosed, BidPlaced, Causation, EventBody, EventMetadata, SignedRoot, TaskCompleted,
-    TaskDispatched, TaskFailed, TaskResultDiscarded, TaskRouted, TaskScheduled, TaskSkipped,
-    WorkflowAccepted, WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed,
-    WorkflowRejected,
+    AuctionClosed, BidPlaced, Budget, BudgetRequested, BudgetSettled, Causation, EventBody,
+    EventMetadata, SignedRoot, TaskCompleted, TaskDispatched, TaskFailed, TaskResultDiscarded,
+    TaskRouted, TaskScheduled, TaskSkipped, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted,
+    WorkflowEvent, WorkflowFailed, WorkflowRejected,
 };
 pub use ids::{derive_event_id, new_command_id};
 pub use key_directory::{
@@ -60,8 +66,11 @@ pub fn estimate_tokens(text: &str) -> u32 {
 pub type TimestampMicros = i64;
 
 /// The version of `io.triad.v1.InboxRecord` this code writes (`schemas/history`).
-pub const INBOX_SCHEMA_VERSION: i32 = 5;
+pub const INBOX_SCHEMA_VERSION: i32 = 6;
 /// The version of `io.triad.v1.WorkflowEvent` this code writes.
-pub const EVENT_SCHEMA_VERSION: i32 = 7;
+pub const EVENT_SCHEMA_VERSION: i32 = 8;
+/// The version of `io.triad.v1.CreditsCommand` and `io.triad.v1.CreditsEvent` this code
+/// writes.
+pub const CREDITS_SCHEMA_VERSION: i32 = 1;
 /// The version of `io.triad.v1.TaskRequest` this code writes.
 pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 3;

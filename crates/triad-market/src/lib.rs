@@ -5,12 +5,18 @@
 //! - [`auction`]: the bidding market's rule and each bidder's standing;
 //! - [`estimate`]: what a workflow will cost before it runs — the expected cost on the
 //!   model the router would choose, and the worst case (every attempt, any fallback) that a
-//!   hard budget must cover.
+//!   hard budget must cover;
+//! - [`costs`]: that worst case per attempt, as the workflow aggregate's cost model for
+//!   credits reservations;
+//! - [`ledger`]: the TRIAD credits ledger's rules — issue, reserve, settle, never transfer.
 
 pub mod auction;
+pub mod costs;
 pub mod estimate;
+pub mod ledger;
 pub mod matching;
 
+pub use costs::MarketCosts;
 pub use estimate::{Estimate, TaskEstimate, estimate};
 pub use matching::{Inference, SpecialtyClassifier, TfIdfClassifier};
 

@@ -112,7 +112,11 @@ pub fn policy_text(document: &triad_domain::PolicyDocument) -> (String, String) 
 
 /// The aggregate's policy from the configured sovereignty policy and model catalogue. Its
 /// version is set by [`run`] once it is published.
-pub fn policy_from(policy: &PolicyConfig, models: &[triad_workflow::ModelOffer]) -> Policy {
+pub fn policy_from(
+    policy: &PolicyConfig,
+    credits: &triad_config::CreditsConfig,
+    models: &[triad_workflow::ModelOffer],
+) -> Policy {
     Policy {
         zones: policy.zones.clone(),
         groups: policy
@@ -124,6 +128,8 @@ pub fn policy_from(policy: &PolicyConfig, models: &[triad_workflow::ModelOffer])
         models: Some(models.to_vec()),
         limits: Limits::default(),
         version: String::new(),
+        costs: Some(Arc::new(triad_market::MarketCosts)),
+        require_account: credits.require_account,
     }
 }
 
@@ -175,6 +181,7 @@ async fn publish_policy(
 pub fn default_policy() -> Policy {
     policy_from(
         &PolicyConfig::default(),
+        &triad_config::CreditsConfig::default(),
         &[triad_workflow::ModelOffer::new(
             "triad-local",
             Vec::new(),

@@ -213,6 +213,8 @@ mod tests {
             models: None,
             limits: Limits::default(),
             version: String::new(),
+            costs: None,
+            require_account: false,
         }
     }
 

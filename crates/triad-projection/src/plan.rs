@@ -503,6 +503,9 @@ impl Batch {
             }
             // The routing decision and the auction live in the timeline only.
             EventBody::TaskRouted(_) | EventBody::BidPlaced(_) | EventBody::AuctionClosed(_) => {}
+            // The budget saga lives in the timeline; the workflow row appears with its
+            // acceptance or rejection.
+            EventBody::BudgetRequested(_) | EventBody::BudgetSettled(_) => {}
         }
         let w = self.workflow(wf);
         w.last_sequence = Some(m.sequence);
@@ -715,6 +718,7 @@ pub fn data(body: &EventBody) -> crate::Result<Value> {
                 "default_zones": a.default_zones,
                 "labels": a.labels,
                 "tasks": tasks,
+                "budget": a.budget,
             })
         }
         EventBody::TaskCompleted(c) => json!({
@@ -750,6 +754,13 @@ pub fn data(body: &EventBody) -> crate::Result<Value> {
         EventBody::TaskResultDiscarded(e) => serde_json::to_value(e)?,
         EventBody::BidPlaced(e) => serde_json::to_value(e)?,
         EventBody::AuctionClosed(e) => serde_json::to_value(e)?,
+        // The submission's prompts stay out of the timeline, as for WorkflowAccepted.
+        EventBody::BudgetRequested(b) => json!({
+            "budget": b.budget,
+            "name": b.submission.name,
+            "tasks": b.submission.tasks.len(),
+        }),
+        EventBody::BudgetSettled(e) => serde_json::to_value(e)?,
     })
 }
 

@@ -42,6 +42,7 @@ fn history(rng: &mut StdRng, expected: &mut Expected, wf: &str) -> Vec<EventBody
         tasks: spec.tasks,
         labels: spec.labels,
         policy_version: None,
+        budget: None,
     })];
     let mut total = 0;
     let mut used = Vec::new();

@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use triad_domain::{
-    AuctionClosed, BidPlaced, Causation, EventBody, EventMetadata, InboxBody, InboxRecord,
-    RoutingDecision, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome,
-    TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped,
+    AuctionClosed, BidPlaced, Budget, BudgetRequested, BudgetSettled, Causation, EventBody,
+    EventMetadata, InboxBody, InboxRecord, LedgerOutcome, LedgerReply, RoutingDecision,
+    SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome, TaskRequest,
+    TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped,
     TaskTimerFired, TimerKind, TimestampMicros, WorkflowAccepted, WorkflowCancelled,
     WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowRejected, derive_event_id,
 };
@@ -31,12 +32,32 @@ pub struct Policy {
     /// The published policy version this is (`WorkflowAccepted.policy_version`); empty when
     /// none was published.
     pub version: String,
+    /// Prices submissions that name a credits account; without it such submissions are
+    /// rejected (nothing could be reserved).
+    pub costs: Option<std::sync::Arc<dyn CostModel>>,
+    /// Reject submissions that name no credits account (`credits.require_account`).
+    pub require_account: bool,
+}
+
+/// Prices a workflow for its credits reservation: the worst case of one attempt of each task
+/// (`triad_market::MarketCosts` implements it over the catalogue's declared prices). The
+/// reservation is each task's attempt worst case times its `max_attempts`.
+pub trait CostModel: Send + Sync + std::fmt::Debug {
+    /// Task id -> worst case of one attempt, in µcredits; or why a task cannot be priced,
+    /// naming its field.
+    fn attempt_worst_case(
+        &self,
+        workflow: &Workflow,
+        policy: &Policy,
+    ) -> Result<BTreeMap<String, i64>, (String, String)>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Status {
     #[default]
     New,
+    /// Valid, waiting for the ledger to reserve its worst case (`BudgetRequested`).
+    AwaitingBudget,
     Running,
     Completed,
     Failed,
@@ -100,6 +121,19 @@ pub struct WorkflowState {
     /// exact bytes it writes and reads); the aggregate never reads it.
     #[serde(default)]
     pub custody: Custody,
+    /// The credits reservation the workflow runs on, if it names an account.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+    /// While awaiting the reservation: what will be accepted.
+    #[serde(default)]
+    pub submission: Option<WorkflowAccepted>,
+    /// Every model call's cost so far, billed or not (routed calls and discarded results):
+    /// what the reservation is charged.
+    #[serde(default)]
+    pub spent_micros: i64,
+    /// True once the ledger settled the reservation (`BudgetSettled`).
+    #[serde(default)]
+    pub settled: bool,
 }
 
 /// The workflow's events so far as a Merkle frontier (`triad_sovereignty::merkle::Frontier`):
@@ -113,7 +147,7 @@ pub struct Custody {
 
 /// The encoding of a [`WorkflowState`] in a snapshot. A change to the state's shape changes
 /// this name; snapshots in another format are not read (the processor folds the log instead).
-pub const STATE_FORMAT: &str = "triad.workflow-state/json-v2";
+pub const STATE_FORMAT: &str = "triad.workflow-state/json-v3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -188,6 +222,7 @@ fn from_command(cmd: &SubmitWorkflow) -> Workflow {
             })
             .collect(),
         labels: cmd.labels.clone(),
+        account: cmd.account.clone(),
     }
 }
 
@@ -208,7 +243,10 @@ impl WorkflowState {
                     default_zones: a.default_zones.clone(),
                     tasks: a.tasks.clone(),
                     labels: a.labels.clone(),
+                    account: a.budget.as_ref().map(|b| b.account.clone()),
                 });
+                self.budget.clone_from(&a.budget);
+                self.submission = None;
                 self.tasks = w
                     .tasks
                     .iter()
@@ -217,12 +255,25 @@ impl WorkflowState {
                 self.workflow = Some(w);
                 self.status = Status::Running;
             }
-            EventBody::WorkflowRejected(_) => self.status = Status::Rejected,
-            EventBody::TaskScheduled(_)
-            | EventBody::TaskRouted(_)
-            | EventBody::TaskResultDiscarded(_)
-            | EventBody::BidPlaced(_)
-            | EventBody::AuctionClosed(_) => {}
+            EventBody::WorkflowRejected(_) => {
+                self.status = Status::Rejected;
+                self.submission = None;
+            }
+            EventBody::BudgetRequested(b) => {
+                self.status = Status::AwaitingBudget;
+                self.budget = Some(b.budget.clone());
+                self.submission = Some(b.submission.clone());
+            }
+            EventBody::BudgetSettled(_) => self.settled = true,
+            EventBody::TaskRouted(r) => {
+                let calls = r.decision.calls.iter().map(|c| c.cost_micros);
+                self.spent_micros = calls.fold(self.spent_micros, i64::saturating_add);
+            }
+            EventBody::TaskResultDiscarded(d) => {
+                self.spent_micros = self.spent_micros.saturating_add(d.cost_micros);
+            }
+            EventBody::TaskScheduled(_) | EventBody::BidPlaced(_) | EventBody::AuctionClosed(_) => {
+            }
             EventBody::TaskDispatched(d) => {
                 self.tasks.insert(
                     d.task_id.clone(),
@@ -265,8 +316,52 @@ impl WorkflowState {
             }
             EventBody::WorkflowCompleted(_) => self.status = Status::Completed,
             EventBody::WorkflowFailed(_) => self.status = Status::Failed,
-            EventBody::WorkflowCancelled(_) => self.status = Status::Cancelled,
+            EventBody::WorkflowCancelled(_) => {
+                self.status = Status::Cancelled;
+                self.submission = None;
+            }
         }
+    }
+
+    /// True when the ledger still has to settle this workflow's reservation: it finished
+    /// after asking for one (a refusal reserved nothing).
+    pub fn needs_settlement(&self) -> bool {
+        self.budget.is_some()
+            && !self.settled
+            && matches!(
+                self.status,
+                Status::Completed | Status::Failed | Status::Cancelled
+            )
+    }
+
+    /// True while the workflow waits for the ledger's reservation.
+    pub fn awaiting_budget(&self) -> bool {
+        self.status == Status::AwaitingBudget
+    }
+
+    /// Why the next attempt of `task` may not be dispatched, if it may not: its worst case
+    /// does not fit in what is left of the reservation after the spend so far and the worst
+    /// case of every attempt in flight.
+    fn unaffordable(&self, task: &str, also_dispatching: i64) -> Option<String> {
+        let budget = self.budget.as_ref()?;
+        let cost = budget.attempt_micros.get(task).copied().unwrap_or(0);
+        let in_flight = self
+            .tasks
+            .iter()
+            .filter(|(_, s)| matches!(s, TaskStatus::Dispatched(_)))
+            .map(|(t, _)| budget.attempt_micros.get(t).copied().unwrap_or(0))
+            .fold(also_dispatching, i64::saturating_add);
+        let left = budget
+            .reserved_micros
+            .saturating_sub(self.spent_micros)
+            .saturating_sub(in_flight);
+        (cost > left).then(|| {
+            format!(
+                "budget exhausted: the next attempt of {task} may cost {cost} µcredits and \
+                 {left} of the {} reserved are left",
+                budget.reserved_micros
+            )
+        })
     }
 
     /// The attempt of `task` in flight, if any.
@@ -350,22 +445,50 @@ pub fn process(
                 );
                 return out;
             }
-            emit(
-                state,
-                EventBody::WorkflowAccepted(WorkflowAccepted {
-                    name: cmd.name.clone(),
-                    default_zones: cmd.default_zones.clone(),
-                    tasks: cmd.tasks.clone(),
-                    labels: cmd.labels.clone(),
-                    policy_version: (!policy.version.is_empty()).then(|| policy.version.clone()),
-                }),
-            );
-            for body in dispatch_ready(state, wf_id, policy) {
+            let accepted = WorkflowAccepted {
+                name: cmd.name.clone(),
+                default_zones: cmd.default_zones.clone(),
+                tasks: cmd.tasks.clone(),
+                labels: cmd.labels.clone(),
+                policy_version: (!policy.version.is_empty()).then(|| policy.version.clone()),
+                budget: None,
+            };
+            match budget_for(&workflow, policy) {
+                Err((field, reason)) => emit(
+                    state,
+                    EventBody::WorkflowRejected(WorkflowRejected {
+                        reason: format!("{field}: {reason}"),
+                        field: Some(field),
+                    }),
+                ),
+                // The saga's first step: the processor asks the ledger for the reservation.
+                Ok(Some(budget)) => emit(
+                    state,
+                    EventBody::BudgetRequested(BudgetRequested {
+                        budget,
+                        submission: accepted,
+                    }),
+                ),
+                Ok(None) => {
+                    emit(state, EventBody::WorkflowAccepted(accepted));
+                    for body in dispatch_ready(state, wf_id, policy) {
+                        emit(state, body);
+                    }
+                }
+            }
+        }
+        InboxBody::LedgerReply(reply) => {
+            for body in on_ledger_reply(state, reply) {
                 emit(state, body);
+            }
+            if state.status == Status::Running {
+                for body in dispatch_ready(state, wf_id, policy) {
+                    emit(state, body);
+                }
             }
         }
         InboxBody::CancelWorkflow(c) => {
-            if state.status == Status::Running {
+            if matches!(state.status, Status::Running | Status::AwaitingBudget) {
                 emit(
                     state,
                     EventBody::WorkflowCancelled(WorkflowCancelled {
@@ -407,6 +530,76 @@ pub fn process(
     out
 }
 
+/// The budget a submission runs on: none without an account, or the reservation of its
+/// worst case (each task's attempt worst case times its attempts). Errors name the field.
+fn budget_for(workflow: &Workflow, policy: &Policy) -> Result<Option<Budget>, (String, String)> {
+    let Some(account) = &workflow.account else {
+        if policy.require_account {
+            return Err((
+                "account".to_owned(),
+                "this deployment runs workflows only on a credits account \
+                 (credits.require_account)"
+                    .to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(costs) = &policy.costs else {
+        return Err((
+            "account".to_owned(),
+            "this processor has no cost model, so no credits can be reserved".to_owned(),
+        ));
+    };
+    let attempt_micros = costs.attempt_worst_case(workflow, policy)?;
+    let reserved_micros = workflow
+        .tasks
+        .iter()
+        .map(|t| {
+            let attempt = attempt_micros.get(&t.id).copied().unwrap_or(0);
+            attempt.saturating_mul(i64::from(t.retry.max_attempts.max(1)))
+        })
+        .fold(0i64, i64::saturating_add);
+    Ok(Some(Budget {
+        account: account.clone(),
+        reserved_micros,
+        attempt_micros,
+    }))
+}
+
+/// The ledger's answer: a reservation accepts the waiting submission, a refusal rejects it,
+/// a settlement is recorded once. Anything else (a repeated answer) decides nothing.
+fn on_ledger_reply(state: &WorkflowState, reply: &LedgerReply) -> Vec<EventBody> {
+    match reply.outcome {
+        LedgerOutcome::Reserved if state.status == Status::AwaitingBudget => {
+            let (Some(submission), Some(budget)) = (&state.submission, &state.budget) else {
+                return vec![];
+            };
+            vec![EventBody::WorkflowAccepted(WorkflowAccepted {
+                budget: Some(Budget {
+                    reserved_micros: reply.amount_micros,
+                    ..budget.clone()
+                }),
+                ..submission.clone()
+            })]
+        }
+        LedgerOutcome::Refused if state.status == Status::AwaitingBudget => {
+            let reason = reply.reason.as_deref().unwrap_or("refused");
+            vec![EventBody::WorkflowRejected(WorkflowRejected {
+                reason: format!("account: the ledger refused the reservation: {reason}"),
+                field: Some("account".to_owned()),
+            })]
+        }
+        LedgerOutcome::Settled if state.needs_settlement() => {
+            vec![EventBody::BudgetSettled(BudgetSettled {
+                account: reply.account.clone(),
+                burned_micros: reply.burned_micros,
+                released_micros: reply.released_micros,
+            })]
+        }
+        _ => vec![],
+    }
+}
+
 /// After a task finished: dispatch what became ready, then finish the workflow if all done.
 fn advance(
     state: &mut WorkflowState,
@@ -432,7 +625,9 @@ fn discard_reason(state: &WorkflowState, r: &TaskResultReported) -> Option<Strin
     match state.status {
         Status::Running => {}
         // Nothing was accepted under this id: there is no workflow to record against.
-        Status::New | Status::Rejected => return Some("no such workflow".to_owned()),
+        Status::New | Status::Rejected | Status::AwaitingBudget => {
+            return Some("no such workflow".to_owned());
+        }
         Status::Cancelled => return Some("the workflow was cancelled".to_owned()),
         Status::Completed | Status::Failed => {
             return Some("the workflow had already finished".to_owned());
@@ -508,6 +703,20 @@ fn on_result(state: &WorkflowState, r: &TaskResultReported, policy: &Policy) -> 
                 .error
                 .clone()
                 .unwrap_or_else(|| "unknown error".to_owned());
+            // On a budget, the retry is pre-authorised against what the failed attempt
+            // actually spent (its calls), not its worst case still counted in flight.
+            let after;
+            let state = match &r.routing {
+                Some(decision) if state.budget.is_some() => {
+                    let mut s = state.clone();
+                    let calls = decision.calls.iter().map(|c| c.cost_micros);
+                    s.spent_micros = calls.fold(s.spent_micros, i64::saturating_add);
+                    s.tasks.insert(r.task_id.clone(), TaskStatus::Pending);
+                    after = s;
+                    &after
+                }
+                _ => state,
+            };
             out.extend(fail_attempt(
                 state,
                 &r.task_id,
@@ -566,7 +775,18 @@ fn fail_attempt(
         avoid.insert(z.to_owned());
     }
     let next_zone = pick_zone(state, task, policy, &avoid);
-    let (retry, error) = match (retryable && failures < task.retry.max_attempts, &next_zone) {
+    let wants_retry = retryable && failures < task.retry.max_attempts;
+    // The retry is pre-authorised like any attempt. After a timeout the attempt still counts
+    // in flight at its worst case: its calls may yet be billed.
+    let unaffordable = wants_retry
+        .then(|| state.unaffordable(task_id, 0))
+        .flatten();
+    let error = match &unaffordable {
+        Some(budget) => format!("{error}; {budget}"),
+        None => error.to_owned(),
+    };
+    let error = error.as_str();
+    let (retry, error) = match (wants_retry && unaffordable.is_none(), &next_zone) {
         (true, Some(_)) => (true, error.to_owned()),
         (true, None) => (
             false,
@@ -638,9 +858,45 @@ fn dispatch_ready(state: &WorkflowState, wf_id: &str, policy: &Policy) -> Vec<Ev
     };
     let completed = state.completed();
     let mut out = Vec::new();
+    // The worst case of the attempts this call dispatches, which are not in `state` yet.
+    let mut dispatching = 0i64;
     for t in &w.tasks {
         let pending = matches!(state.tasks.get(&t.id), Some(TaskStatus::Pending));
         if pending && t.depends_on.iter().all(|d| completed.contains(d.as_str())) {
+            // Pre-authorisation: when the reservation cannot cover the attempt, nothing more
+            // runs; the tasks not yet dispatched are skipped with the reason.
+            if let Some(reason) = state.unaffordable(&t.id, dispatching) {
+                let dispatched: BTreeSet<&str> = out
+                    .iter()
+                    .filter_map(|b| match b {
+                        EventBody::TaskDispatched(d) => Some(d.task_id.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                let mut skipped = Vec::new();
+                for other in &w.tasks {
+                    let waiting = matches!(state.tasks.get(&other.id), Some(TaskStatus::Pending));
+                    if waiting && !dispatched.contains(other.id.as_str()) {
+                        skipped.push(EventBody::TaskSkipped(TaskSkipped {
+                            task_id: other.id.clone(),
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
+                out.extend(skipped);
+                out.push(EventBody::WorkflowFailed(WorkflowFailed {
+                    reason,
+                    failed_task: Some(t.id.clone()),
+                }));
+                return out;
+            }
+            dispatching = dispatching.saturating_add(
+                state
+                    .budget
+                    .as_ref()
+                    .and_then(|b| b.attempt_micros.get(&t.id).copied())
+                    .unwrap_or(0),
+            );
             out.push(EventBody::TaskScheduled(TaskScheduled {
                 task_id: t.id.clone(),
                 attempt: 1,

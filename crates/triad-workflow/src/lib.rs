@@ -20,4 +20,4 @@ mod validate;
 pub use dag::{depth, ready};
 pub use model::{RetryPolicy, Task, Workflow};
 pub use template::{Reference, fill, references};
-pub use validate::{Context, Limits, ModelOffer, ValidationError, ValidationErrors};
+pub use validate::{Context, Limits, ModelOffer, ValidationError, ValidationErrors, valid_account};

@@ -122,6 +122,10 @@ pub struct Workflow {
     pub tasks: Vec<Task>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The TRIAD credits account that pays. When set, the workflow runs only on a
+    /// reservation of its worst-case cost (docs/credits.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 impl Workflow {
@@ -131,7 +135,14 @@ impl Workflow {
             zones: vec![],
             tasks: vec![],
             labels: BTreeMap::new(),
+            account: None,
         }
+    }
+
+    /// The credits account that pays for the workflow.
+    pub fn account(mut self, account: impl Into<String>) -> Self {
+        self.account = Some(account.into());
+        self
     }
 
     pub fn zones<I: IntoIterator<Item = S>, S: Into<String>>(mut self, zones: I) -> Self {
@@ -183,6 +194,7 @@ impl Workflow {
                 })
                 .collect(),
             labels: self.labels.clone(),
+            account: self.account.clone(),
         }
     }
 }

@@ -119,6 +119,14 @@ impl Errors {
     }
 }
 
+/// An account id: what the ledger keys its topic by.
+pub fn valid_account(account: &str) -> bool {
+    (1..=128).contains(&account.len())
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:@".contains(&b))
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -152,6 +160,14 @@ impl Workflow {
         }
         if self.tasks.is_empty() {
             e.push("tasks", "a workflow needs at least one task");
+        }
+        if let Some(account) = &self.account
+            && !valid_account(account)
+        {
+            e.push(
+                "account",
+                format!("{account:?} must be 1-128 characters of A-Z a-z 0-9 . _ - : @"),
+            );
         }
         if self.tasks.len() > limits.max_tasks {
             e.push(

@@ -27,6 +27,8 @@ fn policy() -> Policy {
         models: None,
         limits: Limits::default(),
         version: String::new(),
+        costs: None,
+        require_account: false,
     }
 }
 
