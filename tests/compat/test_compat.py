@@ -67,7 +67,8 @@ def fixture_topics():
     prefix = f"compat-{uuid.uuid4().hex}."
     out = subprocess.run([TRIAD, "publish-fixtures", "--topic-prefix", prefix],
                          check=True, capture_output=True, text=True).stdout.split()
-    return dict(zip(["inbox", "events", "dlq", "tasks", "control", "status"], out))
+    return dict(zip(["inbox", "events", "dlq", "tasks", "control", "status",
+                     "credits_inbox", "credits"], out))
 
 
 def decode_all(registry, topic):
@@ -81,8 +82,9 @@ def test_every_event_type_decodes_with_confluent_avro_deserializer(registry, fix
     assert [e["meta"]["event_type"] for e in events] == [
         "WorkflowAccepted", "WorkflowRejected", "TaskScheduled", "TaskDispatched",
         "TaskCompleted", "TaskFailed", "TaskSkipped", "WorkflowCompleted", "WorkflowFailed",
-        "WorkflowCancelled", "TaskRouted", "TaskResultDiscarded", "BidPlaced", "AuctionClosed"]
-    assert [e["meta"]["sequence"] for e in events] == list(range(1, 15))
+        "WorkflowCancelled", "TaskRouted", "TaskResultDiscarded", "BidPlaced", "AuctionClosed",
+        "BudgetRequested", "BudgetSettled"]
+    assert [e["meta"]["sequence"] for e in events] == list(range(1, 17))
     assert all(e["meta"]["occurred_at"] == EPOCH_2026 for e in events)
     completed = events[4]["body"]
     # The fixture's output travels by reference (claim check, events v3).
@@ -106,12 +108,24 @@ def test_every_event_type_decodes_with_confluent_avro_deserializer(registry, fix
     closed = events[13]["body"]
     assert (closed["winner"], closed["price_micros"], closed["bids"]) == ("triad-local", 10, 4)
     assert decision["auction"] is None
+    # Budgets (events v8): the reservation asked for, carrying the submission, and its
+    # settlement.
+    assert accepted["budget"] is None
+    requested = events[14]["body"]
+    assert requested["budget"]["account"] == "acct-demo"
+    assert requested["budget"]["attempt_micros"] == {"answer": 1500, "generate_questions": 1500}
+    assert requested["submission"]["budget"]["reserved_micros"] == 9000
+    assert events[15]["body"] == {"account": "acct-demo", "burned_micros": 84,
+                                  "released_micros": 8916}
 
 
 def test_every_command_and_dead_letter_decodes(registry, fixture_topics):
     inbox = decode_all(registry, fixture_topics["inbox"])
-    assert [r["meta"]["idempotency_key"] for r in inbox] == [f"demo-key-{n}" for n in range(1, 5)]
+    assert [r["meta"]["idempotency_key"] for r in inbox] == [f"demo-key-{n}" for n in range(1, 6)]
     assert inbox[0]["body"]["name"] == "research"
+    assert inbox[0]["body"]["account"] is None
+    assert inbox[4]["body"] == {"account": "acct-demo", "outcome": "SETTLED", "amount_micros": 9000,
+                                "burned_micros": 84, "released_micros": 8916, "reason": None}
     assert inbox[2]["body"]["outcome"] == "SUCCEEDED"
     assert inbox[2]["body"]["routing"]["alternatives"] == ["aetherai-v1"]
     # The reported auction (inbox v5): late bids carry no offer.
@@ -119,6 +133,24 @@ def test_every_command_and_dead_letter_decodes(registry, fixture_topics):
     assert [(b["status"], b["price_micros"]) for b in bids] == [
         ("WON", 10), ("ACCEPTED", 90), ("LATE", None), ("MALFORMED", -5)]
     assert inbox[3]["body"]["kind"] == "DEADLINE"
+
+
+def test_the_credits_ledger_decodes_and_its_totals_add_up(registry, fixture_topics):
+    commands = decode_all(registry, fixture_topics["credits_inbox"])
+    assert [list(c["body"].keys()) for c in commands] == [
+        ["amount_micros", "kind", "reason"],
+        ["workflow_id", "amount_micros", "reply_topic"],
+        ["workflow_id", "burned_micros", "reply_topic"]]
+    assert commands[0]["body"]["kind"] == "CAPACITY"
+    ledger = decode_all(registry, fixture_topics["credits"])
+    assert [e["sequence"] for e in ledger] == [1, 2, 3, 4, 5]
+    assert ledger[0]["previous_sha256"] == "0" * 64
+    for e in ledger:
+        t = e["totals"]
+        # The ledger's invariant, checked by a third-party decoder.
+        assert t["issued_micros"] == t["balance_micros"] + t["reserved_micros"] + t["burned_micros"]
+        assert min(t.values()) >= 0
+    assert ledger[-1]["totals"]["burned_micros"] == 84
 
 
 def test_work_queue_control_and_status_records_decode(registry, fixture_topics):

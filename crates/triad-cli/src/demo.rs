@@ -416,7 +416,19 @@ pub async fn publish_fixtures(config: &Config, codec: Arc<Codec>, prefix: &str) 
     let tasks = format!("{prefix}{}US-EAST", topics::TASKS_PREFIX);
     let control = format!("{prefix}{}", topics::CONTROL);
     let status = format!("{prefix}{}", topics::EXECUTOR_STATUS);
-    let specs: Vec<topics::TopicSpec> = [&inbox, &events, &dlq, &tasks, &control, &status]
+    let credits_inbox = format!("{prefix}{}", topics::CREDITS_INBOX);
+    let credits = format!("{prefix}{}", topics::CREDITS);
+    let all = [
+        &inbox,
+        &events,
+        &dlq,
+        &tasks,
+        &control,
+        &status,
+        &credits_inbox,
+        &credits,
+    ];
+    let specs: Vec<topics::TopicSpec> = all
         .iter()
         .map(|name| topics::TopicSpec {
             name: (*name).clone(),
@@ -450,10 +462,20 @@ pub async fn publish_fixtures(config: &Config, codec: Arc<Codec>, prefix: &str) 
             .send_record(&codec, &status, None, &s.executor_id, &s)
             .await?;
     }
+    for c in fixtures::credits_commands() {
+        producer
+            .send_record(&codec, &credits_inbox, None, &c.account, &c)
+            .await?;
+    }
+    for e in fixtures::credits_events() {
+        producer
+            .send_record(&codec, &credits, None, &e.account, &e)
+            .await?;
+    }
     triad_kafka::dlq::DeadLetterWriter::new(producer, codec, &dlq)
         .write_letter(&fixtures::dead_letter())
         .await?;
-    for topic in [&inbox, &events, &dlq, &tasks, &control, &status] {
+    for topic in all {
         println!("{topic}");
     }
     Ok(())

@@ -10,6 +10,7 @@ mod bench_seal;
 mod bench_visibility;
 mod bench_wasm;
 mod client;
+mod credits;
 mod demo;
 mod envelope;
 mod keys;
@@ -50,6 +51,18 @@ enum Command {
         /// Distinguishes processors sharing the group (static membership id).
         #[arg(long, default_value_t = 0)]
         instance: u32,
+    },
+    /// Run the credits ledger (credits-inbox -> triad.credits, answers to the workflow
+    /// inbox): one writer per account (docs/credits.md).
+    Ledger {
+        /// Distinguishes ledger processors sharing the group (static membership id).
+        #[arg(long, default_value_t = 0)]
+        instance: u32,
+    },
+    /// TRIAD credits: issue, show an account, the supply (docs/credits.md).
+    Credits {
+        #[command(subcommand)]
+        command: CreditsCommand,
     },
     /// Run the notary: signed, chained checkpoints over every record of the event store
     /// (one per installation; needs sovereignty.seal and its signing key enrolled).
@@ -253,7 +266,52 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CreditsCommand {
+    /// Issue credits to an account for a contribution (an operator action).
+    Issue {
+        account: String,
+        /// Credits (e.g. 12.5) or µcredits with a `u` suffix (e.g. 12500000u).
+        #[arg(value_parser = credits::parse_micros)]
+        amount: i64,
+        /// What was contributed: grant, capacity, data or validation.
+        #[arg(long, default_value = "grant", value_parser = parse_kind)]
+        kind: triad_domain::CreditKind,
+        /// Why, in words (kept on the ledger).
+        #[arg(long)]
+        reason: String,
+        /// Return once sent instead of waiting for the ledger's event.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// An account's balance, reservations and burns, and its entries.
+    Show {
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Total supply: issued, burned (gone for good) and circulating.
+    Supply {
+        #[arg(long)]
+        json: bool,
+    },
+    /// There is no transfer: credits are non-transferable. This says so.
+    #[command(hide = true)]
+    Transfer {
+        #[arg(num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<triad_domain::CreditKind, String> {
+    triad_domain::CreditKind::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected grant, capacity, data or validation"))
+}
+
+#[derive(Debug, Subcommand)]
 enum AuditCommand {
+    /// Check the credits ledger from its topic alone: every account's sequence, chain of
+    /// hashes and stated totals (issued = balance + reserved + burned, nothing negative).
+    Ledger,
     /// Print each event's leaf hash and the workflow's Merkle root.
     Root { workflow_id: String },
     /// Print the inclusion proof of one event (JSON) for a third party to check.
@@ -406,6 +464,7 @@ async fn main() -> Result<()> {
             cli.command,
             Command::Registry
                 | Command::Process { .. }
+                | Command::Ledger { .. }
                 | Command::Notary
                 | Command::Execute { .. }
                 | Command::Dev
@@ -435,6 +494,40 @@ async fn main() -> Result<()> {
             let options = workers::processor_options(&config, &catalogue, instance)?;
             triad_processor::run(&options, codec(&config)?, shutdown_token()).await?;
         }
+        Command::Ledger { instance } => {
+            let options = triad_processor::ledger::Options {
+                kafka: config.kafka.clone(),
+                instance,
+            };
+            triad_processor::ledger::run(&options, codec(&config)?, shutdown_token()).await?;
+        }
+        Command::Credits { command } => match command {
+            CreditsCommand::Issue {
+                account,
+                amount,
+                kind,
+                reason,
+                no_wait,
+            } => {
+                credits::issue(
+                    &config,
+                    &*codec(&config)?,
+                    &account,
+                    amount,
+                    kind,
+                    &reason,
+                    no_wait,
+                )
+                .await?;
+            }
+            CreditsCommand::Show { account, json } => {
+                credits::show(&config, &*codec(&config)?, &account, json).await?;
+            }
+            CreditsCommand::Supply { json } => {
+                credits::supply(&config, &*codec(&config)?, json).await?;
+            }
+            CreditsCommand::Transfer { .. } => credits::transfer()?,
+        },
         Command::Notary => {
             let options = workers::notary_options(&config)?.context(
                 "the notary signs checkpoints: set sovereignty.seal (and enrol node `notary`'s signing key)",
@@ -583,6 +676,7 @@ async fn main() -> Result<()> {
             }
         },
         Command::Audit { command } => match command {
+            AuditCommand::Ledger => credits::audit(&config, &*codec(&config)?).await?,
             AuditCommand::Checkpoints => {
                 audit::checkpoints(&config, &*codec(&config)?).await?;
             }

@@ -357,7 +357,8 @@ pub async fn replay(config: &Config, codec: Arc<Codec>, name: &str, verify: bool
     Ok(())
 }
 
-/// Starts the processor and one executor per zone of the policy as tasks of this process.
+/// Starts the processor, the credits ledger and one executor per zone of the policy as tasks
+/// of this process.
 pub async fn spawn_all(
     config: &Config,
     codec: Arc<Codec>,
@@ -368,6 +369,12 @@ pub async fn spawn_all(
     let options = processor_options(config, &catalogue, 0)?;
     let (c, t) = (codec.clone(), cancel.clone());
     set.spawn(async move { Ok(triad_processor::run(&options, c, t).await?) });
+    let ledger = triad_processor::ledger::Options {
+        kafka: config.kafka.clone(),
+        instance: 0,
+    };
+    let (c, t) = (codec.clone(), cancel.clone());
+    set.spawn(async move { Ok(triad_processor::ledger::run(&ledger, c, t).await?) });
     if let Some(options) = notary_options(config)? {
         let (c, t) = (codec.clone(), cancel.clone());
         set.spawn(async move { Ok(triad_kernel::notary::run(&options, c, t).await?) });

@@ -92,6 +92,10 @@ pub struct ProcessorConfig {
     /// A workflow state larger than this is not snapshotted (and no checkpoint is written
     /// while it is pending), so a snapshot record stays below the broker's message limit.
     pub snapshot_max_bytes: usize,
+    /// How often a workflow still waiting for the credits ledger's answer (a reservation or
+    /// a settlement) sends its command again; the ledger answers a repeat with its first
+    /// answer.
+    pub ledger_retry_ms: u64,
 }
 
 /// TRIAD credits (docs/credits.md).
@@ -291,6 +295,7 @@ impl Default for ProcessorConfig {
             deadline_grace_ms: 5_000,
             snapshot_every: 500,
             snapshot_max_bytes: 768 * 1024,
+            ledger_retry_ms: 5_000,
         }
     }
 }

@@ -24,6 +24,8 @@ pub const WORKFLOW_KEYS: &str = "triad.workflow-keys";
 pub const VIOLATIONS: &str = "triad.violations";
 pub const CHECKPOINTS: &str = "triad.custody-checkpoints";
 pub const POLICIES: &str = "triad.policies";
+pub const CREDITS_INBOX: &str = "triad.credits-inbox";
+pub const CREDITS: &str = "triad.credits";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -42,6 +44,8 @@ pub struct Names {
     pub violations: String,
     pub checkpoints: String,
     pub policies: String,
+    pub credits_inbox: String,
+    pub credits: String,
     prefix: String,
 }
 
@@ -61,6 +65,8 @@ impl Names {
             violations: format!("{p}{VIOLATIONS}"),
             checkpoints: format!("{p}{CHECKPOINTS}"),
             policies: format!("{p}{POLICIES}"),
+            credits_inbox: format!("{p}{CREDITS_INBOX}"),
+            credits: format!("{p}{CREDITS}"),
             prefix: p.clone(),
         }
     }
@@ -201,6 +207,18 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: 1,
             retention: Retention::Forever,
             purpose: "every version of the sovereignty policy a processor enforced, signed, key = version",
+        },
+        TopicSpec {
+            name: names.credits_inbox,
+            partitions: p,
+            retention: Retention::Bounded { ms: 7 * DAY_MS },
+            purpose: "commands for the credits ledger (issue, reserve, settle), key = account",
+        },
+        TopicSpec {
+            name: names.credits,
+            partitions: p,
+            retention: Retention::Forever,
+            purpose: "the TRIAD credits ledger, chained per account, key = account; partition p is written by the owner of credits-inbox partition p",
         },
         TopicSpec {
             name: names.executor_status,

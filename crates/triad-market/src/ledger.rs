@@ -250,8 +250,18 @@ impl Account {
                         vec![],
                         settled(*amount_micros, *burned_micros, *released_micros),
                     ),
-                    // Nothing reserved (refused, or never asked): nothing to settle.
-                    Some(Reservation::Refused { .. }) | None => (vec![], settled(0, 0, 0)),
+                    Some(Reservation::Refused { .. }) => (vec![], settled(0, 0, 0)),
+                    // The workflow finished before its reservation arrived (a cancellation
+                    // right after the submission): recorded as refused, so a reservation
+                    // that arrives later is refused rather than held forever.
+                    None => (
+                        vec![CreditsEventBody::ReservationRefused(ReservationRefused {
+                            workflow_id: s.workflow_id.clone(),
+                            amount_micros: 0,
+                            reason: "the workflow finished before its reservation".to_owned(),
+                        })],
+                        settled(0, 0, 0),
+                    ),
                 };
                 Ok(Decision {
                     events,

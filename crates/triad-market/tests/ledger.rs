@@ -185,6 +185,22 @@ fn repeated_commands_write_nothing_and_answer_the_same() {
 }
 
 #[test]
+fn a_settlement_before_its_reservation_refuses_the_late_reservation() {
+    let mut l = Ledger::new();
+    l.run("c1", &issue(10_000));
+    assert_eq!(
+        l.run("c2", &settle("wf-1", 0)),
+        Some(LedgerOutcome::Settled)
+    );
+    assert_eq!(
+        l.run("c3", &reserve("wf-1", 3_000)),
+        Some(LedgerOutcome::Refused)
+    );
+    assert_eq!(l.account.totals.reserved_micros, 0);
+    assert_eq!(l.account.totals.balance_micros, 10_000);
+}
+
+#[test]
 fn invalid_commands_name_the_field() {
     let a = Account::default();
     let e = a.decide(ACCOUNT, "c", &issue(0)).unwrap_err();

@@ -27,6 +27,7 @@
 //! reads the snapshots and folds only the event-store tail after the checkpoint.
 
 pub mod custody;
+pub mod ledger;
 pub mod recovery;
 pub mod timers;
 
@@ -70,6 +71,15 @@ pub enum Error {
     Codec(#[from] triad_codec::Error),
     #[error("signing the chain of custody failed: {0}")]
     Sign(#[from] triad_sovereignty::Error),
+    #[error(
+        "credits ledger partition {partition}@{offset}: {reason}; the partition stays stopped \
+         until an operator repairs it"
+    )]
+    Ledger {
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
     #[error(
         "event store {topic}/{partition}@{offset} does not decode: {source}; the partition \
          stays stopped until an operator repairs it"
@@ -175,6 +185,51 @@ async fn publish_policy(
         .await?;
     tracing::info!(policy.version = %version, messaging.destination.name = %topic, "policy version published");
     Ok(version)
+}
+
+/// The ledger command `state` waits on (docs/credits.md), if any: the reservation of its
+/// worst case while it awaits one, the settlement of its spend once it finished on one. The
+/// processor sends it after the event that calls for it, again on recovery, and every
+/// `processor.ledger_retry_ms` until the answer is on the log; the ledger answers a repeat
+/// with its first answer.
+pub fn ledger_command(
+    state: &WorkflowState,
+    reply_topic: &str,
+) -> Option<triad_domain::CreditsCommand> {
+    let budget = state.budget.as_ref()?;
+    let (kind, body) = if state.awaiting_budget() {
+        (
+            "reserve",
+            triad_domain::CreditsCommandBody::ReserveCredits(triad_domain::ReserveCredits {
+                workflow_id: state.workflow_id.clone(),
+                amount_micros: budget.reserved_micros,
+                reply_topic: reply_topic.to_owned(),
+            }),
+        )
+    } else if state.needs_settlement() {
+        (
+            "settle",
+            triad_domain::CreditsCommandBody::SettleReservation(triad_domain::SettleReservation {
+                workflow_id: state.workflow_id.clone(),
+                burned_micros: state.spent_micros,
+                reply_topic: reply_topic.to_owned(),
+            }),
+        )
+    } else {
+        return None;
+    };
+    Some(triad_domain::CreditsCommand {
+        command_id: uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("triad-budget:{kind}:{}", state.workflow_id).as_bytes(),
+        )
+        .to_string(),
+        account: budget.account.clone(),
+        issued_at: triad_kafka::now_micros(),
+        actor: Some("processor".to_owned()),
+        body,
+        schema_version: triad_domain::CREDITS_SCHEMA_VERSION,
+    })
 }
 
 /// The policy of the default configuration.
@@ -367,6 +422,12 @@ impl Processor {
         // The outbox rule: every attempt in flight is requested again, and its timers armed.
         let mut outbox = Vec::new();
         for state in ps.workflows.values() {
+            if let Some(command) = ledger_command(state, &self.names.inbox) {
+                outbox.push(
+                    self.encode(&self.names.credits_inbox, None, &command.account, &command)
+                        .await?,
+                );
+            }
             for request in pending_requests(state, &self.policy) {
                 outbox.push(
                     self.encode(
@@ -745,6 +806,16 @@ impl Processor {
         // Side effects only after the events are in the log: a crash in between is repaired
         // by the outbox rule on recovery.
         let mut effects = Vec::new();
+        // The budget saga's next step, after the events that call for it.
+        let saga = events
+            .iter()
+            .any(|e| matches!(e.body, EventBody::BudgetRequested(_)) || e.body.is_terminal());
+        if saga && let Some(command) = ledger_command(&state, &self.names.inbox) {
+            effects.push(
+                self.encode(&self.names.credits_inbox, None, &command.account, &command)
+                    .await?,
+            );
+        }
         for event in &events {
             match &event.body {
                 EventBody::TaskDispatched(d) => {
@@ -998,6 +1069,45 @@ async fn fire(processor: &Processor, timer: &Timer) -> Result<()> {
     Ok(())
 }
 
+/// Re-sends, every `processor.ledger_retry_ms`, the ledger command of each workflow still
+/// waiting for the ledger's answer: an answer lost in a crash of either side is asked for
+/// again.
+async fn retry_ledger(processor: Arc<Processor>, cancel: CancellationToken) {
+    let every = Duration::from_millis(processor.timing.ledger_retry_ms.max(100));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let commands: Vec<triad_domain::CreditsCommand> = {
+            let partitions = processor.partitions.lock().await;
+            partitions
+                .values()
+                .flat_map(|ps| ps.workflows.values())
+                .filter_map(|state| ledger_command(state, &processor.names.inbox))
+                .collect()
+        };
+        for command in &commands {
+            if let Err(error) = processor
+                .producer
+                .send_record(
+                    &processor.codec,
+                    &processor.names.credits_inbox,
+                    None,
+                    &command.account,
+                    command,
+                )
+                .await
+            {
+                tracing::warn!(%error, credits.account = %command.account, "re-sending a ledger command failed; next round retries");
+            }
+        }
+        if !commands.is_empty() {
+            tracing::debug!(commands = commands.len(), "ledger commands re-sent");
+        }
+    }
+}
+
 /// Follows `triad.executor-status` from its end and records heartbeats.
 async fn follow_status(
     kafka: KafkaConfig,
@@ -1086,6 +1196,7 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         liveness.clone(),
         background.clone(),
     ));
+    let ledger_task = tokio::spawn(retry_ledger(processor.clone(), background.clone()));
     let status_task = tokio::spawn(follow_status(
         options.kafka.clone(),
         names.executor_status.clone(),
@@ -1122,6 +1233,7 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
     writer_task.abort();
     background.cancel();
     let _ = timer_task.await;
+    let _ = ledger_task.await;
     if let Ok(Err(error)) = status_task.await {
         tracing::warn!(%error, "the executor-status reader stopped");
     }

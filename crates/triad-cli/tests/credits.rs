@@ -1,0 +1,411 @@
+//! TRIAD credits and hard budgets on the real stack (`triad process`, `triad ledger`,
+//! `triad execute` as child processes; a local server speaks the OpenAI wire protocol for a
+//! priced model):
+//! - a workflow that names an account runs only on a reservation of its worst case, which
+//!   `triad estimate` predicts; what it burns is what its calls cost, and the rest goes back;
+//! - a worst case above the balance, or an account without credits, rejects the workflow
+//!   naming the account; a provider that bills past the estimate exhausts the reservation and
+//!   the remaining tasks are skipped with that reason;
+//! - credits cannot be transferred; the supply and every account check out from the topic
+//!   alone (`triad audit ledger`);
+//! - concurrent workflows on one account never overspend, and `kill -9` of the ledger at
+//!   several points loses and duplicates nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Env, by_workflow, cli, cli_ok, kill};
+use triad_domain::{CreditsEvent, EventBody, WorkflowEvent};
+use triad_testkit::{Behaviour, FakeProvider, Flavor};
+use triad_workflow::{Task, Workflow};
+
+/// One priced OpenAI-compatible model: 10 000 µcredits per 1K input tokens, 20 000 per 1K
+/// output tokens.
+fn config(base: &str) -> String {
+    format!(
+        "[models.paid]\nkind = \"openai\"\nbase_url = \"{base}\"\nzones = [\"US-EAST\"]\n\
+         input_micros_per_1k = 10000\noutput_micros_per_1k = 20000\n\
+         [processor]\nledger_retry_ms = 300\n"
+    )
+}
+
+fn two_steps(account: &str, max_tokens: i32) -> Workflow {
+    Workflow::new("budgeted")
+        .zones(["US-EAST"])
+        .account(account)
+        .task(
+            Task::new("draft", "Write two sentences about tides")
+                .model("paid")
+                .max_tokens(max_tokens)
+                .max_attempts(2),
+        )
+        .task(
+            Task::new("shorten", "Shorten: {draft.output}")
+                .model("paid")
+                .depends_on(["draft"])
+                .max_tokens(max_tokens)
+                .max_attempts(1),
+        )
+}
+
+/// The workflow's events until its reservation is settled (or it was rejected).
+async fn until_settled(env: &Env, workflows: &[String]) -> BTreeMap<String, Vec<WorkflowEvent>> {
+    let events = env
+        .read_until(
+            &env.names.events,
+            Duration::from_secs(120),
+            "every workflow to be settled or rejected",
+            |events: &[WorkflowEvent]| {
+                let done: BTreeSet<&str> = events
+                    .iter()
+                    .filter(|e| {
+                        matches!(
+                            e.body,
+                            EventBody::BudgetSettled(_) | EventBody::WorkflowRejected(_)
+                        )
+                    })
+                    .map(|e| e.meta.workflow_id.as_str())
+                    .collect();
+                workflows.iter().all(|w| done.contains(w.as_str()))
+            },
+        )
+        .await;
+    by_workflow(&events)
+}
+
+fn find<'a, T>(
+    events: &'a [WorkflowEvent],
+    pick: impl Fn(&'a EventBody) -> Option<&'a T>,
+) -> &'a T {
+    events
+        .iter()
+        .find_map(|e| pick(&e.body))
+        .unwrap_or_else(|| {
+            panic!(
+                "not found in {:?}",
+                events
+                    .iter()
+                    .map(|e| &e.meta.event_type)
+                    .collect::<Vec<_>>()
+            )
+        })
+}
+
+/// What a workflow's model calls cost, from its routing decisions and discarded results.
+fn spent(events: &[WorkflowEvent]) -> i64 {
+    events
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::TaskRouted(r) => r.decision.calls.iter().map(|c| c.cost_micros).sum(),
+            EventBody::TaskResultDiscarded(d) => d.cost_micros,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn supply(env: &Env) -> Value {
+    let (out, _) = cli_ok(env, &["credits", "supply", "--json"], &[]);
+    serde_json::from_str(&out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_reserve_the_worst_case_block_what_they_cannot_cover_and_settle() {
+    let provider = FakeProvider::start(Flavor::OpenAi).await;
+    let env = Env::new(2).await.with_config(&config(&provider.base_url()));
+    let _processor = env.spawn("processor", &["process"]);
+    let _ledger = env.spawn("ledger", &["ledger"]);
+    let _executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
+
+    let (out, _) = cli_ok(
+        &env,
+        &[
+            "credits",
+            "issue",
+            "acct-a",
+            "0.05",
+            "--reason",
+            "welcome grant",
+        ],
+        &[],
+    );
+    assert!(out.contains("balance 0.050000 credits"), "{out}");
+
+    // What `triad estimate` says the worst case is, the ledger reserves.
+    let file = env.dir().join("budgeted.json");
+    let doc = serde_json::to_string(&two_steps("acct-a", 100)).unwrap();
+    std::fs::write(&file, &doc).unwrap();
+    let (out, _) = cli_ok(&env, &["estimate", file.to_str().unwrap(), "--json"], &[]);
+    let estimate: Value = serde_json::from_str(&out).unwrap();
+    let worst = estimate["worst_case_micros"].as_i64().unwrap();
+    assert!(worst > 0 && worst < 50_000, "{estimate}");
+
+    // The provider ignores max_tokens once: 400 words where 5 were allowed.
+    let essay = vec!["tide"; 400].join(" ");
+    let ids: Vec<String> = ["wf-fits", "wf-too-big", "wf-no-credits", "wf-overbilled"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    env.submit(&ids[0], two_steps("acct-a", 100).to_command())
+        .await;
+    let fits = until_settled(&env, &ids[..1]).await;
+    env.submit(&ids[1], two_steps("acct-a", 4_000).to_command())
+        .await;
+    env.submit(&ids[2], two_steps("acct-nobody", 100).to_command())
+        .await;
+    // One after the other, so the account's entries have one order.
+    until_settled(&env, &ids[1..3]).await;
+    provider.push(Behaviour::Answer(Some(essay)));
+    env.submit(&ids[3], two_steps("acct-a", 5).to_command())
+        .await;
+    let all = until_settled(&env, &ids).await;
+
+    // Fits: reserved the estimate's worst case, completed, burned exactly its calls' cost.
+    let events = &fits["wf-fits"];
+    let types: Vec<&str> = events.iter().map(|e| e.meta.event_type.as_str()).collect();
+    assert_eq!(types[0], "BudgetRequested", "{types:?}");
+    assert_eq!(types[1], "WorkflowAccepted", "{types:?}");
+    let requested = find(events, |b| match b {
+        EventBody::BudgetRequested(r) => Some(r),
+        _ => None,
+    });
+    assert_eq!(requested.budget.reserved_micros, worst);
+    assert!(types.contains(&"WorkflowCompleted"), "{types:?}");
+    let settled = find(events, |b| match b {
+        EventBody::BudgetSettled(s) => Some(s),
+        _ => None,
+    });
+    let cost = spent(events);
+    assert!(cost > 0);
+    assert_eq!(settled.burned_micros, cost);
+    assert_eq!(settled.released_micros, worst - cost);
+
+    // Too big and no credits: rejected, naming the account and the figures.
+    for (id, says) in [
+        ("wf-too-big", "exceeds the balance"),
+        ("wf-no-credits", "has no credits"),
+    ] {
+        let rejected = find(&all[id], |b| match b {
+            EventBody::WorkflowRejected(r) => Some(r),
+            _ => None,
+        });
+        assert_eq!(rejected.field.as_deref(), Some("account"), "{id}");
+        assert!(rejected.reason.contains(says), "{id}: {}", rejected.reason);
+        assert!(
+            !all[id]
+                .iter()
+                .any(|e| matches!(e.body, EventBody::TaskDispatched(_))),
+            "{id} dispatched work without a reservation"
+        );
+    }
+
+    // Over-billed: the draft cost far more than its worst case, so the next attempt does not
+    // fit; the rest is skipped with the reason and the burn stops at the reservation.
+    let events = &all["wf-overbilled"];
+    let skipped = find(events, |b| match b {
+        EventBody::TaskSkipped(s) => Some(s),
+        _ => None,
+    });
+    assert_eq!(skipped.task_id, "shorten");
+    assert!(
+        skipped.reason.starts_with("budget exhausted"),
+        "{}",
+        skipped.reason
+    );
+    let failed = find(events, |b| match b {
+        EventBody::WorkflowFailed(f) => Some(f),
+        _ => None,
+    });
+    assert!(
+        failed.reason.starts_with("budget exhausted"),
+        "{}",
+        failed.reason
+    );
+    let reserved = find(events, |b| match b {
+        EventBody::WorkflowAccepted(a) => a.budget.as_ref(),
+        _ => None,
+    })
+    .reserved_micros;
+    let settled = find(events, |b| match b {
+        EventBody::BudgetSettled(s) => Some(s),
+        _ => None,
+    });
+    assert!(spent(events) > reserved);
+    assert_eq!(settled.burned_micros, reserved);
+    assert_eq!(settled.released_micros, 0);
+
+    // The account and the supply, from the ledger topic.
+    let (out, _) = cli_ok(&env, &["credits", "show", "acct-a", "--json"], &[]);
+    let account: Value = serde_json::from_str(&out).unwrap();
+    let burned = cost + reserved;
+    assert_eq!(account["totals"]["burned_micros"], burned);
+    assert_eq!(account["totals"]["reserved_micros"], 0);
+    assert_eq!(account["totals"]["balance_micros"], 50_000 - burned);
+    let kinds: Vec<&str> = account["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "CreditsIssued",
+            "CreditsReserved",
+            "CreditsBurned",
+            "ReservationReleased",
+            "ReservationRefused",
+            "CreditsReserved",
+            "CreditsBurned",
+            "ReservationReleased"
+        ]
+    );
+    let s = supply(&env);
+    assert_eq!(s["issued_micros"], 50_000);
+    assert_eq!(s["burned_micros"], burned);
+    assert_eq!(s["circulating_micros"], 50_000 - burned);
+    let (out, _) = cli_ok(&env, &["audit", "ledger"], &[]);
+    assert!(out.contains("ledger verified"), "{out}");
+
+    // There is no transfer.
+    let out = cli(&env, &["credits", "transfer", "acct-a", "acct-b", "1"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("non_transferable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_workflows_never_overspend_and_the_ledger_survives_kill_9() {
+    const WORKFLOWS: usize = 16;
+    let provider = FakeProvider::start(Flavor::OpenAi).await;
+    let env = Env::new(3).await.with_config(&config(&provider.base_url()));
+    let _processor = env.spawn("processor", &["process"]);
+    let _executor = env.spawn("executor", &["execute", "--zone", "US-EAST"]);
+    let mut ledger = env.spawn("ledger-0", &["ledger"]);
+
+    // Enough for about six worst cases at once: most workflows wait for others to settle or
+    // are refused, depending on timing; none may overspend either way.
+    let worst = {
+        let file = env.dir().join("one.json");
+        std::fs::write(
+            &file,
+            serde_json::to_string(&two_steps("acct-c", 100)).unwrap(),
+        )
+        .unwrap();
+        let (out, _) = cli_ok(&env, &["estimate", file.to_str().unwrap(), "--json"], &[]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["worst_case_micros"].as_i64().unwrap()
+    };
+    let grant = worst * 6;
+    cli_ok(
+        &env,
+        &[
+            "credits",
+            "issue",
+            "acct-c",
+            &format!("{grant}u"),
+            "--reason",
+            "load test",
+        ],
+        &[],
+    );
+    let ids: Vec<String> = (0..WORKFLOWS).map(|i| format!("wf-load-{i:02}")).collect();
+    for id in &ids {
+        env.submit(id, two_steps("acct-c", 100).to_command()).await;
+    }
+
+    // Kill -9 the ledger after it wrote 4, 12 and 24 events, restarting it each time.
+    for (round, after) in [4usize, 12, 24].into_iter().enumerate() {
+        env.read_until(
+            &env.names.credits,
+            Duration::from_secs(120),
+            "ledger events",
+            |events: &[CreditsEvent]| events.len() >= after,
+        )
+        .await;
+        kill(&mut ledger.0);
+        ledger = env.spawn(&format!("ledger-{}", round + 1), &["ledger"]);
+    }
+    let per_workflow = until_settled(&env, &ids).await;
+
+    // The ledger: no event twice, every workflow reserved at most once and settled once.
+    let (out, _) = cli_ok(&env, &["credits", "show", "acct-c", "--json"], &[]);
+    let account: Value = serde_json::from_str(&out).unwrap();
+    let entries = account["entries"].as_array().unwrap();
+    let mut ids_seen = BTreeSet::new();
+    let mut per_kind: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for e in entries {
+        assert!(
+            ids_seen.insert(e["event_id"].as_str().unwrap().to_owned()),
+            "{e}"
+        );
+        let t = &e["totals"];
+        let (issued, balance, reserved, burned) = (
+            t["issued_micros"].as_i64().unwrap(),
+            t["balance_micros"].as_i64().unwrap(),
+            t["reserved_micros"].as_i64().unwrap(),
+            t["burned_micros"].as_i64().unwrap(),
+        );
+        assert!(balance >= 0 && reserved >= 0, "{e}");
+        assert_eq!(issued, balance + reserved + burned, "{e}");
+        if let Some(body) = e["body"].as_object() {
+            let (kind, inner) = body.iter().next().unwrap();
+            if let Some(wf) = inner["workflow_id"].as_str() {
+                *per_kind.entry((wf.to_owned(), kind.clone())).or_default() += 1;
+            }
+        }
+    }
+    assert!(per_kind.values().all(|n| *n == 1), "{per_kind:?}");
+
+    let mut completed = 0;
+    let mut burned_total = 0;
+    for id in &ids {
+        let events = &per_workflow[id];
+        let terminal = events.iter().find(|e| e.body.is_terminal()).unwrap();
+        match &terminal.body {
+            EventBody::WorkflowCompleted(_) => {
+                completed += 1;
+                let settled = find(events, |b| match b {
+                    EventBody::BudgetSettled(s) => Some(s),
+                    _ => None,
+                });
+                assert_eq!(settled.burned_micros, spent(events), "{id}");
+                assert_eq!(
+                    per_kind.get(&(id.clone(), "CreditsBurned".to_owned())),
+                    Some(&1),
+                    "{id}"
+                );
+                burned_total += settled.burned_micros;
+            }
+            EventBody::WorkflowRejected(r) => {
+                assert!(
+                    r.reason.contains("exceeds the balance"),
+                    "{id}: {}",
+                    r.reason
+                )
+            }
+            other => panic!("{id} ended with {other:?}"),
+        }
+        // Settled exactly once in the event store too.
+        let settlements = events
+            .iter()
+            .filter(|e| matches!(e.body, EventBody::BudgetSettled(_)))
+            .map(|e| e.meta.event_id.as_str())
+            .collect::<BTreeSet<_>>();
+        assert!(settlements.len() <= 1, "{id}");
+    }
+    assert!(completed >= 6, "only {completed} workflows completed");
+    assert_eq!(account["totals"]["burned_micros"], burned_total);
+    assert_eq!(account["totals"]["reserved_micros"], 0);
+    assert_eq!(account["totals"]["balance_micros"], grant - burned_total);
+    let (out, _) = cli_ok(&env, &["audit", "ledger"], &[]);
+    assert!(out.contains("ledger verified"), "{out}");
+    let refused: usize = per_kind
+        .keys()
+        .filter(|(_, k)| k == "ReservationRefused")
+        .count();
+    assert_eq!(completed + refused, WORKFLOWS);
+}
