@@ -154,6 +154,28 @@ pub struct QueryRoot;
 
 #[Object]
 impl QueryRoot {
+    /// A credits account from the ledger; null when it has no entries.
+    async fn account(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+    ) -> async_graphql::Result<Option<Account>> {
+        Ok(state(ctx)?.ledger.account(&id).await.map(Account::from))
+    }
+
+    /// The credits supply over every account.
+    async fn credit_supply(&self, ctx: &Context<'_>) -> async_graphql::Result<CreditSupply> {
+        let s = state(ctx)?.ledger.supply().await;
+        Ok(CreditSupply {
+            accounts: Long(i64::try_from(s.accounts).unwrap_or(i64::MAX)),
+            issued: Long(s.issued_micros),
+            burned: Long(s.burned_micros),
+            circulating: Long(s.circulating_micros()),
+            balance: Long(s.balance_micros),
+            reserved: Long(s.reserved_micros),
+        })
+    }
+
     /// One workflow from the read model; null when it is not there (yet).
     async fn workflow(
         &self,
@@ -431,6 +453,176 @@ impl MutationRoot {
             .map_err(command_error)?;
         Ok(true)
     }
+
+    /// Issues credits to an account for a contribution (operator only: the request's
+    /// `Authorization: Bearer` must be the API node's operator token). Returns the ledger
+    /// entry once the ledger applied it.
+    async fn issue_credits(
+        &self,
+        ctx: &Context<'_>,
+        account: String,
+        amount: Long,
+        #[graphql(default_with = "\"GRANT\".to_owned()")] kind: String,
+        reason: String,
+    ) -> async_graphql::Result<CreditEntry> {
+        let s = state(ctx)?;
+        let bearer = ctx.data_opt::<Bearer>().and_then(|b| b.0.as_deref());
+        crate::credits::authorise(s, bearer).map_err(credits_error)?;
+        let request = crate::credits::IssueRequest {
+            amount_micros: amount.0,
+            kind,
+            reason,
+        };
+        let (command_id, event) = crate::credits::issue(s, &account, &request, "graphql")
+            .await
+            .map_err(credits_error)?;
+        match event {
+            Some(e) => Ok(CreditEntry::from(&e)),
+            None => Err(err(
+                "PENDING",
+                format!("issue {command_id} was sent but the ledger has not applied it yet"),
+            )),
+        }
+    }
+
+    /// Always an error (code NON_TRANSFERABLE): TRIAD credits cannot move between accounts.
+    async fn transfer_credits(
+        &self,
+        from: String,
+        to: String,
+        amount: Long,
+    ) -> async_graphql::Result<bool> {
+        let _ = amount;
+        Err(err(
+            "NON_TRANSFERABLE",
+            format!(
+                "{} (asked: {from} -> {to})",
+                triad_market::ledger::NON_TRANSFERABLE
+            ),
+        ))
+    }
+}
+
+/// The bearer token of the HTTP request, if any (for operator-only mutations).
+#[derive(Debug, Clone)]
+pub struct Bearer(pub Option<String>);
+
+/// A TRIAD credits account (docs/credits.md). Amounts are in µcredits.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Account {
+    pub id: String,
+    /// Available for new reservations.
+    pub balance: Long,
+    /// Held for running workflows' worst cases.
+    pub reserved: Long,
+    /// Spent for good (left the supply).
+    pub burned: Long,
+    /// Everything ever issued: balance + reserved + burned.
+    pub issued: Long,
+    /// The account's ledger events, oldest first.
+    pub entries: Vec<CreditEntry>,
+}
+
+/// One event of an account's ledger, with the account's totals after it.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct CreditEntry {
+    pub sequence: Long,
+    pub event_id: String,
+    /// CreditsIssued, CreditsReserved, ReservationRefused, CreditsBurned or
+    /// ReservationReleased.
+    pub event_type: String,
+    pub occurred_at: Long,
+    pub amount: Long,
+    pub workflow_id: Option<String>,
+    /// For an issue: GRANT, CAPACITY, DATA or VALIDATION.
+    pub kind: Option<String>,
+    /// For an issue or a refusal: why.
+    pub reason: Option<String>,
+    pub balance: Long,
+    pub reserved: Long,
+    pub burned: Long,
+    /// Hex SHA-256 of the account's previous event (the chain an auditor checks).
+    pub previous_sha256: String,
+}
+
+impl From<&triad_domain::CreditsEvent> for CreditEntry {
+    fn from(e: &triad_domain::CreditsEvent) -> Self {
+        use triad_domain::CreditsEventBody as B;
+        let (amount, workflow_id, kind, reason) = match &e.body {
+            B::CreditsIssued(b) => (
+                b.amount_micros,
+                None,
+                Some(b.kind.as_str().to_owned()),
+                Some(b.reason.clone()),
+            ),
+            B::CreditsReserved(b) => (b.amount_micros, Some(b.workflow_id.clone()), None, None),
+            B::ReservationRefused(b) => (
+                b.amount_micros,
+                Some(b.workflow_id.clone()),
+                None,
+                Some(b.reason.clone()),
+            ),
+            B::CreditsBurned(b) => (b.amount_micros, Some(b.workflow_id.clone()), None, None),
+            B::ReservationReleased(b) => (b.amount_micros, Some(b.workflow_id.clone()), None, None),
+        };
+        Self {
+            sequence: Long(e.sequence),
+            event_id: e.event_id.clone(),
+            event_type: e.body.type_name().to_owned(),
+            occurred_at: Long(e.occurred_at),
+            amount: Long(amount),
+            workflow_id,
+            kind,
+            reason,
+            balance: Long(e.totals.balance_micros),
+            reserved: Long(e.totals.reserved_micros),
+            burned: Long(e.totals.burned_micros),
+            previous_sha256: e.previous_sha256.clone(),
+        }
+    }
+}
+
+impl From<crate::credits::AccountView> for Account {
+    fn from(a: crate::credits::AccountView) -> Self {
+        Self {
+            id: a.account,
+            balance: Long(a.totals.balance_micros),
+            reserved: Long(a.totals.reserved_micros),
+            burned: Long(a.totals.burned_micros),
+            issued: Long(a.totals.issued_micros),
+            entries: a.entries.iter().map(CreditEntry::from).collect(),
+        }
+    }
+}
+
+/// The credits supply over every account, in µcredits. Burned credits leave it for good.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct CreditSupply {
+    pub accounts: Long,
+    pub issued: Long,
+    pub burned: Long,
+    /// Issued and not burned: balance + reserved.
+    pub circulating: Long,
+    pub balance: Long,
+    pub reserved: Long,
+}
+
+fn credits_error(e: crate::credits::IssueError) -> async_graphql::Error {
+    use crate::credits::IssueError;
+    match &e {
+        IssueError::Disabled => err("ISSUANCE_DISABLED", e.to_string()),
+        IssueError::Forbidden => err("FORBIDDEN", e.to_string()),
+        IssueError::Invalid { field, message } => {
+            let field = (*field).to_owned();
+            let message = message.clone();
+            async_graphql::Error::new(e.to_string()).extend_with(move |_, ext| {
+                ext.set("code", "INVALID_CREDITS");
+                ext.set("field", field.clone());
+                ext.set("message", message.clone());
+            })
+        }
+        IssueError::Unavailable(_) => err("UNAVAILABLE", e.to_string()),
+    }
 }
 
 #[derive(Debug)]
@@ -505,6 +697,7 @@ pub async fn subscriptions(
 
 pub async fn execute(
     State(schema): State<TriadSchema>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
@@ -527,6 +720,12 @@ pub async fn execute(
             .into_response();
         }
     };
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let request = request.data(Bearer(bearer));
     async_graphql_axum::GraphQLResponse::from(schema.execute(request).await).into_response()
 }
 

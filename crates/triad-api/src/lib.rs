@@ -26,6 +26,7 @@ use triad_kafka::topics::Names;
 
 pub mod audit;
 pub mod commands;
+pub mod credits;
 pub mod graphql;
 pub mod long;
 pub mod metrics;
@@ -80,6 +81,10 @@ pub struct AppState {
     /// This API node's sovereignty kernel when payloads are sealed: it seals submitted
     /// prompts and opens outputs sealed to its zone.
     pub kernel: Option<Arc<triad_kernel::NodeKernel>>,
+    /// The credits ledger as followed from `triad.credits` (filled by [`serve`]).
+    pub ledger: credits::Ledger,
+    /// Allows credits issuance through the API (`TRIAD_OPERATOR_TOKEN`); none disables it.
+    pub operator_token: Option<credits::OperatorToken>,
 }
 
 impl AppState {
@@ -200,6 +205,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/health"),
     ("get", "/metrics"),
     ("post", "/v1/estimate"),
+    ("get", "/v1/accounts/{id}"),
+    ("post", "/v1/accounts/{id}/credits"),
+    ("post", "/v1/accounts/{id}/transfers"),
+    ("get", "/v1/credits/supply"),
 ];
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
@@ -217,6 +226,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(ROUTES[3].1, post(rest::cancel))
         .route(ROUTES[4].1, get(rest::health))
         .route(ROUTES[6].1, post(rest::estimate))
+        .route(ROUTES[7].1, get(rest::account))
+        .route(ROUTES[8].1, post(rest::issue_credits))
+        .route(ROUTES[9].1, post(rest::transfer))
+        .route(ROUTES[10].1, get(rest::supply))
         .fallback(rest::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -321,6 +334,7 @@ pub async fn serve(
         state.changes.clone(),
         cancel.clone(),
     ));
+    let follower = tokio::spawn(credits::follow(state.clone(), cancel.clone()));
     let app = router(state, options.max_body_bytes);
     let c = cancel.clone();
     let served = axum::serve(listener, app)
@@ -329,6 +343,7 @@ pub async fn serve(
         .map_err(Error::Serve);
     cancel.cancel();
     let _ = notifier.await;
+    let _ = follower.await;
     served
 }
 

@@ -117,6 +117,8 @@ impl EventView {
             "TaskResultDiscarded" => "task.result_discarded",
             "BidPlaced" => "auction.bid",
             "AuctionClosed" => "auction.closed",
+            "BudgetRequested" => "budget.requested",
+            "BudgetSettled" => "budget.settled",
             "WorkflowCompleted" => "workflow.complete",
             "WorkflowFailed" => "workflow.failed",
             "WorkflowCancelled" => "workflow.cancelled",

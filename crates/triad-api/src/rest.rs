@@ -294,3 +294,116 @@ pub async fn health(State(s): State<Arc<AppState>>) -> Response {
 pub async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
+
+fn credits_problem(e: crate::credits::IssueError) -> Problem {
+    use crate::credits::IssueError;
+    match e {
+        IssueError::Disabled => Problem::new(
+            StatusCode::FORBIDDEN,
+            "issuance_disabled",
+            "credits issuance through the API is disabled on this node",
+        )
+        .detail(e.to_string()),
+        IssueError::Forbidden => Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "issuing credits is an operator action",
+        )
+        .detail(e.to_string()),
+        IssueError::Invalid { field, ref message } => {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_credits",
+                "the credits request is invalid",
+            )
+            .detail(e.to_string());
+            p.errors = vec![json!({"field": field, "message": message})];
+            p
+        }
+        IssueError::Unavailable(e) => Problem::from(e),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// `GET /v1/accounts/{id}`: the account's totals and ledger entries.
+pub async fn account(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Reply {
+    match s.ledger.account(&id).await {
+        Some(a) => Ok(Json(a).into_response()),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "account_not_found",
+            "no such account",
+        )
+        .detail(format!(
+            "{id} has no ledger entries (credits are issued with POST /v1/accounts/{id}/credits)"
+        ))),
+    }
+}
+
+/// `POST /v1/accounts/{id}/credits` (operator): issues credits; 201 with the ledger event,
+/// or 202 when the ledger has not applied it within 10 s.
+pub async fn issue_credits(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    crate::credits::authorise(&s, bearer(&headers)).map_err(credits_problem)?;
+    let request: crate::credits::IssueRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_document",
+            "the body is not a credits issue",
+        )
+        .detail(e.to_string())
+    })?;
+    let (command_id, event) = crate::credits::issue(&s, &id, &request, "api")
+        .await
+        .map_err(credits_problem)?;
+    let status = if event.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let body = json!({
+        "command_id": command_id,
+        "account_url": format!("/v1/accounts/{id}"),
+        "event": event,
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+/// `POST /v1/accounts/{id}/transfers`: always 403 — credits are non-transferable.
+pub async fn transfer(Path(id): Path<String>) -> Reply {
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "non_transferable",
+        "credits cannot be transferred",
+    )
+    .detail(format!(
+        "{} (account {id})",
+        triad_market::ledger::NON_TRANSFERABLE
+    )))
+}
+
+/// `GET /v1/credits/supply`: issued, burned and circulating over every account.
+pub async fn supply(State(s): State<Arc<AppState>>) -> Reply {
+    let supply = s.ledger.supply().await;
+    Ok(Json(json!({
+        "accounts": supply.accounts,
+        "issued_micros": supply.issued_micros,
+        "balance_micros": supply.balance_micros,
+        "reserved_micros": supply.reserved_micros,
+        "burned_micros": supply.burned_micros,
+        "circulating_micros": supply.circulating_micros(),
+        "problems": s.ledger.problems().await,
+    }))
+    .into_response())
+}

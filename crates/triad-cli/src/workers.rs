@@ -302,6 +302,12 @@ pub async fn api(
         shutdown: cancel.clone(),
         metrics: Arc::default(),
         kernel,
+        ledger: triad_api::credits::Ledger::default(),
+        // A secret: from the environment only, never from triad.toml, never logged.
+        operator_token: std::env::var(triad_config::OPERATOR_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(triad_api::credits::OperatorToken),
     };
     let options = triad_api::Options {
         listen: config.api.listen,

@@ -409,3 +409,216 @@ async fn concurrent_workflows_never_overspend_and_the_ledger_survives_kill_9() {
         .count();
     assert_eq!(completed + refused, WORKFLOWS);
 }
+
+/// POSTs GraphQL `query` with `variables`, with an optional bearer token.
+async fn graphql(
+    http: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Value {
+    let mut request = http
+        .post(format!("{base}/graphql"))
+        .json(&serde_json::json!({"query": query, "variables": variables}));
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_transfer() {
+    let provider = FakeProvider::start(Flavor::OpenAi).await;
+    let mut env = Env::new(1).await.with_config(&config(&provider.base_url()));
+    let token = "operator-secret-for-this-test";
+    let (_children, base, http, _) =
+        support::api_stack(&mut env, &[("TRIAD_OPERATOR_TOKEN", token)]).await;
+    let _ledger = env.spawn("ledger", &["ledger"]);
+    let issue_url = format!("{base}/v1/accounts/acct-api/credits");
+    let body =
+        serde_json::json!({"amount_micros": 40_000, "kind": "CAPACITY", "reason": "served tokens"});
+
+    // Without the token, or with a wrong one: forbidden, nothing issued.
+    let r = http.post(&issue_url).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = http
+        .post(&issue_url)
+        .bearer_auth("guess")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "forbidden");
+    // Invalid input names the field.
+    let r = http
+        .post(&issue_url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({"amount_micros": 0, "reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "amount_micros", "{problem}");
+    // The operator issues: 201 with the ledger's event.
+    let r = http
+        .post(&issue_url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let issued: Value = r.json().await.unwrap();
+    assert_eq!(
+        issued["event"]["totals"]["balance_micros"], 40_000,
+        "{issued}"
+    );
+    assert_eq!(issued["event"]["body"]["CreditsIssued"]["kind"], "CAPACITY");
+
+    // GraphQL: the same rule for issueCredits; transfers are refused everywhere.
+    let mutation = r#"mutation($a: String!, $n: Long!) {
+        issueCredits(account: $a, amount: $n, kind: "DATA", reason: "labelled set") {
+            eventType amount balance kind } }"#;
+    let denied = graphql(
+        &http,
+        &base,
+        Some("guess"),
+        mutation,
+        serde_json::json!({"a": "acct-api", "n": "10000"}),
+    )
+    .await;
+    assert_eq!(
+        denied["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{denied}"
+    );
+    let granted = graphql(
+        &http,
+        &base,
+        Some(token),
+        mutation,
+        serde_json::json!({"a": "acct-api", "n": "10000"}),
+    )
+    .await;
+    let entry = &granted["data"]["issueCredits"];
+    assert_eq!(entry["eventType"], "CreditsIssued", "{granted}");
+    assert_eq!(entry["balance"], 50_000);
+    let refused = graphql(
+        &http,
+        &base,
+        Some(token),
+        r#"mutation { transferCredits(from: "acct-api", to: "acct-b", amount: "1") }"#,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"],
+        "NON_TRANSFERABLE"
+    );
+    let r = http
+        .post(format!("{base}/v1/accounts/acct-api/transfers"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"to": "acct-b", "amount_micros": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "non_transferable");
+
+    // A workflow submitted over REST on the account: reserved, run, settled; the API's view
+    // of the account follows.
+    let doc = serde_json::to_value(two_steps("acct-api", 100)).unwrap();
+    assert_eq!(doc["account"], "acct-api");
+    let (status, submitted) =
+        support::post_json(&http, &format!("{base}/v1/workflows"), &doc).await;
+    assert_eq!(status, 202, "{submitted}");
+    let id = submitted["workflow_id"].as_str().unwrap().to_owned();
+    let per_workflow = until_settled(&env, std::slice::from_ref(&id)).await;
+    let burned = find(&per_workflow[&id], |b| match b {
+        EventBody::BudgetSettled(s) => Some(s),
+        _ => None,
+    })
+    .burned_micros;
+    assert!(burned > 0);
+    let query = r#"query($a: String!) { account(id: $a) { balance reserved burned issued entries { eventType workflowId amount } }
+        creditSupply { issued burned circulating } }"#;
+    // The API follows the ledger; the settlement's last event may still be on its way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let answer = graphql(
+            &http,
+            &base,
+            None,
+            query,
+            serde_json::json!({"a": "acct-api"}),
+        )
+        .await;
+        if answer["data"]["account"]["entries"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 5
+        {
+            break answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{answer}");
+        // Every ledger event is in Kafka; the API's follower is at most a fetch behind.
+        env.read_until(
+            &env.names.credits,
+            Duration::from_secs(5),
+            "the ledger's events",
+            |e: &[CreditsEvent]| e.len() >= 5,
+        )
+        .await;
+    };
+    let account = &answer["data"]["account"];
+    assert_eq!(account["burned"], burned);
+    assert_eq!(account["reserved"], 0);
+    assert_eq!(account["balance"], 50_000 - burned);
+    assert_eq!(account["issued"], 50_000);
+    let types: Vec<&str> = account["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "CreditsIssued",
+            "CreditsIssued",
+            "CreditsReserved",
+            "CreditsBurned",
+            "ReservationReleased"
+        ]
+    );
+    assert_eq!(answer["data"]["creditSupply"]["burned"], burned);
+    let r: Value = http
+        .get(format!("{base}/v1/accounts/acct-api"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["totals"]["burned_micros"], burned);
+    let r = http
+        .get(format!("{base}/v1/accounts/nobody"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let supply: Value = http
+        .get(format!("{base}/v1/credits/supply"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(supply["problems"], serde_json::json!([]));
+    assert_eq!(supply["circulating_micros"], 50_000 - burned);
+}

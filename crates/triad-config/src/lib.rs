@@ -15,6 +15,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The environment variable naming the configuration file (not itself a config key).
+/// The operator's bearer token for credits issuance through the API: a secret, so it is
+/// read from this variable only (never from `triad.toml`) and is not a configuration key.
+pub const OPERATOR_TOKEN_ENV: &str = "TRIAD_OPERATOR_TOKEN";
 pub const CONFIG_FILE_ENV: &str = "TRIAD_CONFIG";
 /// The file read when present in the working directory and no other is named.
 pub const DEFAULT_CONFIG_FILE: &str = "triad.toml";
@@ -611,7 +614,11 @@ impl Config {
             }
             None => {}
         }
-        figment = figment.merge(Env::prefixed("TRIAD_").split("__").ignore(&["config"]));
+        figment = figment.merge(
+            Env::prefixed("TRIAD_")
+                .split("__")
+                .ignore(&["config", "operator_token"]),
+        );
         for o in &sources.overrides {
             let (key, value) = o
                 .split_once('=')

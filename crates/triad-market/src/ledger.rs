@@ -486,6 +486,62 @@ impl Account {
     }
 }
 
+/// The ledger as its topic states it: every account folded from its events, with the
+/// events and anything that does not check out. Fed record by record, in log order per
+/// partition (a batch read, or a follower).
+#[derive(Debug, Clone, Default)]
+pub struct LedgerView {
+    pub accounts: BTreeMap<String, Account>,
+    /// Each account's events in log order.
+    pub entries: BTreeMap<String, Vec<CreditsEvent>>,
+    /// Events that do not follow from the ones before them (sequence, chain link, totals),
+    /// do not decode or sit under another account's key: `partition@offset: reason`. An
+    /// account with a problem is not folded further.
+    pub problems: Vec<String>,
+    /// Records seen.
+    pub records: usize,
+    broken: BTreeSet<String>,
+}
+
+impl LedgerView {
+    /// Folds the record at `at` (`partition@offset`), keyed `key`, whose Avro datum hashes
+    /// to `datum_sha256`.
+    pub fn record(&mut self, at: &str, key: &str, event: CreditsEvent, datum_sha256: String) {
+        self.records += 1;
+        if key != event.account {
+            self.problems.push(format!(
+                "{at}: keyed {key:?} but of account {}",
+                event.account
+            ));
+        }
+        if self.broken.contains(&event.account) {
+            return;
+        }
+        let account = self.accounts.entry(event.account.clone()).or_default();
+        if let Err(reason) = account.apply(&event, datum_sha256) {
+            self.problems
+                .push(format!("{at}: account {}: {reason}", event.account));
+            self.broken.insert(event.account.clone());
+            return;
+        }
+        self.entries
+            .entry(event.account.clone())
+            .or_default()
+            .push(event);
+    }
+
+    /// A record that does not decode.
+    pub fn undecodable(&mut self, at: &str, reason: &str) {
+        self.records += 1;
+        self.problems
+            .push(format!("{at}: does not decode: {reason}"));
+    }
+
+    pub fn supply(&self) -> Supply {
+        Supply::of(self.accounts.values())
+    }
+}
+
 /// The whole ledger's supply: what was issued, what is still available or reserved, and
 /// what was burned (left the supply for good).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::message::{Message, OwnedMessage};
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use triad_codec::Codec;
@@ -68,10 +67,7 @@ pub fn datum_sha256(value: &[u8]) -> String {
     let datum = value
         .get(triad_codec::wire::PREFIX_LEN..)
         .unwrap_or_default();
-    Sha256::digest(datum)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    triad_sovereignty::hex(&triad_sovereignty::custody::sha256(datum))
 }
 
 impl Ledger {
@@ -343,26 +339,7 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
     Ok(())
 }
 
-/// The ledger as its topic states it: every account folded from its events, with the events
-/// and anything that does not check out (`triad credits`, `triad audit ledger`, the API).
-#[derive(Debug, Default)]
-pub struct LedgerView {
-    pub accounts: std::collections::BTreeMap<String, Account>,
-    /// Each account's events in log order.
-    pub entries: std::collections::BTreeMap<String, Vec<CreditsEvent>>,
-    /// Events that do not follow from the ones before them (sequence, chain link, totals),
-    /// or that do not decode: `partition@offset: reason`. An account with a problem is not
-    /// folded further.
-    pub problems: Vec<String>,
-    /// Records read.
-    pub records: usize,
-}
-
-impl LedgerView {
-    pub fn supply(&self) -> triad_market::ledger::Supply {
-        triad_market::ledger::Supply::of(self.accounts.values())
-    }
-}
+pub use triad_market::ledger::LedgerView;
 
 /// Reads `triad.credits` — one partition (`Some(p)`) or all — from offset 0 and folds it,
 /// checking every event.
@@ -375,43 +352,24 @@ pub async fn read_ledger(
     let records =
         triad_kafka::consume::read_partitions(kafka, &topic, only, Duration::from_secs(120))
             .await?;
-    let mut view = LedgerView {
-        records: records.len(),
-        ..LedgerView::default()
-    };
-    let mut broken = std::collections::BTreeSet::new();
+    let mut view = LedgerView::default();
     for m in &records {
         let at = format!("{}@{}", m.partition(), m.offset());
         let event: CreditsEvent = match codec.decode(m.payload()).await {
             Ok(e) => e,
             Err(error) if error.is_undecodable() => {
-                view.problems
-                    .push(format!("{at}: does not decode: {error}"));
+                view.undecodable(&at, &error.to_string());
                 continue;
             }
             Err(error) => return Err(error.into()),
         };
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        if key != event.account {
-            view.problems.push(format!(
-                "{at}: keyed {key:?} but of account {}",
-                event.account
-            ));
-        }
-        if broken.contains(&event.account) {
-            continue;
-        }
-        let account = view.accounts.entry(event.account.clone()).or_default();
-        if let Err(reason) = account.apply(&event, datum_sha256(m.payload().unwrap_or_default())) {
-            view.problems
-                .push(format!("{at}: account {}: {reason}", event.account));
-            broken.insert(event.account.clone());
-            continue;
-        }
-        view.entries
-            .entry(event.account.clone())
-            .or_default()
-            .push(event);
+        view.record(
+            &at,
+            &key,
+            event,
+            datum_sha256(m.payload().unwrap_or_default()),
+        );
     }
     Ok(view)
 }
