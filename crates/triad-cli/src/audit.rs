@@ -121,6 +121,7 @@ const COVER_WAIT: Duration = Duration::from_secs(15);
 /// problem.
 pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result<()> {
     let directory = directory(config, codec).await?;
+    let stream = triad_kernel::notary::Stream::events(&config.kafka);
     let p = triad_kafka::produce::partition_for(workflow_id.as_bytes(), config.kafka.partitions);
     let deadline = tokio::time::Instant::now()
         + COVER_WAIT
@@ -128,9 +129,15 @@ pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result
     // Checkpoints first, then the records (check_checkpoints says why); again until the
     // workflow's records are covered or the wait is over.
     let (chain, coverage) = loop {
-        let checkpoints = triad_kernel::notary::read(&config.kafka, codec, p).await?;
+        let checkpoints = triad_kernel::notary::read(&config.kafka, codec, &stream, p).await?;
         let chain = chain(config, codec, workflow_id).await?;
-        let coverage = check_checkpoints(p, &chain.records, &checkpoints, directory.directory());
+        let coverage = check_checkpoints(
+            stream.name,
+            p,
+            &chain.records,
+            &checkpoints,
+            directory.directory(),
+        );
         let last = chain.leaves.last().map_or(-1, |l| l.offset);
         if last < coverage.covered_to
             || !coverage.problems.is_empty()
@@ -232,13 +239,35 @@ pub async fn verify(config: &Config, codec: &Codec, workflow_id: &str) -> Result
 /// `triad audit checkpoints`: every partition of the event store against the notary's
 /// checkpoints; fails on any problem.
 pub async fn checkpoints(config: &Config, codec: &Codec) -> Result<()> {
+    let stream = triad_kernel::notary::Stream::events(&config.kafka);
+    let problems = stream_checkpoints(config, codec, &stream).await?;
+    if problems > 0 {
+        bail!("the event store failed the checkpoint audit: {problems} problem(s)");
+    }
+    println!("verified: every checkpoint matches the records it signs");
+    Ok(())
+}
+
+/// Checks every partition of `stream` against the notary's checkpoints, printing a line per
+/// partition and each problem; returns the number of problems.
+pub async fn stream_checkpoints(
+    config: &Config,
+    codec: &Codec,
+    stream: &triad_kernel::notary::Stream,
+) -> Result<usize> {
     let directory = directory(config, codec).await?;
-    let events = Names::new(&config.kafka).events;
+    let events = &stream.topic;
     let mut problems = 0;
     for p in 0..config.kafka.partitions {
-        let checkpoints = triad_kernel::notary::read(&config.kafka, codec, p).await?;
-        let records = triad_kernel::audit::partition_records(&config.kafka, p).await?;
-        let coverage = check_checkpoints(p, &records, &checkpoints, directory.directory());
+        let checkpoints = triad_kernel::notary::read(&config.kafka, codec, stream, p).await?;
+        let records = triad_kernel::audit::stream_records(&config.kafka, events, p).await?;
+        let coverage = check_checkpoints(
+            stream.name,
+            p,
+            &records,
+            &checkpoints,
+            directory.directory(),
+        );
         let after = records
             .iter()
             .filter(|(o, _)| *o >= coverage.covered_to)
@@ -252,9 +281,5 @@ pub async fn checkpoints(config: &Config, codec: &Codec) -> Result<()> {
         }
         problems += coverage.problems.len();
     }
-    if problems > 0 {
-        bail!("the event store failed the checkpoint audit: {problems} problem(s)");
-    }
-    println!("verified: every checkpoint matches the records it signs");
-    Ok(())
+    Ok(problems)
 }

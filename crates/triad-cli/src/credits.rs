@@ -268,12 +268,24 @@ pub async fn audit(config: &Config, codec: &Codec) -> Result<()> {
         s.circulating_micros(),
         view.records
     );
-    if !view.problems.is_empty() {
+    // The notary's signed checkpoints, when there is a key directory to check them against.
+    let checkpoint_problems = if config.sovereignty.operator_public_key.is_some() {
+        let stream = triad_kernel::notary::Stream::credits(&config.kafka);
+        crate::audit::stream_checkpoints(config, codec, &stream).await?
+    } else {
+        println!(
+            "checkpoints not checked: sovereignty.operator_public_key is not set (no key \
+             directory to verify the notary's signatures against)"
+        );
+        0
+    };
+    if !view.problems.is_empty() || checkpoint_problems > 0 {
         for p in &view.problems {
             println!("PROBLEM {p}");
         }
         bail!(
-            "the ledger does not check out: {} problem(s)",
+            "the ledger does not check out: {} problem(s) in its events, {checkpoint_problems} \
+             in its checkpoints",
             view.problems.len()
         );
     }

@@ -622,3 +622,60 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
     assert_eq!(supply["problems"], serde_json::json!([]));
     assert_eq!(supply["circulating_micros"], 50_000 - burned);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notary_signs_the_ledger_and_the_audit_checks_its_checkpoints() {
+    let mut env = Env::new(1).await;
+    support::sealing(&mut env, &[("executor-US-EAST", "US-EAST", None)]);
+    env.extra_env.push((
+        "TRIAD_SOVEREIGNTY__CHECKPOINT_IDLE_MS".to_owned(),
+        "200".to_owned(),
+    ));
+    let _ledger = env.spawn("ledger", &["ledger"]);
+    let _notary = env.spawn("notary", &["notary"]);
+    for (amount, reason) in [("1", "grant"), ("2.5", "served capacity")] {
+        cli_ok(
+            &env,
+            &["credits", "issue", "acct-n", amount, "--reason", reason],
+            &[],
+        );
+    }
+    // The notary checkpoints the quiet partition: both events under a signed checkpoint.
+    let checkpoints = env
+        .read_until(
+            &env.names.credits_checkpoints,
+            Duration::from_secs(60),
+            "a checkpoint over both ledger events",
+            |cps: &[triad_domain::CustodyCheckpoint]| cps.last().is_some_and(|c| c.to_offset >= 2),
+        )
+        .await;
+    let last = checkpoints.last().unwrap().clone();
+    assert_eq!(last.stream, "credits");
+    let (out, _) = cli_ok(&env, &["audit", "ledger"], &[]);
+    assert!(
+        out.contains("signed checkpoints cover offsets 0..2"),
+        "{out}"
+    );
+    assert!(out.contains("ledger verified"), "{out}");
+
+    // A forged checkpoint (someone with write access to the topic rewrites the last range's
+    // root) is found.
+    let forged = triad_domain::CustodyCheckpoint {
+        root: "00".repeat(32),
+        ..last.clone()
+    };
+    env.producer
+        .send_record(
+            &env.codec,
+            &env.names.credits_checkpoints,
+            Some(0),
+            &forged.key(),
+            &forged,
+        )
+        .await
+        .unwrap();
+    let out = cli(&env, &["audit", "ledger"], &[]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("does not continue the chain"), "{stdout}");
+}

@@ -26,6 +26,7 @@ pub const CHECKPOINTS: &str = "triad.custody-checkpoints";
 pub const POLICIES: &str = "triad.policies";
 pub const CREDITS_INBOX: &str = "triad.credits-inbox";
 pub const CREDITS: &str = "triad.credits";
+pub const CREDITS_CHECKPOINTS: &str = "triad.credits-checkpoints";
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -46,6 +47,7 @@ pub struct Names {
     pub policies: String,
     pub credits_inbox: String,
     pub credits: String,
+    pub credits_checkpoints: String,
     prefix: String,
 }
 
@@ -67,6 +69,7 @@ impl Names {
             policies: format!("{p}{POLICIES}"),
             credits_inbox: format!("{p}{CREDITS_INBOX}"),
             credits: format!("{p}{CREDITS}"),
+            credits_checkpoints: format!("{p}{CREDITS_CHECKPOINTS}"),
             prefix: p.clone(),
         }
     }
@@ -219,6 +222,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: p,
             retention: Retention::Forever,
             purpose: "the TRIAD credits ledger, chained per account, key = account; partition p is written by the owner of credits-inbox partition p",
+        },
+        TopicSpec {
+            name: names.credits_checkpoints,
+            partitions: p,
+            retention: Retention::Forever,
+            purpose: "the notary's signed, chained checkpoints over the credits ledger; partition p covers triad.credits partition p",
         },
         TopicSpec {
             name: names.executor_status,

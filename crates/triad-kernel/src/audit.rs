@@ -166,8 +166,13 @@ pub fn accepted_policy(leaves: &[Leaf]) -> Option<&str> {
 
 /// Every record of event-store partition `p`, as (offset, leaf hash).
 pub async fn partition_records(kafka: &KafkaConfig, p: i32) -> Result<Vec<(i64, Hash)>> {
-    let topic = Names::new(kafka).events;
-    let read = triad_kafka::consume::read_partition_from(kafka, &topic, p, 0, READ_FOR).await?;
+    stream_records(kafka, &Names::new(kafka).events, p).await
+}
+
+/// Every record of `topic` partition `p` as (offset, leaf hash), for the checkpoints of any
+/// stream (the credits ledger's too).
+pub async fn stream_records(kafka: &KafkaConfig, topic: &str, p: i32) -> Result<Vec<(i64, Hash)>> {
+    let read = triad_kafka::consume::read_partition_from(kafka, topic, p, 0, READ_FOR).await?;
     Ok(read
         .iter()
         .map(|m| {
@@ -198,12 +203,13 @@ pub struct Coverage {
 /// log only grows, so a checkpoint reaching past the last record read means the tail was
 /// cut. The check stops at the first break (what follows cannot be trusted).
 pub fn check_checkpoints(
+    stream: &str,
     partition: i32,
     records: &[(i64, Hash)],
     checkpoints: &[(i64, triad_domain::CustodyCheckpoint)],
     directory: &triad_sovereignty::KeyDirectory,
 ) -> Coverage {
-    use crate::notary::{Head, STREAM, statement};
+    use crate::notary::{Head, statement};
     let read_to = records.last().map_or(0, |(o, _)| o + 1);
     let mut head = Head::GENESIS;
     let mut cov = Coverage::default();
@@ -222,9 +228,9 @@ pub fn check_checkpoints(
             "checkpoint #{} (offsets {}..{})",
             c.sequence, c.from_offset, c.to_offset
         );
-        if c.stream != STREAM || c.partition != partition {
+        if c.stream != stream || c.partition != partition {
             cov.problems.push(format!(
-                "{name} is about {} partition {}, not {STREAM} partition {partition}",
+                "{name} is about {} partition {}, not {stream} partition {partition}",
                 c.stream, c.partition
             ));
             break;
@@ -566,7 +572,7 @@ fn check_root(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notary::{Head, next};
+    use crate::notary::{Head, STREAM, next};
     use triad_sovereignty::signing::{Signer, SoftwareSigner};
 
     fn records(n: i64) -> Vec<(i64, Hash)> {
@@ -589,7 +595,7 @@ mod tests {
                 .filter(|(o, _)| *o >= head.to_offset && o < end)
                 .map(|(_, h)| *h)
                 .collect();
-            let (c, h) = next(&head, 0, &leaves, *end, "notary", signer).unwrap();
+            let (c, h) = next(STREAM, &head, 0, &leaves, *end, "notary", signer).unwrap();
             out.push((i64::try_from(i).unwrap(), c));
             head = h;
         }
@@ -613,7 +619,9 @@ mod tests {
         cps: &[(i64, triad_domain::CustodyCheckpoint)],
         d: &triad_sovereignty::KeyDirectory,
     ) -> String {
-        check_checkpoints(0, records, cps, d).problems.join("; ")
+        check_checkpoints(STREAM, 0, records, cps, d)
+            .problems
+            .join("; ")
     }
 
     #[test]
@@ -622,12 +630,15 @@ mod tests {
         let d = directory("notary", &notary);
         let log = records(30);
         let cps = chain_over(&log, &[10, 25, 30], &notary);
-        let ok = check_checkpoints(0, &log, &cps, &d);
+        let ok = check_checkpoints(STREAM, 0, &log, &cps, &d);
         assert!(ok.problems.is_empty(), "{:?}", ok.problems);
         assert_eq!((ok.checkpoints, ok.covered_to, ok.records), (3, 30, 30));
         // Records after the last checkpoint are simply not covered yet.
         let longer = records(33);
-        assert_eq!(check_checkpoints(0, &longer, &cps, &d).covered_to, 30);
+        assert_eq!(
+            check_checkpoints(STREAM, 0, &longer, &cps, &d).covered_to,
+            30
+        );
 
         let mut edited = log.clone();
         edited[12].1 = merkle::leaf_hash(b"edited");

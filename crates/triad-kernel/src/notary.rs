@@ -1,11 +1,12 @@
-//! The notary: signed, chained checkpoints over every record of the event store
-//! (`docs/audit.md`, "Checkpoints"). A workflow's signed root vouches for its own events; a
+//! The notary: signed, chained checkpoints over every record of the event store and of the
+//! credits ledger (`docs/audit.md`, "Checkpoints"; `docs/credits.md`). A workflow's signed root vouches for its own events; a
 //! checkpoint vouches for a whole range of a partition — terminal events, late results after
 //! them, and other workflows' records — so deleting a workflow, cutting a tail or editing a
 //! terminal event breaks a signed range even when nobody knows the workflow's id.
 //!
-//! For each event-store partition the notary reads the records after its last checkpoint (on
-//! `triad.custody-checkpoints`, partition p for partition p — the log is its only state, so
+//! Each stream has its own checkpoint topic (`triad.custody-checkpoints` for the event store,
+//! `triad.credits-checkpoints` for the ledger), partition p for partition p. For each
+//! partition the notary reads the records after its last checkpoint ( — the log is its only state, so
 //! a `kill -9` at any point resumes where the last acknowledged checkpoint ends) and writes a
 //! checkpoint every `every` records, or when the partition has been quiet for `idle` with
 //! records pending. Run exactly one notary per installation: two would write two chains
@@ -33,6 +34,38 @@ use crate::{Error, Result};
 
 /// The event store's logical name in checkpoints (independent of the topic prefix).
 pub const STREAM: &str = "workflow-events";
+/// The credits ledger's logical name in checkpoints.
+pub const CREDITS_STREAM: &str = "credits";
+
+/// A stream the notary vouches for: its logical name, its topic and its checkpoint topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub name: &'static str,
+    pub topic: String,
+    pub checkpoints: String,
+}
+
+impl Stream {
+    /// The event store.
+    pub fn events(kafka: &KafkaConfig) -> Self {
+        let names = Names::new(kafka);
+        Self {
+            name: STREAM,
+            topic: names.events,
+            checkpoints: names.checkpoints,
+        }
+    }
+
+    /// The credits ledger.
+    pub fn credits(kafka: &KafkaConfig) -> Self {
+        let names = Names::new(kafka);
+        Self {
+            name: CREDITS_STREAM,
+            topic: names.credits,
+            checkpoints: names.credits_checkpoints,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -78,13 +111,14 @@ pub fn statement(c: &CustodyCheckpoint) -> Option<(Checkpoint<'_>, Vec<u8>)> {
     Some((cp, bytes))
 }
 
-/// Reads partition `p`'s checkpoints in log order.
+/// Reads the checkpoints of `stream`'s partition `partition` in log order.
 pub async fn read(
     kafka: &KafkaConfig,
     codec: &Codec,
+    stream: &Stream,
     partition: i32,
 ) -> Result<Vec<(i64, CustodyCheckpoint)>> {
-    let topic = Names::new(kafka).checkpoints;
+    let topic = stream.checkpoints.clone();
     let records = triad_kafka::consume::read_partition_from(
         kafka,
         &topic,
@@ -113,16 +147,49 @@ struct Partition {
     last_seen: Instant,
 }
 
-/// Runs the notary until `cancel`; on cancel the pending records get their checkpoints.
+/// Runs the notary over the event store and the credits ledger until `cancel`; on cancel
+/// the pending records get their checkpoints.
 pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken) -> Result<()> {
-    let names = Names::new(&options.kafka);
     let producer = Producer::new(&options.kafka)?;
+    let events = Stream::events(&options.kafka);
+    let credits = Stream::credits(&options.kafka);
+    // One stream failing stops the other: the process exits and a restart resumes both.
+    let stop = cancel.child_token();
+    let (a, b) = tokio::join!(
+        async {
+            let r = follow(options, &codec, &producer, &events, &stop).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        },
+        async {
+            let r = follow(options, &codec, &producer, &credits, &stop).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        },
+    );
+    a?;
+    b?;
+    producer.flush(Duration::from_secs(10))?;
+    Ok(())
+}
+
+async fn follow(
+    options: &Options,
+    codec: &Codec,
+    producer: &Producer,
+    stream: &Stream,
+    cancel: &CancellationToken,
+) -> Result<()> {
     let mut parts: HashMap<i32, Partition> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for p in 0..options.kafka.partitions {
-        let head = resume(&options.kafka, &codec, p).await?;
+        let head = resume(&options.kafka, codec, stream, p).await?;
         assignment
-            .add_partition_offset(&names.events, p, Offset::Offset(head.to_offset))
+            .add_partition_offset(&stream.topic, p, Offset::Offset(head.to_offset))
             .map_err(triad_kafka::Error::from)?;
         parts.insert(
             p,
@@ -140,13 +207,13 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
     consumer
         .assign(&assignment)
         .map_err(triad_kafka::Error::from)?;
-    tracing::info!(messaging.destination.name = %names.events, partitions = options.kafka.partitions, node.id = %options.node_id, "notary following the event store");
+    tracing::info!(messaging.destination.name = %stream.topic, partitions = options.kafka.partitions, node.id = %options.node_id, "notary following");
     let mut tick = tokio::time::interval(options.idle / 4);
     let writer = Writer {
         options,
-        codec: &codec,
-        producer: &producer,
-        topic: &names.checkpoints,
+        codec,
+        producer,
+        stream,
     };
     loop {
         tokio::select! {
@@ -159,7 +226,7 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
                 }
             }
             next = consumer.recv() => match next {
-                Err(error) => tracing::warn!(%error, "reading the event store failed"),
+                Err(error) => tracing::warn!(%error, messaging.destination.name = %stream.topic, "reading failed"),
                 Ok(m) => {
                     let p = m.partition();
                     let Some(part) = parts.get_mut(&p) else { continue };
@@ -182,17 +249,16 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
             writer.flush(*p, part).await;
         }
     }
-    producer.flush(Duration::from_secs(10))?;
     Ok(())
 }
 
 /// Partition `p`'s chain head from its last checkpoint (genesis when there is none).
-async fn resume(kafka: &KafkaConfig, codec: &Codec, p: i32) -> Result<Head> {
-    let Some((_, last)) = read(kafka, codec, p).await?.pop() else {
+async fn resume(kafka: &KafkaConfig, codec: &Codec, stream: &Stream, p: i32) -> Result<Head> {
+    let Some((_, last)) = read(kafka, codec, stream, p).await?.pop() else {
         return Ok(Head::GENESIS);
     };
     let (cp, bytes) = statement(&last).ok_or_else(|| Error::Record {
-        topic: Names::new(kafka).checkpoints,
+        topic: stream.checkpoints.clone(),
         offset: -1,
         reason: format!("partition {p}: the last checkpoint has fields out of range"),
     })?;
@@ -207,7 +273,7 @@ struct Writer<'a> {
     options: &'a Options,
     codec: &'a Codec,
     producer: &'a Producer,
-    topic: &'a str,
+    stream: &'a Stream,
 }
 
 impl Writer<'_> {
@@ -234,6 +300,7 @@ impl Writer<'_> {
 
     async fn write(&self, p: i32, part: &Partition) -> Result<Head> {
         let (record, head) = next(
+            self.stream.name,
             &part.head,
             p,
             &part.pending,
@@ -242,15 +309,22 @@ impl Writer<'_> {
             self.options.signer.as_ref(),
         )?;
         self.producer
-            .send_record(self.codec, self.topic, Some(p), &record.key(), &record)
+            .send_record(
+                self.codec,
+                &self.stream.checkpoints,
+                Some(p),
+                &record.key(),
+                &record,
+            )
             .await?;
         Ok(head)
     }
 }
 
-/// The checkpoint after `head` over the records `leaves` (leaf hashes in offset order) of
-/// partition `p`, ending before `to_offset`, signed by `signer`; and the new head.
+/// The checkpoint of `stream` after `head` over the records `leaves` (leaf hashes in offset
+/// order) of partition `p`, ending before `to_offset`, signed by `signer`; and the new head.
 pub fn next(
+    stream: &str,
     head: &Head,
     p: i32,
     leaves: &[Hash],
@@ -260,7 +334,7 @@ pub fn next(
 ) -> Result<(CustodyCheckpoint, Head)> {
     let n = u64::try_from(leaves.len()).unwrap_or(u64::MAX);
     let cp = Checkpoint {
-        stream: STREAM,
+        stream,
         partition: u32::try_from(p).unwrap_or(0),
         sequence: head.sequence + 1,
         from_offset: u64::try_from(head.to_offset).unwrap_or(0),
@@ -272,7 +346,7 @@ pub fn next(
     let bytes = custody::checkpoint_bytes(&cp);
     let signature = triad_sovereignty::hex(&signer.sign(&bytes)?);
     let record = CustodyCheckpoint {
-        stream: STREAM.to_owned(),
+        stream: stream.to_owned(),
         partition: p,
         sequence: i64::try_from(cp.sequence).unwrap_or(i64::MAX),
         from_offset: head.to_offset,
