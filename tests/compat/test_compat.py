@@ -158,6 +158,8 @@ def test_work_queue_control_and_status_records_decode(registry, fixture_topics):
     assert request["attempt_id"].endswith("/answer#1")
     assert request["inputs"] == {"generate_questions": b"1. Who holds the keys?"}
     assert request["auction"] is True
+    # Budgets (task requests v4): what the attempt may spend on its reservation.
+    assert request["budget_micros"] == 1500
     [control] = decode_all(registry, fixture_topics["control"])
     assert control["action"] == "CANCEL"
     statuses = decode_all(registry, fixture_topics["status"])

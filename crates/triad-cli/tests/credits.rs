@@ -237,10 +237,51 @@ async fn budgets_reserve_the_worst_case_block_what_they_cannot_cover_and_settle(
     assert_eq!(settled.burned_micros, reserved);
     assert_eq!(settled.released_micros, 0);
 
+    // A draft within its limits whose text is long (40 words of 30 letters): the next
+    // prompt is far longer than the reservation foresaw, so the executor does not call the
+    // paid model — its worst case exceeds the attempt's allowance — and falls back to the
+    // free embedded one.
+    let long_words = vec!["x".repeat(30); 40].join(" ");
+    provider.push(Behaviour::Answer(Some(long_words)));
+    let calls_before = provider.requests().len();
+    let long = ["wf-long-draft".to_owned()];
+    env.submit(&long[0], two_steps("acct-a", 50).to_command())
+        .await;
+    let long_events = until_settled(&env, &long).await;
+    let events = &long_events["wf-long-draft"];
+    let routed = find(events, |b| match b {
+        EventBody::TaskRouted(r) if r.task_id == "shorten" => Some(r),
+        _ => None,
+    });
+    assert_eq!(routed.decision.model_id, "triad-local");
+    assert!(
+        routed
+            .decision
+            .reason
+            .contains("exceeds the attempt's allowance"),
+        "{}",
+        routed.decision.reason
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.body, EventBody::WorkflowCompleted(_)))
+    );
+    assert_eq!(
+        provider.requests().len(),
+        calls_before + 1,
+        "only the draft reached the paid model"
+    );
+    let long_settled = find(events, |b| match b {
+        EventBody::BudgetSettled(s) => Some(s),
+        _ => None,
+    });
+    assert_eq!(long_settled.burned_micros, spent(events));
+
     // The account and the supply, from the ledger topic.
     let (out, _) = cli_ok(&env, &["credits", "show", "acct-a", "--json"], &[]);
     let account: Value = serde_json::from_str(&out).unwrap();
-    let burned = cost + reserved;
+    let burned = cost + reserved + long_settled.burned_micros;
     assert_eq!(account["totals"]["burned_micros"], burned);
     assert_eq!(account["totals"]["reserved_micros"], 0);
     assert_eq!(account["totals"]["balance_micros"], 50_000 - burned);
@@ -258,6 +299,9 @@ async fn budgets_reserve_the_worst_case_block_what_they_cannot_cover_and_settle(
             "CreditsBurned",
             "ReservationReleased",
             "ReservationRefused",
+            "CreditsReserved",
+            "CreditsBurned",
+            "ReservationReleased",
             "CreditsReserved",
             "CreditsBurned",
             "ReservationReleased"

@@ -209,6 +209,7 @@ specialties = ["eu-legal"]
         max_tokens: 64,
         timeout_ms: 10_000,
         auction: false,
+        budget_micros: None,
         schema_version: triad_domain::TASK_REQUEST_SCHEMA_VERSION,
     };
     env.producer

@@ -350,6 +350,7 @@ pub fn task_request() -> TaskRequest {
         max_tokens: task.max_tokens,
         timeout_ms: task.timeout_ms,
         auction: true,
+        budget_micros: Some(1_500),
         schema_version: crate::TASK_REQUEST_SCHEMA_VERSION,
     }
 }

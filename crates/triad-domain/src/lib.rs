@@ -73,4 +73,4 @@ pub const EVENT_SCHEMA_VERSION: i32 = 8;
 /// writes.
 pub const CREDITS_SCHEMA_VERSION: i32 = 1;
 /// The version of `io.triad.v1.TaskRequest` this code writes.
-pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 3;
+pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 4;

@@ -32,5 +32,9 @@ pub struct TaskRequest {
     /// The task asked for an auction (v3).
     #[serde(default)]
     pub auction: bool,
+    /// What the attempt may spend, for a workflow on a credits reservation (v4): a model
+    /// whose worst-case call exceeds it is not called.
+    #[serde(default)]
+    pub budget_micros: Option<i64>,
     pub schema_version: i32,
 }

@@ -413,6 +413,21 @@ impl Executor {
             let Some(model) = self.catalogue.models.get(&ranked.id) else {
                 continue;
             };
+            // Pre-authorisation of the call (docs/credits.md): on a credits reservation, a
+            // model whose worst-case call does not fit the attempt's allowance is not called.
+            if let Some(allowance) = request.budget_micros {
+                let worst = model
+                    .capabilities()
+                    .cost_micros(i64::from(needs.prompt_tokens), i64::from(needs.max_tokens));
+                if worst > allowance {
+                    errors.push(format!(
+                        "{}: not called, its worst-case call of {worst} µcredits exceeds the \
+                         attempt's allowance of {allowance} on the workflow's reservation",
+                        ranked.id
+                    ));
+                    continue;
+                }
+            }
             let mut retry = 0u32;
             loop {
                 let permit = self.permit(&ranked.id);

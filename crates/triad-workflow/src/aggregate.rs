@@ -997,6 +997,12 @@ pub fn task_request(state: &WorkflowState, task_id: &str, policy: &Policy) -> Op
         max_tokens: task.max_tokens,
         timeout_ms: task.timeout_ms,
         auction: task.auction,
+        // Pre-authorised at dispatch against the reservation; the executor holds each call
+        // to it.
+        budget_micros: state
+            .budget
+            .as_ref()
+            .map(|b| b.attempt_micros.get(task_id).copied().unwrap_or(0)),
         schema_version: triad_domain::TASK_REQUEST_SCHEMA_VERSION,
     })
 }
