@@ -5,10 +5,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{RwLock, watch};
 use tokio_util::sync::CancellationToken;
 use triad_domain::{CreditKind, CreditsCommand, CreditsEvent};
@@ -90,65 +87,38 @@ impl Ledger {
     }
 }
 
-/// Follows every partition of `triad.credits` from offset 0 into `ledger` until `cancel`.
+/// Follows every partition of `triad.credits` from offset 0 into `state.ledger` until
+/// `cancel`.
 pub async fn follow(state: std::sync::Arc<AppState>, cancel: CancellationToken) {
     let topic = state.names.credits.clone();
-    let consumer: StreamConsumer = match triad_kafka::client::follower_config(&state.kafka).create()
-    {
-        Ok(c) => c,
-        Err(error) => {
-            tracing::error!(%error, "cannot create the ledger follower; credits reads stay empty");
-            return;
+    let each = |m: rdkafka::message::OwnedMessage| {
+        let state = state.clone();
+        async move {
+            let at = format!("{}@{}", m.partition(), m.offset());
+            let payload = m.payload().unwrap_or_default();
+            let decoded = state.codec.decode::<CreditsEvent>(Some(payload)).await;
+            let mut view = state.ledger.view.write().await;
+            match decoded {
+                Ok(event) => {
+                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                    let sha = triad_sovereignty::hex(&triad_sovereignty::custody::sha256(
+                        payload
+                            .get(triad_codec::wire::PREFIX_LEN..)
+                            .unwrap_or_default(),
+                    ));
+                    view.record(&at, &key, event, sha);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ledger.record = %at, "a ledger record does not decode");
+                    view.undecodable(&at, &error.to_string());
+                }
+            }
+            let records = view.records;
+            drop(view);
+            state.ledger.folded.send_replace(records);
         }
     };
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..state.kafka.partitions {
-        if let Err(error) = assignment.add_partition_offset(&topic, p, Offset::Beginning) {
-            tracing::error!(%error, "cannot assign the ledger partitions");
-            return;
-        }
-    }
-    if let Err(error) = consumer.assign(&assignment) {
-        tracing::error!(%error, "cannot assign the ledger partitions");
-        return;
-    }
-    let mut stream = consumer.stream();
-    loop {
-        let next = tokio::select! {
-            () = cancel.cancelled() => return,
-            m = stream.next() => m,
-        };
-        let m = match next {
-            None => return,
-            Some(Err(error)) => {
-                tracing::warn!(%error, messaging.destination.name = %topic, "reading the ledger failed; retrying");
-                continue;
-            }
-            Some(Ok(m)) => m,
-        };
-        let at = format!("{}@{}", m.partition(), m.offset());
-        let payload = m.payload().unwrap_or_default();
-        let decoded = state.codec.decode::<CreditsEvent>(Some(payload)).await;
-        let mut view = state.ledger.view.write().await;
-        match decoded {
-            Ok(event) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                let sha = triad_sovereignty::hex(&triad_sovereignty::custody::sha256(
-                    payload
-                        .get(triad_codec::wire::PREFIX_LEN..)
-                        .unwrap_or_default(),
-                ));
-                view.record(&at, &key, event, sha);
-            }
-            Err(error) => {
-                tracing::warn!(%error, ledger.record = %at, "a ledger record does not decode");
-                view.undecodable(&at, &error.to_string());
-            }
-        }
-        let records = view.records;
-        drop(view);
-        state.ledger.folded.send_replace(records);
-    }
+    crate::follow_topic(&state.kafka, &topic, state.kafka.partitions, cancel, each).await;
 }
 
 /// Why a credits command was not accepted at the edge.

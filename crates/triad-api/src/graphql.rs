@@ -245,6 +245,27 @@ impl QueryRoot {
         read::models(&state(ctx)?.pool).await.map_err(unavailable)
     }
 
+    /// Each model's health and circuit-breaker state as each executor last reported it
+    /// (`triad.executor-status`); only `modelId`'s when given.
+    async fn model_health(
+        &self,
+        ctx: &Context<'_>,
+        model_id: Option<String>,
+    ) -> async_graphql::Result<Vec<crate::market::ModelHealth>> {
+        Ok(state(ctx)?.health.list(model_id.as_deref()).await)
+    }
+
+    /// A workflow's auctions from the read model: every bid with its fate, and the award.
+    async fn auctions(
+        &self,
+        ctx: &Context<'_>,
+        workflow_id: String,
+    ) -> async_graphql::Result<Vec<crate::market::Auction>> {
+        crate::market::auctions(&state(ctx)?.pool, &workflow_id)
+            .await
+            .map_err(unavailable)
+    }
+
     /// What a workflow would cost, before it is submitted: the expected cost on the models the
     /// router would choose and the worst case a hard budget reserves (docs/market.md). The
     /// input is validated as `submitWorkflow` validates it; nothing is written.

@@ -29,6 +29,7 @@ pub mod commands;
 pub mod credits;
 pub mod graphql;
 pub mod long;
+pub mod market;
 pub mod metrics;
 pub mod read;
 mod rest;
@@ -83,6 +84,9 @@ pub struct AppState {
     pub kernel: Option<Arc<triad_kernel::NodeKernel>>,
     /// The credits ledger as followed from `triad.credits` (filled by [`serve`]).
     pub ledger: credits::Ledger,
+    /// Each model's health and breaker state as the executors report them (filled by
+    /// [`serve`]).
+    pub health: market::HealthView,
     /// Allows credits issuance through the API (`TRIAD_OPERATOR_TOKEN`); none disables it.
     pub operator_token: Option<credits::OperatorToken>,
 }
@@ -315,6 +319,55 @@ async fn listen_once(
     result
 }
 
+/// Reads every partition of `topic` (`partitions` of them) from offset 0 and then follows
+/// it, handing each record to `each`, until `cancel`. Read errors are logged and the read goes
+/// on (librdkafka reconnects). The API's in-memory views (the credits ledger, model health)
+/// are built this way: from the log, never from a database.
+pub(crate) async fn follow_topic<F, Fut>(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    cancel: CancellationToken,
+    mut each: F,
+) where
+    F: FnMut(rdkafka::message::OwnedMessage) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    use rdkafka::consumer::Consumer;
+    let assigned = (|| {
+        let consumer: rdkafka::consumer::StreamConsumer =
+            triad_kafka::client::follower_config(kafka).create()?;
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        Ok::<_, rdkafka::error::KafkaError>(consumer)
+    })();
+    let consumer = match assigned {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, messaging.destination.name = %topic, "cannot follow the topic; its view stays empty");
+            return;
+        }
+    };
+    let mut stream = consumer.stream();
+    loop {
+        let next = tokio::select! {
+            () = cancel.cancelled() => return,
+            m = stream.next() => m,
+        };
+        match next {
+            None => return,
+            Some(Err(error)) => {
+                tracing::warn!(%error, messaging.destination.name = %topic, "reading failed; retrying");
+            }
+            Some(Ok(m)) => each(m.detach()).await,
+        }
+    }
+}
+
 /// Serves the API on `options.listen` until `cancel`.
 pub async fn serve(
     state: Arc<AppState>,
@@ -335,6 +388,7 @@ pub async fn serve(
         cancel.clone(),
     ));
     let follower = tokio::spawn(credits::follow(state.clone(), cancel.clone()));
+    let status = tokio::spawn(market::follow_status(state.clone(), cancel.clone()));
     let app = router(state, options.max_body_bytes);
     let c = cancel.clone();
     let served = axum::serve(listener, app)
@@ -344,6 +398,7 @@ pub async fn serve(
     cancel.cancel();
     let _ = notifier.await;
     let _ = follower.await;
+    let _ = status.await;
     served
 }
 

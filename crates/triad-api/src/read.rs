@@ -191,7 +191,7 @@ impl std::fmt::Display for Cursor {
     }
 }
 
-async fn client(pool: &deadpool_postgres::Pool) -> Result<deadpool_postgres::Object> {
+pub(crate) async fn client(pool: &deadpool_postgres::Pool) -> Result<deadpool_postgres::Object> {
     pool.get()
         .await
         .map_err(|e| Error::Unavailable(e.to_string()))

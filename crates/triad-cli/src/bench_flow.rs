@@ -6,7 +6,10 @@
 //!   the `TaskCompleted` event seen by a consumer, next to the raw rdkafka produce→consume
 //!   round trip of a 1 KiB record at the same rate × the hops a task needs;
 //! - throughput: a burst of workflows until all completed, next to the raw broker's message
-//!   rate (produce + consume of 1 KiB records) ÷ the messages one workflow needs.
+//!   rate (produce + consume of 1 KiB records) ÷ the messages one workflow needs;
+//! - with `--budget`: the same workflows on a TRIAD credits account (the ledger runs here
+//!   too), next to the same workflows without one — what the budget saga (a reservation
+//!   before acceptance, a settlement after) costs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,7 +47,13 @@ pub struct FlowArgs {
     /// Workflows in the throughput burst.
     #[arg(long, default_value_t = 500)]
     pub burst: usize,
+    /// Also run every measurement on a credits account and compare (docs/credits.md).
+    #[arg(long, requires = "flow")]
+    pub budget: bool,
 }
+
+/// The account `--budget` runs on.
+const ACCOUNT: &str = "bench-account";
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -140,7 +149,9 @@ fn single_task(n: usize) -> Workflow {
         .task(Task::new("t", format!("What is {n}+1?")))
 }
 
-fn submit_record(id: &str, n: usize) -> InboxRecord {
+fn submit_record(id: &str, n: usize, account: Option<&str>) -> InboxRecord {
+    let mut workflow = single_task(n);
+    workflow.account = account.map(str::to_owned);
     InboxRecord {
         meta: CommandMetadata {
             command_id: triad_domain::new_command_id(),
@@ -150,7 +161,7 @@ fn submit_record(id: &str, n: usize) -> InboxRecord {
             actor: Some("bench".into()),
             schema_version: triad_domain::INBOX_SCHEMA_VERSION,
         },
-        body: InboxBody::SubmitWorkflow(single_task(n).to_command()),
+        body: InboxBody::SubmitWorkflow(workflow.to_command()),
     }
 }
 
@@ -183,6 +194,7 @@ fn observe(
     }))
 }
 
+#[allow(clippy::too_many_arguments)] // one call site per measurement; a struct would only rename them
 async fn flow_latency(
     config: &Config,
     codec: &Arc<Codec>,
@@ -191,6 +203,7 @@ async fn flow_latency(
     tag: &str,
     rate: u32,
     seconds: u64,
+    account: Option<&'static str>,
 ) -> Result<Vec<Duration>> {
     let n = (u64::from(rate) * seconds) as usize;
     let watcher = observe(config, codec.clone(), names, n, |b| {
@@ -205,7 +218,7 @@ async fn flow_latency(
         submitted.insert(id.clone(), Instant::now());
         let (producer, codec, topic) = (producer.clone(), codec.clone(), names.inbox.clone());
         sends.push(async move {
-            let r = submit_record(&id, i);
+            let r = submit_record(&id, i, account);
             producer.send_record(&codec, &topic, None, &id, &r).await
         });
         while let Some(r) = futures::FutureExt::now_or_never(sends.next()).flatten() {
@@ -277,6 +290,8 @@ async fn flow_rate(
     producer: &Producer,
     names: &Names,
     burst: usize,
+    tag: &str,
+    account: Option<&'static str>,
 ) -> Result<f64> {
     let watcher = observe(config, codec.clone(), names, burst, |b| {
         matches!(b, EventBody::WorkflowCompleted(_))
@@ -284,10 +299,10 @@ async fn flow_rate(
     let started = Instant::now();
     let mut sends = futures::stream::FuturesUnordered::new();
     for i in 0..burst {
-        let id = format!("wf-burst-{i}");
+        let id = format!("wf-{tag}-{i}");
         let (producer, codec, topic) = (producer.clone(), codec.clone(), names.inbox.clone());
         sends.push(async move {
-            let r = submit_record(&id, i);
+            let r = submit_record(&id, i, account);
             producer.send_record(&codec, &topic, None, &id, &r).await
         });
     }
@@ -339,6 +354,18 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
                 .await
                 .map_err(anyhow::Error::from)
         });
+        if args.budget {
+            let options = triad_processor::ledger::Options {
+                kafka: config.kafka.clone(),
+                instance: 0,
+            };
+            let (c, t) = (codec.clone(), cancel.clone());
+            workers.spawn(async move {
+                triad_processor::ledger::run(&options, c, t)
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+        }
         let options = crate::workers::executor_options(&config, "US-EAST", 0)?;
         let (c, t, zones) = (codec.clone(), cancel.clone(), config.policy.zones.clone());
         workers.spawn(async move {
@@ -348,11 +375,44 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
         });
     }
     let producer = Producer::new(&config.kafka)?;
+    let budgeted: Option<&'static str> = args.budget.then_some(ACCOUNT);
+    if args.budget {
+        // Sent before any reservation, on the account's one partition: applied first.
+        let issue = triad_domain::CreditsCommand {
+            command_id: triad_domain::new_command_id(),
+            account: ACCOUNT.to_owned(),
+            issued_at: triad_kafka::now_micros(),
+            actor: Some("bench".to_owned()),
+            body: triad_domain::CreditsCommandBody::IssueCredits(triad_domain::IssueCredits {
+                amount_micros: i64::MAX / 4,
+                kind: triad_domain::CreditKind::Grant,
+                reason: "bench".to_owned(),
+            }),
+            schema_version: triad_domain::CREDITS_SCHEMA_VERSION,
+        };
+        producer
+            .send_record(&codec, &names.credits_inbox, None, ACCOUNT, &issue)
+            .await?;
+    }
     // Warm-up: groups assigned, schemas registered, one workflow end to end.
     println!("warming up (group assignment, schema registration)…");
-    let warm = flow_latency(&config, &codec, &producer, &names, "warm", 5, 2)
+    let warm = flow_latency(&config, &codec, &producer, &names, "warm", 5, 2, None)
         .await
         .context("warm-up")?;
+    if let Some(account) = budgeted {
+        flow_latency(
+            &config,
+            &codec,
+            &producer,
+            &names,
+            "warm-b",
+            5,
+            2,
+            Some(account),
+        )
+        .await
+        .context("warm-up on a credits account")?;
+    }
     println!(
         "warm-up ok ({} workflows, p50 {:.1} ms)",
         warm.len(),
@@ -375,6 +435,7 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
             &format!("r{rate}"),
             *rate,
             args.seconds,
+            None,
         )
         .await?;
         let (r50, r99) = (ms(percentile(&raw, 0.5)), ms(percentile(&raw, 0.99)));
@@ -394,7 +455,10 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
         args.burst * MESSAGES_PER_WORKFLOW as usize,
     )
     .await?;
-    let flow = flow_rate(&config, &codec, &producer, &names, args.burst).await?;
+    let flow = flow_rate(
+        &config, &codec, &producer, &names, args.burst, "burst", None,
+    )
+    .await?;
     let bound = raw_msgs / MESSAGES_PER_WORKFLOW;
     println!();
     println!(
@@ -406,6 +470,66 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
         "| {raw_msgs:.0} | {bound:.0} | {flow:.1} | {:.3} |",
         flow / bound
     );
+    if let Some(account) = budgeted {
+        println!();
+        println!(
+            "| arrival rate | no account p50 / p99 ms | on a credits account p50 / p99 ms | ratio p50 | ratio p99 |"
+        );
+        println!("| ---: | ---: | ---: | ---: | ---: |");
+        for rate in &args.rates {
+            // Interleaved in one run, so both see the same broker.
+            let plain = flow_latency(
+                &config,
+                &codec,
+                &producer,
+                &names,
+                &format!("p{rate}"),
+                *rate,
+                args.seconds,
+                None,
+            )
+            .await?;
+            let paid = flow_latency(
+                &config,
+                &codec,
+                &producer,
+                &names,
+                &format!("b{rate}"),
+                *rate,
+                args.seconds,
+                Some(account),
+            )
+            .await?;
+            let (p50, p99) = (ms(percentile(&plain, 0.5)), ms(percentile(&plain, 0.99)));
+            let (b50, b99) = (ms(percentile(&paid, 0.5)), ms(percentile(&paid, 0.99)));
+            println!(
+                "| {rate}/s | {p50:.1} / {p99:.1} | {b50:.1} / {b99:.1} | {:.2} | {:.2} |",
+                b50 / p50,
+                b99 / p99
+            );
+        }
+        let plain = flow_rate(
+            &config, &codec, &producer, &names, args.burst, "burst-p", None,
+        )
+        .await?;
+        let paid = flow_rate(
+            &config,
+            &codec,
+            &producer,
+            &names,
+            args.burst,
+            "burst-b",
+            Some(account),
+        )
+        .await?;
+        println!();
+        println!(
+            "| burst of {} | no account workflows/s | on a credits account workflows/s | ratio |",
+            args.burst
+        );
+        println!("| ---: | ---: | ---: | ---: |");
+        println!("| | {plain:.1} | {paid:.1} | {:.3} |", paid / plain);
+    }
     cancel.cancel();
     while let Some(r) = workers.join_next().await {
         r??;

@@ -303,6 +303,7 @@ pub async fn api(
         metrics: Arc::default(),
         kernel,
         ledger: triad_api::credits::Ledger::default(),
+        health: triad_api::market::HealthView::default(),
         // A secret: from the environment only, never from triad.toml, never logged.
         operator_token: std::env::var(triad_config::OPERATOR_TOKEN_ENV)
             .ok()

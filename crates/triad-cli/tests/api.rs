@@ -137,14 +137,7 @@ async fn submit_stream_resume_read_and_clear_errors_over_rest() {
     assert_eq!(rest, (6..=got.len() as i64).collect::<Vec<_>>());
 
     // The workflow as the read model has it.
-    let w: Value = http
-        .get(format!("{base}/v1/workflows/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, w) = support::get_json(&http, &format!("{base}/v1/workflows/{id}")).await;
     assert_eq!(w["status"], "COMPLETED");
     assert_eq!(w["tasks_completed"], 2);
     assert_eq!(w["last_sequence"], got.len());
@@ -218,14 +211,7 @@ async fn submit_stream_resume_read_and_clear_errors_over_rest() {
     problem(bad_resume, 400, "invalid_last_event_id").await;
 
     // Prometheus counters by route template; every stream above has ended.
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::get_text(&http, &format!("{base}/metrics")).await;
     for line in [
         "triad_api_requests_total{route=\"/v1/workflows\",method=\"POST\",status=\"202\"} 2",
         "triad_api_requests_total{route=\"/v1/workflows/{id}\",method=\"GET\",status=\"404\"} 1",

@@ -640,29 +640,13 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
         ]
     );
     assert_eq!(answer["data"]["creditSupply"]["burned"], burned);
-    let r: Value = http
-        .get(format!("{base}/v1/accounts/acct-api"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, r) = support::get_json(&http, &format!("{base}/v1/accounts/acct-api")).await;
+    assert_eq!(status, 200);
     assert_eq!(r["totals"]["burned_micros"], burned);
-    let r = http
-        .get(format!("{base}/v1/accounts/nobody"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-    let supply: Value = http
-        .get(format!("{base}/v1/credits/supply"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, r) = support::get_json(&http, &format!("{base}/v1/accounts/nobody")).await;
+    assert_eq!(status, 404);
+    assert_eq!(r["code"], "account_not_found");
+    let (_, supply) = support::get_json(&http, &format!("{base}/v1/credits/supply")).await;
     assert_eq!(supply["problems"], serde_json::json!([]));
     assert_eq!(supply["circulating_micros"], 50_000 - burned);
 }

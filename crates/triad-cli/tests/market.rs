@@ -464,3 +464,140 @@ async fn probes_mark_a_model_unhealthy_and_healthy_again_and_the_router_follows(
     assert_eq!(flaky.requests().len(), 1);
     assert!(flaky.health_probes() >= 4);
 }
+
+/// POSTs a GraphQL query; returns `data` (fails the test on errors).
+async fn graphql(http: &reqwest::Client, base: &str, query: &str, variables: Value) -> Value {
+    let answer: Value = http
+        .post(format!("{base}/graphql"))
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["errors"].is_null(), "{answer}");
+    answer["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_serves_model_health_and_a_workflows_auctions() {
+    let bargain = FakeProvider::start(Flavor::OpenAi).await;
+    let premium = FakeProvider::start(Flavor::OpenAi).await;
+    let sick = FakeProvider::start(Flavor::OpenAi).await;
+    sick.set_health(Some(503));
+    let research = "\"research\"";
+    let mut env = Env::new(1).await.with_config(&format!(
+        "[executor]\nhealth_every_ms = 100\nunhealthy_after = 2\nhealthy_after = 2\n\n{}{}{}",
+        model_toml(
+            "bargain",
+            &bargain.base_url(),
+            research,
+            (1_000, 1_000),
+            "bid_confidence = 0.9"
+        ),
+        model_toml(
+            "premium",
+            &premium.base_url(),
+            research,
+            (5_000, 5_000),
+            "bid_confidence = 0.9"
+        ),
+        model_toml("sick", &sick.base_url(), research, (1, 1), ""),
+    ));
+    let (_children, base, http, _) = support::api_stack(&mut env, &[]).await;
+
+    // The executor reports sick unhealthy; the API's modelHealth shows it once it has read
+    // the report.
+    env.read_until(
+        &env.names.executor_status,
+        Duration::from_secs(60),
+        "sick marked unhealthy",
+        |s: &[triad_domain::ExecutorStatus]| {
+            s.iter().any(|s| {
+                matches!(&s.body, triad_domain::StatusBody::HealthTransition(h) if h.model_id == "sick")
+            })
+        },
+    )
+    .await;
+    let query = r#"query { modelHealth(modelId: "sick") { modelId zone executorId healthy healthReason probes } }"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        let data = graphql(&http, &base, query, json!({})).await;
+        if !data["modelHealth"].as_array().unwrap().is_empty() {
+            break data["modelHealth"][0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "modelHealth stayed empty"
+        );
+        // The report is in Kafka; the API's follower is at most a fetch behind.
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(health["healthy"], false);
+    assert_eq!(health["zone"], "US-EAST");
+    assert_eq!(health["probes"], 2);
+    assert!(
+        health["healthReason"].as_str().unwrap().contains("503"),
+        "{health}"
+    );
+
+    // One auction: GraphQL's auctions(workflowId) shows what the event store recorded.
+    let wf = triad_workflow::Workflow::new("one-auction")
+        .zones(["US-EAST"])
+        .task(
+            triad_workflow::Task::new("t", "Summarise the tides")
+                .specialties(["research"])
+                .max_tokens(100)
+                .auction(true),
+        );
+    env.submit("wf-graphql-auction", wf.to_command()).await;
+    let events = env
+        .events_until_finished(&["wf-graphql-auction".to_owned()], Duration::from_secs(60))
+        .await;
+    let closed = events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::AuctionClosed(a) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // The SSE stream ends after the workflow's final event is in the read model.
+    let sse = support::get_text(
+        &http,
+        &format!("{base}/v1/workflows/wf-graphql-auction/events"),
+    )
+    .await;
+    assert!(sse.contains("event: workflow.complete"), "{sse}");
+    assert!(sse.contains("event: auction.closed"), "{sse}");
+    let query = r#"query($id: String!) {
+        auctions(workflowId: $id) { taskId attempt winner priceMicros reason bids { modelId status standing } } }"#;
+    let data = graphql(&http, &base, query, json!({"id": "wf-graphql-auction"})).await;
+    let auctions = data["auctions"].as_array().unwrap();
+    assert_eq!(auctions.len(), 1, "{data}");
+    let a = &auctions[0];
+    assert_eq!(a["taskId"], "t");
+    assert_eq!(a["winner"], json!(closed.winner));
+    assert_eq!(a["winner"], "bargain");
+    assert_eq!(a["priceMicros"], json!(closed.price_micros));
+    assert_eq!(a["reason"], closed.reason);
+    let mut bidders: Vec<(String, String)> = a["bids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["modelId"].as_str().unwrap().to_owned(),
+                b["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    bidders.sort();
+    assert_eq!(
+        bidders,
+        [
+            ("bargain".to_owned(), "WON".to_owned()),
+            ("premium".to_owned(), "ACCEPTED".to_owned())
+        ]
+    );
+}

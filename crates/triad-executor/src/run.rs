@@ -14,7 +14,7 @@ use triad_domain::{
     InboxRecord, ModelCall, ModelRegistration, RoutingDecision, StatusBody, TaskOutcome,
     TaskRequest, TaskResultReported,
 };
-use triad_kafka::consume::{Group, OnUndecodable, Outcome};
+use triad_kafka::consume::{Group, Outcome};
 use triad_kafka::dlq::DeadLetterWriter;
 use triad_kafka::produce::Producer;
 use triad_kafka::topics::Names;
@@ -1188,19 +1188,14 @@ pub async fn run(
     };
     let topics = [topic.as_str()];
     let result = triad_kafka::pool::run_pool(
-        Group {
-            kafka: &options.kafka,
-            name: &group,
-            topics: &topics,
-            on_undecodable: OnUndecodable::DeadLetter,
-            dlq: Some(&dlq),
-            flush_on_revoke: Some(producer.clone()),
-            instance_id: options
-                .kafka
-                .static_membership
-                .then(|| format!("{group}-{}", options.instance)),
-            rebalances: None,
-        },
+        Group::worker(
+            &options.kafka,
+            &group,
+            &topics,
+            &dlq,
+            &producer,
+            options.instance,
+        ),
         options.config.max_in_flight,
         cancel,
         handler,

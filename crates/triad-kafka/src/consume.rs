@@ -137,6 +137,38 @@ pub struct Group<'a> {
     pub rebalances: Option<Arc<AtomicU64>>,
 }
 
+impl<'a> Group<'a> {
+    /// The usual worker of an edge topic: undecodable records to `dlq`, `producer` flushed
+    /// on revoke, and static membership (`<name>-<instance>`) when `kafka.static_membership`.
+    pub fn worker(
+        kafka: &'a KafkaConfig,
+        name: &'a str,
+        topics: &'a [&'a str],
+        dlq: &'a crate::dlq::DeadLetterWriter,
+        producer: &crate::produce::Producer,
+        instance: u32,
+    ) -> Self {
+        Self {
+            kafka,
+            name,
+            topics,
+            on_undecodable: OnUndecodable::DeadLetter,
+            dlq: Some(dlq),
+            flush_on_revoke: Some(producer.clone()),
+            instance_id: kafka
+                .static_membership
+                .then(|| format!("{name}-{instance}")),
+            rebalances: None,
+        }
+    }
+
+    /// Counts assignments in `rebalances` (see [`Group::rebalances`]).
+    pub fn counting_rebalances(mut self, rebalances: Arc<AtomicU64>) -> Self {
+        self.rebalances = Some(rebalances);
+        self
+    }
+}
+
 /// Runs `handler` over the records of `topics` in consumer group `group` until `cancel`.
 /// Offsets are stored only after `handler` returned `Done` (or the dead letter was
 /// acknowledged); the stored offsets are committed on shutdown. A handler error (e.g. the

@@ -28,7 +28,7 @@ use triad_domain::{
     CommandMetadata, CreditsCommand, CreditsEvent, CreditsEventBody, InboxBody, InboxRecord,
     LedgerCausation,
 };
-use triad_kafka::consume::{Group, OnUndecodable, Outcome};
+use triad_kafka::consume::{Group, Outcome};
 use triad_kafka::dlq::DeadLetterWriter;
 use triad_kafka::produce::Producer;
 use triad_kafka::topics::Names;
@@ -320,19 +320,15 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
             async move { ledger.handle(m).await }
         }
     };
-    let group_options = Group {
-        kafka: &options.kafka,
-        name: &group,
-        topics: &topics,
-        on_undecodable: OnUndecodable::DeadLetter,
-        dlq: Some(&dlq),
-        flush_on_revoke: Some(producer.clone()),
-        instance_id: options
-            .kafka
-            .static_membership
-            .then(|| format!("{group}-{}", options.instance)),
-        rebalances: Some(ledger.rebalances.clone()),
-    };
+    let group_options = Group::worker(
+        &options.kafka,
+        &group,
+        &topics,
+        &dlq,
+        &producer,
+        options.instance,
+    )
+    .counting_rebalances(ledger.rebalances.clone());
     let result = triad_kafka::consume::run_group(group_options, cancel, handler).await;
     result?;
     producer.flush(Duration::from_secs(10))?;

@@ -50,7 +50,7 @@ use triad_domain::{
     InboxBody, InboxRecord, SnapshotBody, SnapshotCheckpoint, SnapshotState, StatusBody,
     TaskTimerFired, TimerKind, WorkflowEvent, WorkflowSnapshot,
 };
-use triad_kafka::consume::{Group, OnUndecodable, Outcome};
+use triad_kafka::consume::{Group, Outcome};
 use triad_kafka::dlq::DeadLetterWriter;
 use triad_kafka::produce::{Delivered, Producer};
 use triad_kafka::topics::Names;
@@ -1081,8 +1081,14 @@ async fn retry_ledger(processor: Arc<Processor>, cancel: CancellationToken) {
         }
         let commands: Vec<triad_domain::CreditsCommand> = {
             let partitions = processor.partitions.lock().await;
+            // Only partitions still owned: after a rebalance another instance answers for
+            // the others (and this one reloads them before deciding anything).
+            let generation = processor
+                .rebalances
+                .load(std::sync::atomic::Ordering::SeqCst);
             partitions
                 .values()
+                .filter(|ps| ps.generation == generation)
                 .flat_map(|ps| ps.workflows.values())
                 .filter_map(|state| ledger_command(state, &processor.names.inbox))
                 .collect()
@@ -1214,19 +1220,15 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
             async move { processor.handle(m).await }
         }
     };
-    let group_options = Group {
-        kafka: &options.kafka,
-        name: &group,
-        topics: &topics,
-        on_undecodable: OnUndecodable::DeadLetter,
-        dlq: Some(&dlq),
-        flush_on_revoke: Some(producer.clone()),
-        instance_id: options
-            .kafka
-            .static_membership
-            .then(|| format!("{group}-{}", options.instance)),
-        rebalances: Some(processor.rebalances.clone()),
-    };
+    let group_options = Group::worker(
+        &options.kafka,
+        &group,
+        &topics,
+        &dlq,
+        &producer,
+        options.instance,
+    )
+    .counting_rebalances(processor.rebalances.clone());
     let result = triad_kafka::consume::run_group(group_options, cancel, handler).await;
     // Drain: the rounds already taken are written before the process stops.
     processor.snapshot_barrier().await;

@@ -460,6 +460,18 @@ pub async fn post_json(
     (status, r.json().await.unwrap())
 }
 
+/// GETs `url`; returns the status and the JSON answer (Null when the body is not JSON).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let r = http.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// GETs `url` and reads the whole body as text (an SSE stream until it ends).
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// Waits until `triad api` at `base` answers `GET /v1/health` with 200 (the projection has
 /// created its schema); fails the test with the API's log after a minute.
 pub async fn wait_api_healthy(http: &reqwest::Client, base: &str, log: &Path) {
