@@ -93,8 +93,8 @@ enum Command {
     Api,
     /// Apply the PostgreSQL migrations in `migrations/` (workers also do it at start-up).
     Migrate,
-    /// Run the processor, one executor per zone and the projection worker in this one
-    /// process (development).
+    /// Run the processor, the credits ledger, one executor per zone and the projection
+    /// worker in this one process (development).
     Dev,
     /// Submit a workflow document (JSON or YAML) and follow its events until it finishes.
     Submit {
