@@ -707,3 +707,87 @@ async fn the_notary_signs_the_ledger_and_the_audit_checks_its_checkpoints() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("does not continue the chain"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ledger_commands_are_dead_lettered_with_their_reason_and_nothing_stops() {
+    let env = Env::new(1).await;
+    let _ledger = env.spawn("ledger", &["ledger"]);
+    let command = |amount: i64, account: &str| triad_domain::CreditsCommand {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        account: account.to_owned(),
+        issued_at: triad_kafka::now_micros(),
+        actor: Some("intruder".to_owned()),
+        body: triad_domain::CreditsCommandBody::IssueCredits(triad_domain::IssueCredits {
+            amount_micros: amount,
+            kind: triad_domain::CreditKind::Grant,
+            reason: "written past the edge".to_owned(),
+        }),
+        schema_version: triad_domain::CREDITS_SCHEMA_VERSION,
+    };
+    // Past the edge's validation, straight onto the inbox: a non-positive amount, an
+    // account id the ledger cannot key, and bytes that are no Avro record at all.
+    for bad in [command(0, "acct-d"), command(5, "no spaces allowed")] {
+        env.producer
+            .send_record(
+                &env.codec,
+                &env.names.credits_inbox,
+                Some(0),
+                &bad.account,
+                &bad,
+            )
+            .await
+            .unwrap();
+    }
+    env.producer
+        .send_to(
+            &env.names.credits_inbox,
+            Some(0),
+            Some(b"acct-d"),
+            Some(b"not avro"),
+            &[],
+        )
+        .await
+        .unwrap();
+    // Then a good one, which the ledger still applies.
+    cli_ok(
+        &env,
+        &[
+            "credits",
+            "issue",
+            "acct-d",
+            "1",
+            "--reason",
+            "after the bad ones",
+        ],
+        &[],
+    );
+    let letters = env
+        .read_until(
+            &env.names.dlq,
+            Duration::from_secs(30),
+            "three dead letters",
+            |l: &[triad_domain::DeadLetter]| l.len() >= 3,
+        )
+        .await;
+    let reasons: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|l| (l.error_kind.as_str(), l.error.as_str()))
+        .collect();
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.source_topic == env.names.credits_inbox),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[0].0, "invalid", "{reasons:?}");
+    assert!(
+        reasons[0].1.contains("amount_micros: must be positive"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].1.contains("account:"), "{reasons:?}");
+    assert_eq!(reasons[2].0, "decode", "{reasons:?}");
+    let (out, _) = cli_ok(&env, &["credits", "show", "acct-d", "--json"], &[]);
+    let account: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(account["totals"]["issued_micros"], 1_000_000);
+    assert_eq!(account["entries"].as_array().unwrap().len(), 1);
+}
