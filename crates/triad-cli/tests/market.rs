@@ -30,6 +30,29 @@ fn model_toml(id: &str, base: &str, specialties: &str, price: (i64, i64), extra:
     )
 }
 
+/// The two bidders of the auction tests: "bargain" (1 000 µ/1K) and "premium" (5 000 µ/1K),
+/// both research models that bid with confidence 0.9.
+fn bidders_toml(bargain: &FakeProvider, premium: &FakeProvider) -> String {
+    let research = "\"research\"";
+    format!(
+        "{}{}",
+        model_toml(
+            "bargain",
+            &bargain.base_url(),
+            research,
+            (1_000, 1_000),
+            "bid_confidence = 0.9"
+        ),
+        model_toml(
+            "premium",
+            &premium.base_url(),
+            research,
+            (5_000, 5_000),
+            "bid_confidence = 0.9"
+        ),
+    )
+}
+
 fn document() -> Value {
     json!({
         "name": "market",
@@ -238,21 +261,8 @@ async fn auctions_record_every_bid_and_a_winner_that_breaks_its_promise_loses_st
     }
     let research = "\"research\"";
     let env = Env::new(1).await.with_config(&format!(
-        "{}{}{}{}",
-        model_toml(
-            "bargain",
-            &bargain.base_url(),
-            research,
-            (1_000, 1_000),
-            "bid_confidence = 0.9"
-        ),
-        model_toml(
-            "premium",
-            &premium.base_url(),
-            research,
-            (5_000, 5_000),
-            "bid_confidence = 0.9"
-        ),
+        "{}{}{}",
+        bidders_toml(&bargain, &premium),
         model_toml("shy", &shy.base_url(), research, (1, 1), ""),
         model_toml(
             "unsure",
@@ -488,21 +498,8 @@ async fn graphql_serves_model_health_and_a_workflows_auctions() {
     sick.set_health(Some(503));
     let research = "\"research\"";
     let mut env = Env::new(1).await.with_config(&format!(
-        "[executor]\nhealth_every_ms = 100\nunhealthy_after = 2\nhealthy_after = 2\n\n{}{}{}",
-        model_toml(
-            "bargain",
-            &bargain.base_url(),
-            research,
-            (1_000, 1_000),
-            "bid_confidence = 0.9"
-        ),
-        model_toml(
-            "premium",
-            &premium.base_url(),
-            research,
-            (5_000, 5_000),
-            "bid_confidence = 0.9"
-        ),
+        "[executor]\nhealth_every_ms = 100\nunhealthy_after = 2\nhealthy_after = 2\n\n{}{}",
+        bidders_toml(&bargain, &premium),
         model_toml("sick", &sick.base_url(), research, (1, 1), ""),
     ));
     let (_children, base, http, _) = support::api_stack(&mut env, &[]).await;

@@ -1,9 +1,11 @@
 //! Given the events so far, when an inbox record arrives, then these events follow.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use triad_domain::{
-    CancelWorkflow, CommandMetadata, EventBody, InboxBody, InboxRecord, TaskOutcome,
-    TaskResultReported, TaskTimerFired, TimerKind, WorkflowEvent, fixtures,
+    CancelWorkflow, EventBody, InboxBody, InboxRecord, TaskOutcome, TaskResultReported,
+    TaskTimerFired, TimerKind, WorkflowEvent, fixtures,
 };
 use triad_workflow::aggregate::{
     Input, Policy, Status, WorkflowState, attempt_id, pending_requests, process, task_request,
@@ -33,17 +35,7 @@ fn policy() -> Policy {
 }
 
 fn record(n: i64, body: InboxBody) -> InboxRecord {
-    InboxRecord {
-        meta: CommandMetadata {
-            command_id: format!("cmd-{n}"),
-            idempotency_key: format!("key-{n}"),
-            workflow_id: WF.into(),
-            issued_at: 1_000_000 * n,
-            actor: None,
-            schema_version: 1,
-        },
-        body,
-    }
+    common::record(WF, n, body)
 }
 
 fn research() -> Workflow {

@@ -3,12 +3,14 @@
 //! settlement is recorded once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use triad_domain::{
-    CancelWorkflow, CommandMetadata, EventBody, InboxBody, InboxRecord, LedgerOutcome, LedgerReply,
-    ModelCall, RoutingDecision, TaskOutcome, TaskResultReported, WorkflowEvent,
+    CancelWorkflow, EventBody, InboxBody, InboxRecord, LedgerOutcome, LedgerReply, ModelCall,
+    RoutingDecision, TaskOutcome, TaskResultReported, WorkflowEvent,
 };
 use triad_workflow::aggregate::{
     CostModel, Input, Policy, Status, WorkflowState, attempt_id, process,
@@ -64,17 +66,7 @@ fn workflow(account: Option<&str>) -> Workflow {
 }
 
 fn record(n: i64, body: InboxBody) -> InboxRecord {
-    InboxRecord {
-        meta: CommandMetadata {
-            command_id: format!("cmd-{n}"),
-            idempotency_key: format!("key-{n}"),
-            workflow_id: WF.into(),
-            issued_at: 1_000_000 * n,
-            actor: None,
-            schema_version: 6,
-        },
-        body,
-    }
+    common::record(WF, n, body)
 }
 
 fn reply(n: i64, outcome: LedgerOutcome, amount: i64) -> InboxRecord {
