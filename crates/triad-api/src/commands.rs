@@ -55,23 +55,28 @@ pub fn estimate(
     state: &AppState,
     workflow: &Workflow,
 ) -> Result<triad_market::Estimate, CommandError> {
+    let offers = state.registry.offers(state);
     workflow
-        .validate(&validation(state))
+        .validate(&validation(state, &offers))
         .map_err(CommandError::Invalid)?;
-    let offers = state.policy.models.as_deref().unwrap_or_default();
     Ok(triad_market::estimate(
         workflow,
-        offers,
+        &offers,
         &state.policy.groups,
         triad_market::matching::shared().map(|c| c as &dyn triad_market::SpecialtyClassifier),
     ))
 }
 
-fn validation(state: &AppState) -> triad_workflow::Context<'_> {
+/// What a submission is validated against: the policy, and the models configured or
+/// registered now (the processor decides again with the registry as of the input).
+fn validation<'a>(
+    state: &'a AppState,
+    offers: &'a [triad_workflow::ModelOffer],
+) -> triad_workflow::Context<'a> {
     triad_workflow::Context {
         zones: &state.policy.zones,
         groups: &state.policy.groups,
-        models: state.policy.models.as_deref(),
+        models: Some(offers),
         limits: state.policy.limits,
     }
 }
@@ -86,8 +91,9 @@ pub async fn submit(
     if let Some(k) = &key {
         check_key(k)?;
     }
+    let offers = state.registry.offers(state);
     workflow
-        .validate(&validation(state))
+        .validate(&validation(state, &offers))
         .map_err(CommandError::Invalid)?;
     let workflow_id = workflow_id_for(key.as_deref());
     let mut command = workflow.to_command();

@@ -240,9 +240,23 @@ impl QueryRoot {
         Ok(w.and_then(|w| w.tasks.into_iter().find(|t| t.task_id == task_id)))
     }
 
-    /// Models with their measured statistics (latency percentiles, reliability, spend).
+    /// Models with their measured statistics (latency percentiles, reliability, spend), and
+    /// each registered remote model with its registration (docs/market.md), by id.
     async fn models(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ModelView>> {
-        read::models(&state(ctx)?.pool).await.map_err(unavailable)
+        let s = state(ctx)?;
+        let mut models = read::models(&s.pool).await.map_err(unavailable)?;
+        for registered in s.registry.registered(s) {
+            let view = crate::registry::RegistrationView::from(&registered);
+            match models
+                .iter_mut()
+                .find(|m| m.model_id == registered.model_id)
+            {
+                Some(m) => m.registration = Some(view),
+                None => models.push(ModelView::registered(registered.model_id, view)),
+            }
+        }
+        models.sort_by(|a, b| a.model_id.cmp(&b.model_id));
+        Ok(models)
     }
 
     /// Each model's health and circuit-breaker state as each executor last reported it
@@ -506,6 +520,66 @@ impl MutationRoot {
         }
     }
 
+    /// Registers a remote model (operator only, as `issueCredits`): checked against the
+    /// sovereignty policy (zones, `policy.hosts`), then appended to `triad.models`, one
+    /// version above its latest. Executors serve it from their next task.
+    async fn register_model(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        input: crate::registry::RemoteModelInput,
+    ) -> async_graphql::Result<crate::registry::RegistrationView> {
+        let s = state(ctx)?;
+        let bearer = ctx.data_opt::<Bearer>().and_then(|b| b.0.as_deref());
+        crate::registry::authorise(s, bearer).map_err(registry_error)?;
+        let spec = input
+            .into_spec()
+            .map_err(|e| err("INVALID_REGISTRATION", e))?;
+        let registered = crate::registry::register(s, &id, spec, "graphql")
+            .await
+            .map_err(registry_error)?;
+        let r = registered.registration;
+        let remote = r
+            .remote
+            .ok_or_else(|| err("UNAVAILABLE", "the registration has no remote body"))?;
+        Ok(crate::registry::RegistrationView::from(
+            &crate::registry::RegisteredModel {
+                model_id: r.model_id,
+                version: r.version,
+                registered_at: r.registered_at,
+                remote,
+            },
+        ))
+    }
+
+    /// Deregisters a remote model (operator only): executors stop serving it.
+    async fn deregister_model(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<bool> {
+        let s = state(ctx)?;
+        let bearer = ctx.data_opt::<Bearer>().and_then(|b| b.0.as_deref());
+        crate::registry::authorise(s, bearer).map_err(registry_error)?;
+        crate::registry::deregister(s, &id)
+            .await
+            .map_err(registry_error)?;
+        Ok(true)
+    }
+
+    /// A registered model's heartbeat (operator token), for models registered with
+    /// `heartbeatEveryMs`.
+    async fn model_heartbeat(
+        &self,
+        ctx: &Context<'_>,
+        id: String,
+        sender: Option<String>,
+    ) -> async_graphql::Result<bool> {
+        let s = state(ctx)?;
+        let bearer = ctx.data_opt::<Bearer>().and_then(|b| b.0.as_deref());
+        crate::registry::authorise(s, bearer).map_err(registry_error)?;
+        crate::registry::heartbeat(s, &id, sender.as_deref().unwrap_or("graphql"))
+            .await
+            .map_err(registry_error)?;
+        Ok(true)
+    }
+
     /// Always an error (code NON_TRANSFERABLE): TRIAD credits cannot move between accounts.
     async fn transfer_credits(
         &self,
@@ -643,6 +717,29 @@ fn credits_error(e: crate::credits::IssueError) -> async_graphql::Error {
             })
         }
         IssueError::Unavailable(_) => err("UNAVAILABLE", e.to_string()),
+    }
+}
+
+fn registry_error(e: crate::registry::RegistryError) -> async_graphql::Error {
+    use crate::registry::RegistryError;
+    match &e {
+        RegistryError::Disabled => err("REGISTRATION_DISABLED", e.to_string()),
+        RegistryError::Forbidden => err("FORBIDDEN", e.to_string()),
+        RegistryError::NotFound(_) => err("NOT_FOUND", e.to_string()),
+        RegistryError::Invalid(errors) => {
+            let fields: Vec<async_graphql::Value> = errors
+                .0
+                .iter()
+                .map(|f| async_graphql::Value::from(f.field.clone()))
+                .collect();
+            let field = errors.field().unwrap_or_default().to_owned();
+            async_graphql::Error::new(e.to_string()).extend_with(move |_, ext| {
+                ext.set("code", "INVALID_REGISTRATION");
+                ext.set("field", field.clone());
+                ext.set("fields", async_graphql::Value::List(fields.clone()));
+            })
+        }
+        RegistryError::Unavailable(_) => err("UNAVAILABLE", e.to_string()),
     }
 }
 

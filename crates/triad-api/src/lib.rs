@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ pub mod long;
 pub mod market;
 pub mod metrics;
 pub mod read;
+pub mod registry;
 mod rest;
 pub mod stream;
 
@@ -87,6 +88,8 @@ pub struct AppState {
     /// Each model's health and breaker state as the executors report them (filled by
     /// [`serve`]).
     pub health: market::HealthView,
+    /// The model registry as followed from `triad.models` (filled by [`serve`]).
+    pub registry: registry::ModelRegistry,
     /// Allows credits issuance through the API (`TRIAD_OPERATOR_TOKEN`); none disables it.
     pub operator_token: Option<credits::OperatorToken>,
 }
@@ -213,6 +216,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/accounts/{id}/credits"),
     ("post", "/v1/accounts/{id}/transfers"),
     ("get", "/v1/credits/supply"),
+    ("get", "/v1/models"),
+    ("post", "/v1/models"),
+    ("delete", "/v1/models/{id}"),
+    ("post", "/v1/models/{id}/heartbeat"),
 ];
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
@@ -234,6 +241,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(ROUTES[8].1, post(rest::issue_credits))
         .route(ROUTES[9].1, post(rest::transfer))
         .route(ROUTES[10].1, get(rest::supply))
+        .route(ROUTES[11].1, get(rest::models).post(rest::register_model))
+        .route(ROUTES[13].1, delete(rest::deregister_model))
+        .route(ROUTES[14].1, post(rest::model_heartbeat))
         .fallback(rest::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -389,6 +399,7 @@ pub async fn serve(
     ));
     let follower = tokio::spawn(credits::follow(state.clone(), cancel.clone()));
     let status = tokio::spawn(market::follow_status(state.clone(), cancel.clone()));
+    let models = tokio::spawn(registry::follow(state.clone(), cancel.clone()));
     let app = router(state, options.max_body_bytes);
     let c = cancel.clone();
     let served = axum::serve(listener, app)
@@ -399,6 +410,7 @@ pub async fn serve(
     let _ = notifier.await;
     let _ = follower.await;
     let _ = status.await;
+    let _ = models.await;
     served
 }
 

@@ -166,6 +166,30 @@ pub struct ModelView {
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// The registration of a remote model that registered itself (null for configured
+    /// models and models known only from their calls).
+    pub registration: Option<crate::registry::RegistrationView>,
+}
+
+impl ModelView {
+    /// A registered model no call has used yet.
+    pub fn registered(model_id: String, registration: crate::registry::RegistrationView) -> Self {
+        Self {
+            model_id,
+            tasks_completed: Long(0),
+            tasks_failed: Long(0),
+            results_discarded: Long(0),
+            cost_micros: Long(0),
+            discarded_micros: Long(0),
+            input_tokens: Long(0),
+            output_tokens: Long(0),
+            success_rate: None,
+            p50_ms: None,
+            p95_ms: None,
+            p99_ms: None,
+            registration: Some(registration),
+        }
+    }
 }
 
 /// A position in `workflows` (newest first): the last row's creation time and id.
@@ -423,6 +447,7 @@ pub async fn models(pool: &deadpool_postgres::Pool) -> Result<Vec<ModelView>> {
                 p50_ms: r.try_get(9)?,
                 p95_ms: r.try_get(10)?,
                 p99_ms: r.try_get(11)?,
+                registration: None,
             })
         })
         .collect()

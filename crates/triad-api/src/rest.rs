@@ -407,3 +407,145 @@ pub async fn supply(State(s): State<Arc<AppState>>) -> Reply {
     }))
     .into_response())
 }
+
+fn registry_problem(e: crate::registry::RegistryError) -> Problem {
+    use crate::registry::RegistryError;
+    match e {
+        RegistryError::Disabled => Problem::new(
+            StatusCode::FORBIDDEN,
+            "registration_disabled",
+            "model registration through the API is disabled on this node",
+        )
+        .detail(e.to_string()),
+        RegistryError::Forbidden => Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "registering models is an operator action",
+        )
+        .detail(e.to_string()),
+        RegistryError::Invalid(ref errors) => {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_registration",
+                "the model registration is invalid",
+            )
+            .detail(e.to_string());
+            p.errors = errors
+                .0
+                .iter()
+                .map(|f| json!({"field": f.field, "message": f.message}))
+                .collect();
+            p
+        }
+        RegistryError::NotFound(_) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            "no such registered model",
+        )
+        .detail(e.to_string()),
+        RegistryError::Unavailable(e) => Problem::from(e),
+    }
+}
+
+/// `GET /v1/models`: the configured models' ids and the registered remote models.
+pub async fn models(State(s): State<Arc<AppState>>) -> Reply {
+    let configured: Vec<String> = s
+        .policy
+        .models
+        .iter()
+        .flatten()
+        .map(|m| m.id.clone())
+        .collect();
+    Ok(Json(json!({
+        "configured": configured,
+        "registered": s.registry.registered(&s),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/models`: register a remote model (operator): `{"id": …, "kind": …, …}`.
+pub async fn register_model(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    crate::registry::authorise(&s, bearer(&headers)).map_err(registry_problem)?;
+    let invalid = |detail: String| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_document",
+            "the body is not a model registration",
+        )
+        .detail(detail)
+    };
+    let mut document: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+    let id = match document.remove("id") {
+        Some(serde_json::Value::String(id)) => id,
+        _ => {
+            return Err(invalid(
+                "id: a string naming the model is required".to_owned(),
+            ));
+        }
+    };
+    let spec: triad_market::registry::RemoteSpec =
+        serde_json::from_value(serde_json::Value::Object(document))
+            .map_err(|e| invalid(e.to_string()))?;
+    let registered = crate::registry::register(&s, &id, spec, "api")
+        .await
+        .map_err(registry_problem)?;
+    let status = if registered.visible {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(registered)).into_response())
+}
+
+/// `DELETE /v1/models/{id}`: deregister a remote model (operator).
+pub async fn deregister_model(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    crate::registry::authorise(&s, bearer(&headers)).map_err(registry_problem)?;
+    crate::registry::deregister(&s, &id)
+        .await
+        .map_err(registry_problem)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    #[serde(default)]
+    sender: Option<String>,
+}
+
+/// `POST /v1/models/{id}/heartbeat`: a registered model says it is alive (operator token).
+pub async fn model_heartbeat(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    crate::registry::authorise(&s, bearer(&headers)).map_err(registry_problem)?;
+    let sender = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<HeartbeatBody>(&body)
+            .map_err(|e| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_document",
+                    "the body is not a heartbeat",
+                )
+                .detail(e.to_string())
+            })?
+            .sender
+    };
+    crate::registry::heartbeat(&s, &id, sender.as_deref().unwrap_or("api"))
+        .await
+        .map_err(registry_problem)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -209,6 +209,39 @@ enum ModelsCommand {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Register the remote models of a file (a `models.toml` bootstrap): `[models.<id>]`
+    /// tables (TOML) or `{"models": {…}}` (JSON) of registration documents. Every document
+    /// is checked against the policy first; nothing is written unless all pass.
+    Add {
+        file: std::path::PathBuf,
+        /// Who registers (recorded on the registration).
+        #[arg(long, default_value = "operator")]
+        by: String,
+        /// Wait until this many executors installed or refused each model.
+        #[arg(long, default_value_t = 0)]
+        wait_for: usize,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Deregister a remote model: executors stop serving it.
+    Remove { id: String },
+    /// The registered remote models.
+    List,
+    /// Send heartbeats for a registered model until stopped (a sidecar for a model that
+    /// cannot send its own).
+    Heartbeat {
+        id: String,
+        /// Milliseconds between heartbeats (the registration's heartbeat_every_ms).
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
+        /// Stop after this many.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Who sends them (default: this host's name).
+        #[arg(long)]
+        sender: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -733,6 +766,54 @@ async fn main() -> Result<()> {
                 timeout: std::time::Duration::from_secs(timeout),
             };
             models::register(&config, codec(&config)?, &register).await?;
+        }
+        Command::Models {
+            command:
+                ModelsCommand::Add {
+                    file,
+                    by,
+                    wait_for,
+                    timeout,
+                },
+        } => {
+            models::add(
+                &config,
+                codec(&config)?,
+                &file,
+                &by,
+                wait_for,
+                std::time::Duration::from_secs(timeout),
+            )
+            .await?;
+        }
+        Command::Models {
+            command: ModelsCommand::Remove { id },
+        } => models::remove(&config, codec(&config)?, &id).await?,
+        Command::Models {
+            command: ModelsCommand::List,
+        } => models::list(&config, codec(&config)?).await?,
+        Command::Models {
+            command:
+                ModelsCommand::Heartbeat {
+                    id,
+                    every_ms,
+                    count,
+                    sender,
+                },
+        } => {
+            let sender = sender
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "triad-cli".to_owned());
+            models::heartbeat(
+                &config,
+                codec(&config)?,
+                &id,
+                &sender,
+                std::time::Duration::from_millis(every_ms.max(1)),
+                count,
+                shutdown_token(),
+            )
+            .await?;
         }
         Command::PublishFixtures { topic_prefix } => {
             demo::publish_fixtures(&config, codec(&config)?, &topic_prefix).await?;

@@ -90,7 +90,8 @@ pub async fn register(config: &Config, codec: Arc<Codec>, r: &Register<'_>) -> R
         component,
         component_path,
         registered_at: triad_kafka::now_micros(),
-        schema_version: 1,
+        remote: None,
+        schema_version: triad_domain::MODEL_REGISTRATION_SCHEMA_VERSION,
     };
     let status_from = high_watermark(config, &names.executor_status)?;
     let producer = triad_kafka::produce::Producer::new(&config.kafka)?;
@@ -200,5 +201,228 @@ async fn wait_for_installs(
     if refused > 0 {
         bail!("{refused} executor(s) refused version {version}");
     }
+    Ok(())
+}
+
+/// A registration file (`triad models add`, or a `models.toml` bootstrap): `[models.<id>]`
+/// tables in TOML, or `{"models": {"<id>": {…}}}` in JSON, each a registration document
+/// (docs/market.md).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    models: std::collections::BTreeMap<String, triad_market::registry::RemoteSpec>,
+}
+
+/// The remote models of `triad.models` as read now.
+async fn registry_view(
+    config: &Config,
+    codec: &Codec,
+) -> Result<triad_market::registry::RegistryView> {
+    let names = Names::new(&config.kafka);
+    let records =
+        triad_kafka::consume::read_all(&config.kafka, &names.models, Duration::from_secs(30))
+            .await?;
+    let mut view = triad_market::registry::RegistryView::default();
+    for m in records {
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        match m.payload() {
+            None => {
+                view.apply(m.offset(), &key, None);
+            }
+            Some(bytes) => match codec.decode::<ModelRegistration>(Some(bytes)).await {
+                Ok(r) => {
+                    view.apply(m.offset(), &key, Some(&r));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, offset = m.offset(), "undecodable registration skipped")
+                }
+            },
+        }
+    }
+    Ok(view)
+}
+
+/// Registers the remote models of `file` (TOML or JSON): every document is checked against
+/// this configuration's policy first, and nothing is written unless all pass.
+pub async fn add(
+    config: &Config,
+    codec: Arc<Codec>,
+    file: &Path,
+    by: &str,
+    wait_for: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let parsed: ModelsFile = if file.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a models file", file.display()))?
+    } else {
+        toml::from_str(&text).with_context(|| format!("{} is not a models file", file.display()))?
+    };
+    if parsed.models.is_empty() {
+        bail!("{}: no [models.<id>] entries", file.display());
+    }
+    let catalogue = crate::workers::catalogue(config).await?;
+    let configured: std::collections::BTreeSet<String> = catalogue.ids().into_iter().collect();
+    let rules = triad_market::registry::Rules {
+        zones: &config.policy.zones,
+        hosts: &config.policy.hosts,
+        configured: &configured,
+    };
+    let mut problems = Vec::new();
+    let mut remotes = Vec::new();
+    for (id, spec) in parsed.models {
+        let remote = spec.into_remote(&id, by);
+        match triad_market::registry::check(&id, &remote, rules) {
+            Ok(()) => remotes.push((id, remote)),
+            Err(errors) => problems.extend(
+                errors
+                    .0
+                    .into_iter()
+                    .map(|e| format!("models.{id}.{}: {}", e.field, e.message)),
+            ),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("nothing registered:\n  {}", problems.join("\n  "));
+    }
+    let names = Names::new(&config.kafka);
+    let view = registry_view(config, &codec).await?;
+    let status_from = high_watermark(config, &names.executor_status)?;
+    let producer = triad_kafka::produce::Producer::new(&config.kafka)?;
+    let mut written = Vec::new();
+    for (id, remote) in remotes {
+        let version = view.latest_version(&id) + 1;
+        let base_url = remote.base_url.clone();
+        let registration =
+            triad_market::registry::registration(&id, version, remote, triad_kafka::now_micros());
+        let delivered = producer
+            .send_record(&codec, &names.models, None, &id, &registration)
+            .await?;
+        println!(
+            "registered {id} version {version} ({base_url}), {}@{}",
+            names.models, delivered.offset
+        );
+        written.push((id, version));
+    }
+    if wait_for > 0 {
+        for (id, version) in &written {
+            let r = Register {
+                model: id,
+                component: file,
+                by_path: false,
+                version: Some(*version),
+                wait_for,
+                timeout,
+            };
+            wait_for_installs(config, codec.clone(), &names, &r, *version, status_from).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deregisters remote model `id` (a tombstone on `triad.models`).
+pub async fn remove(config: &Config, codec: Arc<Codec>, id: &str) -> Result<()> {
+    let view = registry_view(config, &codec).await?;
+    if !view.at(None).contains_key(id) {
+        bail!("{id:?} is not a registered remote model (see `triad models list`)");
+    }
+    let names = Names::new(&config.kafka);
+    let producer = triad_kafka::produce::Producer::new(&config.kafka)?;
+    let delivered = producer
+        .send(&names.models, Some(id.as_bytes()), None, &[])
+        .await?;
+    println!("deregistered {id}, {}@{}", names.models, delivered.offset);
+    Ok(())
+}
+
+/// Prints the registered remote models.
+pub async fn list(config: &Config, codec: Arc<Codec>) -> Result<()> {
+    let view = registry_view(config, &codec).await?;
+    let registered = view.at(None);
+    if registered.is_empty() {
+        println!("no remote models registered");
+    }
+    let catalogue = crate::workers::catalogue(config).await?;
+    let configured: std::collections::BTreeSet<String> = catalogue.ids().into_iter().collect();
+    let rules = triad_market::registry::Rules {
+        zones: &config.policy.zones,
+        hosts: &config.policy.hosts,
+        configured: &configured,
+    };
+    for (id, r) in registered {
+        let m = &r.remote;
+        // Consumers with this policy leave such a record out; say so rather than hide it.
+        let verdict = match triad_market::registry::check(&id, m, rules) {
+            Ok(()) => String::new(),
+            Err(e) => format!(" (outside this policy, not served: {e})"),
+        };
+        println!(
+            "{id} v{}: {:?} {} model {} zones {} specialties [{}] prices {}/{} µcr per 1K p50 {} ms heartbeats {}{verdict}",
+            r.version,
+            m.kind,
+            m.base_url,
+            m.model,
+            m.zones.join(","),
+            m.specialties.join(","),
+            m.input_micros_per_1k,
+            m.output_micros_per_1k,
+            m.latency_p50_ms,
+            if m.heartbeat_every_ms > 0 {
+                format!("every {} ms", m.heartbeat_every_ms)
+            } else {
+                "none (probed)".to_owned()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Sends heartbeats for registered model `id` every `every` until `cancel` (a sidecar next
+/// to a model that cannot send its own), or `count` of them.
+pub async fn heartbeat(
+    config: &Config,
+    codec: Arc<Codec>,
+    id: &str,
+    sender: &str,
+    every: Duration,
+    count: Option<u64>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let view = registry_view(config, &codec).await?;
+    let Some(registered) = view.at(None).remove(id) else {
+        bail!("{id:?} is not a registered remote model (see `triad models list`)");
+    };
+    let names = Names::new(&config.kafka);
+    let producer = triad_kafka::produce::Producer::new(&config.kafka)?;
+    let mut tick = tokio::time::interval(every);
+    let mut sent = 0u64;
+    eprintln!("sending heartbeats for {id} every {} ms", every.as_millis());
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let beat = triad_domain::ModelHeartbeat {
+            model_id: id.to_owned(),
+            version: registered.version,
+            sender: sender.to_owned(),
+            sent_at: triad_kafka::now_micros(),
+            schema_version: 1,
+        };
+        if let Err(error) = producer
+            .send_record(&codec, &names.model_health, None, id, &beat)
+            .await
+        {
+            tracing::warn!(%error, model = %id, "heartbeat not sent; the next one retries");
+            continue;
+        }
+        sent += 1;
+        if count.is_some_and(|c| sent >= c) {
+            break;
+        }
+    }
+    eprintln!("{sent} heartbeats sent");
     Ok(())
 }

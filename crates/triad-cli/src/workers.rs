@@ -66,6 +66,7 @@ pub fn processor_options(
         instance,
         signer,
         policy_document: triad_processor::policy_document(&config.policy, &offers),
+        zone_hosts: config.policy.hosts.clone(),
     })
 }
 
@@ -304,6 +305,7 @@ pub async fn api(
         kernel,
         ledger: triad_api::credits::Ledger::default(),
         health: triad_api::market::HealthView::default(),
+        registry: triad_api::registry::ModelRegistry::new(config.policy.hosts.clone()),
         // A secret: from the environment only, never from triad.toml, never logged.
         operator_token: std::env::var(triad_config::OPERATOR_TOKEN_ENV)
             .ok()

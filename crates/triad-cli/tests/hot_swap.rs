@@ -185,7 +185,8 @@ zones = ["US-EAST"]
         component: Some(triad_wasm::TESTBED_ADAPTER.to_vec()),
         component_path: None,
         registered_at: triad_kafka::now_micros(),
-        schema_version: 1,
+        remote: None,
+        schema_version: triad_domain::MODEL_REGISTRATION_SCHEMA_VERSION,
     };
     env.producer
         .send_record(&env.codec, &env.names.models, None, "swappy", &forged)

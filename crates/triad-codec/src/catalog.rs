@@ -6,8 +6,8 @@ use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
     ControlRecord, CreditsCommand, CreditsEvent, CustodyCheckpoint, DeadLetter, ExecutorStatus,
-    InboxRecord, KeyDirectoryChange, ModelRegistration, PolicyVersion, SovereigntyViolation,
-    TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
+    InboxRecord, KeyDirectoryChange, ModelHeartbeat, ModelRegistration, PolicyVersion,
+    SovereigntyViolation, TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -22,6 +22,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (ExecutorStatus::NAME, ExecutorStatus::AVSC),
     (WorkflowSnapshot::NAME, WorkflowSnapshot::AVSC),
     (ModelRegistration::NAME, ModelRegistration::AVSC),
+    (ModelHeartbeat::NAME, ModelHeartbeat::AVSC),
     (KeyDirectoryChange::NAME, KeyDirectoryChange::AVSC),
     (WorkflowKey::NAME, WorkflowKey::AVSC),
     (SovereigntyViolation::NAME, SovereigntyViolation::AVSC),
@@ -77,6 +78,11 @@ impl AvroRecord for WorkflowSnapshot {
 impl AvroRecord for ModelRegistration {
     const NAME: &'static str = "io.triad.v1.ModelRegistration";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ModelRegistration.avsc");
+}
+
+impl AvroRecord for ModelHeartbeat {
+    const NAME: &'static str = "io.triad.v1.ModelHeartbeat";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ModelHeartbeat.avsc");
 }
 
 impl AvroRecord for KeyDirectoryChange {

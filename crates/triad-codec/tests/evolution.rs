@@ -138,6 +138,11 @@ fn model_registration_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn model_heartbeat_schema_evolves_backward_transitively() {
+    gate(&fixtures::model_heartbeats());
+}
+
+#[test]
 fn key_directory_schema_evolves_backward_transitively() {
     gate(&fixtures::key_directory_changes());
 }

@@ -47,6 +47,9 @@ fn every_fixture_round_trips() {
     for r in fixtures::model_registrations() {
         round_trip(&r);
     }
+    for h in fixtures::model_heartbeats() {
+        round_trip(&h);
+    }
     for c in fixtures::key_directory_changes() {
         round_trip(&c);
     }
@@ -283,7 +286,8 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&[fixtures::task_request()]) >= 5);
     assert!(defaults_fill(&[fixtures::control_record()]) >= 2);
     assert!(defaults_fill(&fixtures::executor_statuses()) >= 3);
-    assert!(defaults_fill(&fixtures::model_registrations()) >= 3);
+    assert!(defaults_fill(&fixtures::model_registrations()) >= 4);
+    assert!(defaults_fill(&fixtures::model_heartbeats()) >= 1);
     assert!(defaults_fill(&fixtures::key_directory_changes()) >= 1);
     assert!(defaults_fill(&fixtures::workflow_keys()) >= 1);
     assert!(defaults_fill(&fixtures::sovereignty_violations()) >= 2);

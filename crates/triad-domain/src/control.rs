@@ -1,6 +1,7 @@
 //! Records of the broadcast topic `triad.control` (schema `io.triad.v1.ControlRecord`), of
 //! `triad.executor-status` (schema `io.triad.v1.ExecutorStatus`) and of the compacted model
-//! registry `triad.models` (schema `io.triad.v1.ModelRegistration`).
+//! registry `triad.models` (schema `io.triad.v1.ModelRegistration`) and its heartbeats
+//! `triad.model-health` (schema `io.triad.v1.ModelHeartbeat`).
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +73,57 @@ pub struct ModelRegistration {
     pub component: Option<Vec<u8>>,
     pub component_path: Option<String>,
     pub registered_at: TimestampMicros,
+    /// Set for a remote model that registered itself (v2); the component fields are then
+    /// empty.
+    pub remote: Option<RemoteModel>,
+    pub schema_version: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteKind {
+    /// OpenAI-compatible chat completions (vLLM, Grok, Kimi).
+    #[serde(rename = "OPENAI")]
+    Openai,
+    /// The Anthropic Messages API.
+    #[serde(rename = "ANTHROPIC")]
+    Anthropic,
+}
+
+/// A model served elsewhere that joined the market: its endpoint and its fingerprint
+/// (docs/market.md, "Registering a remote model").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteModel {
+    pub kind: RemoteKind,
+    pub base_url: String,
+    pub model: String,
+    /// The name of the variable holding the API key on each executor, never the key.
+    pub api_key_env: Option<String>,
+    pub zones: Vec<String>,
+    pub specialties: Vec<String>,
+    pub input_micros_per_1k: i64,
+    pub output_micros_per_1k: i64,
+    pub latency_p50_ms: i64,
+    pub latency_p95_ms: i64,
+    pub latency_p99_ms: i64,
+    pub max_context: i64,
+    pub timeout_ms: i64,
+    pub bid_confidence: Option<f64>,
+    /// 0: no heartbeats; executors probe the endpoint instead.
+    pub heartbeat_every_ms: i64,
+    pub registered_by: String,
+}
+
+// Floats never NaN here (validated at the edge and by every consumer); equality is that of
+// the fields.
+impl Eq for RemoteModel {}
+
+/// A self-registered model (or its sidecar) is alive: one record of `triad.model-health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelHeartbeat {
+    pub model_id: String,
+    pub version: i64,
+    pub sender: String,
+    pub sent_at: TimestampMicros,
     pub schema_version: i32,
 }
 

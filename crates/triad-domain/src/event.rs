@@ -122,6 +122,9 @@ pub struct WorkflowAccepted {
     /// account.
     #[serde(default)]
     pub budget: Option<Budget>,
+    /// The `triad.models` position of the model view the processor decided with (v9).
+    #[serde(default)]
+    pub registry_position: Option<i64>,
 }
 
 /// A workflow's credits reservation and the worst case of one attempt of each task, which
@@ -153,6 +156,9 @@ pub struct BudgetSettled {
 pub struct WorkflowRejected {
     pub reason: String,
     pub field: Option<String>,
+    /// The `triad.models` position of the model view the processor decided with (v9).
+    #[serde(default)]
+    pub registry_position: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,13 +9,14 @@ use crate::{
     AdapterInstall, BlobRef, BreakerState, BreakerTransition, CancelWorkflow, Causation,
     CommandMetadata, ControlAction, ControlRecord, DeadLetter, DeadLetterHeader, DirectoryBody,
     EpochMarker, EventBody, EventMetadata, ExecutionRecord, ExecutorStatus, Heartbeat, InboxBody,
-    InboxRecord, KeyDirectoryChange, ModelCall, ModelRegistration, NodeEnrolled, NodeKeyRetired,
-    NodeKeyRevoked, NodeSigningKeyEnrolled, RoutingDecision, SnapshotBody, SnapshotCheckpoint,
-    SnapshotState, SovereigntyViolation, StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched,
-    TaskFailed, TaskOutcome, TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted,
-    TaskScheduled, TaskSkipped, TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted,
-    WorkflowCancelled, WorkflowCompleted, WorkflowEvent, WorkflowFailed, WorkflowKey,
-    WorkflowRejected, WorkflowSnapshot, WrappedWorkflowKey, derive_event_id,
+    InboxRecord, KeyDirectoryChange, ModelCall, ModelHeartbeat, ModelRegistration, NodeEnrolled,
+    NodeKeyRetired, NodeKeyRevoked, NodeSigningKeyEnrolled, RemoteKind, RemoteModel,
+    RoutingDecision, SnapshotBody, SnapshotCheckpoint, SnapshotState, SovereigntyViolation,
+    StatusBody, SubmitWorkflow, TaskCompleted, TaskDispatched, TaskFailed, TaskOutcome,
+    TaskRequest, TaskResultDiscarded, TaskResultReported, TaskRouted, TaskScheduled, TaskSkipped,
+    TaskSpec, TaskTimerFired, TimerKind, WorkflowAccepted, WorkflowCancelled, WorkflowCompleted,
+    WorkflowEvent, WorkflowFailed, WorkflowKey, WorkflowRejected, WorkflowSnapshot,
+    WrappedWorkflowKey, derive_event_id,
 };
 
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -427,6 +428,7 @@ pub fn model_registrations() -> Vec<ModelRegistration> {
             component: Some(b"test".to_vec()),
             component_path: None,
             registered_at: EPOCH_2026_MICROS,
+            remote: None,
             schema_version: 1,
         },
         ModelRegistration {
@@ -437,9 +439,49 @@ pub fn model_registrations() -> Vec<ModelRegistration> {
             component: None,
             component_path: Some("/srv/triad/components/local-v3.wasm".to_owned()),
             registered_at: EPOCH_2026_MICROS,
+            remote: None,
             schema_version: 1,
         },
+        ModelRegistration {
+            model_id: "vllm-llama-east".to_owned(),
+            version: 1,
+            component_sha256: String::new(),
+            component_size: 0,
+            component: None,
+            component_path: None,
+            registered_at: EPOCH_2026_MICROS,
+            remote: Some(RemoteModel {
+                kind: RemoteKind::Openai,
+                base_url: "http://vllm.us-east.internal:8000".to_owned(),
+                model: "meta-llama/Llama-3.1-8B-Instruct".to_owned(),
+                api_key_env: Some("VLLM_EAST_KEY".to_owned()),
+                zones: vec!["US-EAST".to_owned()],
+                specialties: vec!["summarization".to_owned(), "code".to_owned()],
+                input_micros_per_1k: 40,
+                output_micros_per_1k: 120,
+                latency_p50_ms: 180,
+                latency_p95_ms: 450,
+                latency_p99_ms: 900,
+                max_context: 131_072,
+                timeout_ms: 30_000,
+                bid_confidence: Some(0.8),
+                heartbeat_every_ms: 5_000,
+                registered_by: "operator".to_owned(),
+            }),
+            schema_version: crate::MODEL_REGISTRATION_SCHEMA_VERSION,
+        },
     ]
+}
+
+/// Heartbeats of a self-registered model.
+pub fn model_heartbeats() -> Vec<ModelHeartbeat> {
+    vec![ModelHeartbeat {
+        model_id: "vllm-llama-east".to_owned(),
+        version: 1,
+        sender: "vllm-east-1".to_owned(),
+        sent_at: EPOCH_2026_MICROS,
+        schema_version: 1,
+    }]
 }
 
 /// One snapshot record of every body variant.
@@ -488,10 +530,12 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             labels: wf.labels.clone(),
             policy_version: Some("88".repeat(32)),
             budget: None,
+            registry_position: Some(3),
         }),
         EventBody::WorkflowRejected(WorkflowRejected {
             reason: "unknown zone MARS".to_owned(),
             field: Some("tasks[0].zones".to_owned()),
+            registry_position: Some(3),
         }),
         EventBody::TaskScheduled(TaskScheduled {
             task_id: "generate_questions".to_owned(),
@@ -579,6 +623,7 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
                 labels: wf.labels,
                 policy_version: Some("88".repeat(32)),
                 budget: Some(budget()),
+                registry_position: None,
             },
         }),
         EventBody::BudgetSettled(crate::BudgetSettled {

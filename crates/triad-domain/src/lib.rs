@@ -25,7 +25,8 @@ pub use command::{
 };
 pub use control::{
     AdapterInstall, BreakerState, BreakerTransition, ControlAction, ControlRecord, ExecutorStatus,
-    HealthTransition, Heartbeat, INLINE_COMPONENT_MAX_BYTES, ModelRegistration, StatusBody,
+    HealthTransition, Heartbeat, INLINE_COMPONENT_MAX_BYTES, ModelHeartbeat, ModelRegistration,
+    RemoteKind, RemoteModel, StatusBody,
 };
 pub use credits::{
     AccountTotals, CreditKind, CreditsBurned, CreditsCommand, CreditsCommandBody, CreditsEvent,
@@ -68,9 +69,11 @@ pub type TimestampMicros = i64;
 /// The version of `io.triad.v1.InboxRecord` this code writes (`schemas/history`).
 pub const INBOX_SCHEMA_VERSION: i32 = 6;
 /// The version of `io.triad.v1.WorkflowEvent` this code writes.
-pub const EVENT_SCHEMA_VERSION: i32 = 8;
+pub const EVENT_SCHEMA_VERSION: i32 = 9;
 /// The version of `io.triad.v1.CreditsCommand` and `io.triad.v1.CreditsEvent` this code
 /// writes.
 pub const CREDITS_SCHEMA_VERSION: i32 = 1;
+/// `io.triad.v1.ModelRegistration` as written today (v2: remote models).
+pub const MODEL_REGISTRATION_SCHEMA_VERSION: i32 = 2;
 /// The version of `io.triad.v1.TaskRequest` this code writes.
 pub const TASK_REQUEST_SCHEMA_VERSION: i32 = 4;

@@ -14,13 +14,16 @@
 //!
 //! A cancelled workflow's calls in flight are aborted. Component versions registered on the
 //! compacted `triad.models` topic replace a `wasm` model's code while it serves (hot swap);
-//! start-up reads that topic before taking work. Every breaker transition is published
+//! start-up reads that topic before taking work. Remote models that registered themselves
+//! there join the catalogue after a second policy check, and leave on a tombstone (module
+//! `remote`); those that send heartbeats (`triad.model-health`) are judged on them. Every breaker transition is published
 //! to `triad.executor-status` and counted; heartbeats there tell the processor the zone is
 //! alive.
 
 mod control;
 pub mod metrics;
 mod registry;
+mod remote;
 mod run;
 
 pub use run::{Options, run};

@@ -99,6 +99,10 @@ struct Executor {
     codec: Arc<Codec>,
     producer: Producer,
     catalogue: Catalogue,
+    /// Remote models registered on `triad.models`, next to the configured catalogue.
+    remote: crate::remote::RemoteModels,
+    /// The policy's zones, for re-checking registrations.
+    policy_zones: Vec<String>,
     breakers: Mutex<HashMap<String, Breaker>>,
     /// Each model's probes (`executor.health_every_ms`): the router skips unhealthy ones.
     health: Mutex<HashMap<String, triad_router::ProbeTracker>>,
@@ -194,13 +198,34 @@ impl Executor {
         }
     }
 
+    /// A configured model, or a registered remote one.
+    fn model(&self, id: &str) -> Option<Arc<dyn triad_models::ModelAdapter>> {
+        self.catalogue
+            .models
+            .get(id)
+            .cloned()
+            .or_else(|| self.remote.get(id))
+    }
+
+    /// Every model served here: the configured ones, then the registered ones.
+    fn models(&self) -> Vec<(String, Arc<dyn triad_models::ModelAdapter>)> {
+        let mut all: Vec<(String, Arc<dyn triad_models::ModelAdapter>)> = self
+            .catalogue
+            .models
+            .iter()
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect();
+        all.extend(self.remote.all());
+        all
+    }
+
     fn model_infos(&self) -> Vec<ModelInfo> {
         let now = self.now();
+        let models = self.models();
         let breakers = self.breakers.lock().ok();
         let health = self.health.lock().ok();
         let stats = self.stats.lock().ok();
-        self.catalogue
-            .models
+        models
             .iter()
             .map(|(id, m)| {
                 let f = m.capabilities();
@@ -280,7 +305,7 @@ impl Executor {
         let bids = futures::future::join_all(eligible.iter().map(|r| {
             let call = &call;
             async move {
-                let received = match self.catalogue.models.get(&r.id) {
+                let received = match self.model(&r.id) {
                     None => Received::Declined,
                     Some(model) => match tokio::time::timeout(window, model.bid(call)).await {
                         Err(_) => Received::Late,
@@ -410,7 +435,7 @@ impl Executor {
         }
         let mut errors = Vec::new();
         for (position, ranked) in ranking.eligible.iter().enumerate() {
-            let Some(model) = self.catalogue.models.get(&ranked.id) else {
+            let Some(model) = self.model(&ranked.id) else {
                 continue;
             };
             // Pre-authorisation of the call (docs/credits.md): on a credits reservation, a
@@ -800,9 +825,7 @@ impl Executor {
             |k| k.kernel().node_id().to_owned(),
         );
         let model_zones = self
-            .catalogue
-            .models
-            .get(&result.model_id)
+            .model(&result.model_id)
             .map(|m| m.capabilities().zones.clone())
             .filter(|z| !z.is_empty())
             .unwrap_or_else(|| vec![self.options.zone.clone()]);
@@ -985,18 +1008,40 @@ impl Executor {
         store.put(content).await.map_err(|e| e.to_string())
     }
 
-    /// Installs a component version registered on `triad.models` (crate `registry`).
-    async fn registration(&self, payload: Option<&[u8]>) {
-        let registration = match self.codec.decode::<ModelRegistration>(payload).await {
-            Ok(r) => r,
-            Err(error) => {
-                tracing::warn!(%error, messaging.destination.name = %self.names.models, "undecodable registration skipped");
-                return;
+    /// Applies a record of `triad.models`: a component version (crate `registry`), a remote
+    /// model's registration or a tombstone (crate `remote`).
+    async fn registration(&self, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let key = key.map(String::from_utf8_lossy).unwrap_or_default();
+        let registration = match payload {
+            None => None,
+            Some(bytes) => match self.codec.decode::<ModelRegistration>(Some(bytes)).await {
+                Ok(r) => Some(r),
+                Err(error) => {
+                    tracing::warn!(%error, messaging.destination.name = %self.names.models, "undecodable registration skipped");
+                    return;
+                }
+            },
+        };
+        let verdict = match registration {
+            Some(r) if r.remote.is_none() => registry::apply(&self.catalogue.replaceable, r).await,
+            other => {
+                let configured: std::collections::BTreeSet<String> =
+                    self.catalogue.models.keys().cloned().collect();
+                let rules = triad_market::registry::Rules {
+                    zones: &self.policy_zones,
+                    hosts: &self.options.zone_hosts,
+                    configured: &configured,
+                };
+                self.remote.apply(
+                    &key,
+                    other.as_ref(),
+                    rules,
+                    &|var| std::env::var(var).ok(),
+                    Instant::now(),
+                )
             }
         };
-        if let Verdict::Report(install) =
-            registry::apply(&self.catalogue.replaceable, registration).await
-        {
+        if let Verdict::Report(install) = verdict {
             let status = ExecutorStatus {
                 zone: self.options.zone.clone(),
                 executor_id: self.executor_id.clone(),
@@ -1008,6 +1053,24 @@ impl Executor {
         }
     }
 
+    /// A self-registered model's heartbeat (`triad.model-health`).
+    async fn model_heartbeat(&self, payload: Option<&[u8]>) {
+        match self
+            .codec
+            .decode::<triad_domain::ModelHeartbeat>(payload)
+            .await
+        {
+            Ok(h) => {
+                if !self.remote.heartbeat(&h.model_id, Instant::now()) {
+                    tracing::debug!(model = %h.model_id, "heartbeat of a model not served here");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, messaging.destination.name = %self.names.model_health, "undecodable model heartbeat skipped");
+            }
+        }
+    }
+
     async fn heartbeat(&self) {
         let status = ExecutorStatus {
             zone: self.options.zone.clone(),
@@ -1016,7 +1079,7 @@ impl Executor {
             body: StatusBody::Heartbeat(Heartbeat {
                 in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
                 capacity: i32::try_from(self.options.config.max_in_flight).unwrap_or(i32::MAX),
-                models: self.catalogue.ids(),
+                models: self.models().into_iter().map(|(id, _)| id).collect(),
             }),
             schema_version: 1,
         };
@@ -1030,31 +1093,50 @@ impl Executor {
             unhealthy_after: self.options.config.unhealthy_after,
             healthy_after: self.options.config.healthy_after,
         };
-        for (id, model) in &self.catalogue.models {
-            let (ok, reason) = match model.health().await {
-                Health::Healthy => (true, "the probe succeeded".to_owned()),
-                Health::Unhealthy(why) => (false, why),
-            };
-            let changed = self
-                .health
-                .lock()
-                .ok()
-                .and_then(|mut h| h.entry(id.clone()).or_default().observe(ok, config));
-            let Some(healthy) = changed else {
-                if !ok {
+        let missed = self.remote.missed(Instant::now());
+        for (id, model) in self.models() {
+            let changed = if let Some(missed) = missed.get(&id) {
+                // A model that sends heartbeats is judged on them, not probed.
+                let healthy = *missed < u64::from(config.unhealthy_after.max(1));
+                let reason = if healthy {
+                    "heartbeats arrive".to_owned()
+                } else {
+                    format!("{missed} heartbeats missed")
+                };
+                self.health
+                    .lock()
+                    .ok()
+                    .and_then(|mut h| h.entry(id.clone()).or_default().set(healthy))
+                    .map(|h| (h, reason, if h { 1 } else { *missed }))
+            } else {
+                let (ok, reason) = match model.health().await {
+                    Health::Healthy => (true, "the probe succeeded".to_owned()),
+                    Health::Unhealthy(why) => (false, why),
+                };
+                let changed = self
+                    .health
+                    .lock()
+                    .ok()
+                    .and_then(|mut h| h.entry(id.clone()).or_default().observe(ok, config));
+                if changed.is_none() && !ok {
                     tracing::debug!(model = %id, %reason, "health probe failed");
                 }
-                continue;
+                changed.map(|h| {
+                    let probes = if h {
+                        config.healthy_after
+                    } else {
+                        config.unhealthy_after
+                    };
+                    (h, reason, u64::from(probes))
+                })
             };
-            let probes = if healthy {
-                config.healthy_after
-            } else {
-                config.unhealthy_after
+            let Some((healthy, reason, probes)) = changed else {
+                continue;
             };
             tracing::warn!(model = %id, healthy, %reason, probes, "model health changed");
             self.options
                 .metrics
-                .health_transition(&self.options.zone, id, healthy);
+                .health_transition(&self.options.zone, &id, healthy);
             let status = ExecutorStatus {
                 zone: self.options.zone.clone(),
                 executor_id: self.executor_id.clone(),
@@ -1096,6 +1178,8 @@ pub async fn run(
         codec: codec.clone(),
         producer: producer.clone(),
         catalogue,
+        remote: crate::remote::RemoteModels::default(),
+        policy_zones: zones.to_vec(),
         breakers: Mutex::new(HashMap::new()),
         stats: Mutex::new(HashMap::new()),
         standing: Mutex::new(triad_market::auction::Standing::default()),
@@ -1129,7 +1213,7 @@ pub async fn run(
                 Some(caught_up),
                 |m| {
                     let executor = executor.clone();
-                    async move { executor.registration(m.payload()).await }
+                    async move { executor.registration(m.key(), m.payload()).await }
                 },
             )
             .await;
@@ -1151,6 +1235,25 @@ pub async fn run(
             REGISTRY_CATCH_UP.as_secs()
         );
     }
+    let heartbeats_task = {
+        let executor = executor.clone();
+        let stop = background.clone();
+        let kafka = options.kafka.clone();
+        tokio::spawn(async move {
+            let topic = executor.names.model_health.clone();
+            // From the end: a registration's grace covers the time before the first one.
+            let followed =
+                triad_kafka::tail::follow(&kafka, &topic, rdkafka::Offset::End, stop, None, |m| {
+                    let executor = executor.clone();
+                    async move { executor.model_heartbeat(m.payload()).await }
+                })
+                .await;
+            if let Err(error) = followed {
+                // Heartbeat models then turn unhealthy: the router stops using them.
+                tracing::error!(%error, messaging.destination.name = %topic, "the model heartbeat reader stopped");
+            }
+        })
+    };
     let beat = {
         let executor = executor.clone();
         let stop = background.clone();
@@ -1176,7 +1279,7 @@ pub async fn run(
         messaging.consumer.group.name = %group,
         messaging.destination.name = %topic,
         max_in_flight = options.config.max_in_flight,
-        models = ?executor.catalogue.ids(),
+        models = ?executor.models().into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
         "executor starting"
     );
     let handler = {
@@ -1207,6 +1310,7 @@ pub async fn run(
         tracing::warn!(%error, "the control reader stopped");
     }
     let _ = registry_task.await;
+    let _ = heartbeats_task.await;
     result?;
     producer.flush(Duration::from_secs(10))?;
     Ok(())

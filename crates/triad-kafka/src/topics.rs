@@ -19,6 +19,7 @@ pub const TASKS_PREFIX: &str = "triad.tasks.";
 pub const EXECUTOR_STATUS: &str = "triad.executor-status";
 pub const SNAPSHOTS: &str = "triad.workflow-snapshots";
 pub const MODELS: &str = "triad.models";
+pub const MODEL_HEALTH: &str = "triad.model-health";
 pub const KEY_DIRECTORY: &str = "triad.key-directory";
 pub const WORKFLOW_KEYS: &str = "triad.workflow-keys";
 pub const VIOLATIONS: &str = "triad.violations";
@@ -40,6 +41,7 @@ pub struct Names {
     pub executor_status: String,
     pub snapshots: String,
     pub models: String,
+    pub model_health: String,
     pub key_directory: String,
     pub workflow_keys: String,
     pub violations: String,
@@ -62,6 +64,7 @@ impl Names {
             executor_status: format!("{p}{EXECUTOR_STATUS}"),
             snapshots: format!("{p}{SNAPSHOTS}"),
             models: format!("{p}{MODELS}"),
+            model_health: format!("{p}{MODEL_HEALTH}"),
             key_directory: format!("{p}{KEY_DIRECTORY}"),
             workflow_keys: format!("{p}{WORKFLOW_KEYS}"),
             violations: format!("{p}{VIOLATIONS}"),
@@ -179,7 +182,13 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             name: names.models,
             partitions: 1,
             retention: Retention::Compacted,
-            purpose: "the model registry: each model's current registration (its component), key = model id",
+            purpose: "the model registry: each model's full current registration (a component version or a remote model), key = model id; a tombstone deregisters",
+        },
+        TopicSpec {
+            name: names.model_health,
+            partitions: 1,
+            retention: Retention::Bounded { ms: DAY_MS },
+            purpose: "heartbeats of self-registered remote models, key = model id",
         },
         TopicSpec {
             name: names.key_directory,

@@ -58,6 +58,7 @@ mod tests {
             version: String::new(),
             costs: None,
             require_account: false,
+            registry_position: None,
         }
     }
 

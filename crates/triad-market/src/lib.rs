@@ -8,13 +8,16 @@
 //!   hard budget must cover;
 //! - [`costs`]: that worst case per attempt, as the workflow aggregate's cost model for
 //!   credits reservations;
-//! - [`ledger`]: the TRIAD credits ledger's rules — issue, reserve, settle, never transfer.
+//! - [`ledger`]: the TRIAD credits ledger's rules — issue, reserve, settle, never transfer;
+//! - [`registry`]: what a remote model's self-registration must satisfy, and the registry
+//!   view folded from `triad.models`.
 
 pub mod auction;
 pub mod costs;
 pub mod estimate;
 pub mod ledger;
 pub mod matching;
+pub mod registry;
 
 pub use costs::MarketCosts;
 pub use estimate::{Estimate, TaskEstimate, estimate};

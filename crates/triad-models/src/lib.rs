@@ -388,73 +388,11 @@ impl Catalogue {
         }
         let mut models: BTreeMap<String, Arc<dyn ModelAdapter>> = BTreeMap::new();
         for (id, m) in &all {
-            let fingerprint = Fingerprint {
-                id: id.clone(),
-                latency_p50_ms: m.latency_p50_ms,
-                latency_p95_ms: m.latency_p95_ms,
-                latency_p99_ms: m.latency_p99_ms,
-                input_micros_per_1k: m.input_micros_per_1k,
-                output_micros_per_1k: m.output_micros_per_1k,
-                specialties: m.specialties.clone(),
-                zones: m.zones.clone(),
-                max_context: m.max_context,
-                endpoint_host: m
-                    .base_url
-                    .as_deref()
-                    .and_then(|u| reqwest::Url::parse(u).ok())
-                    .and_then(|u| u.host_str().map(str::to_owned)),
-            };
-            let key = match &m.api_key_env {
-                Some(var) => Some(Secret::new(env(var).ok_or_else(|| Error::Config {
-                    model: id.clone(),
-                    reason: format!("the API key variable {var} is not set"),
-                })?)),
-                None => None,
-            };
-            let base_url = || {
-                m.base_url.clone().ok_or_else(|| Error::Config {
-                    model: id.clone(),
-                    reason: "base_url is required".to_owned(),
-                })
-            };
-            let provider_model = m.model.clone().unwrap_or_else(|| id.clone());
-            let timeout = Duration::from_millis(m.timeout_ms);
-            let adapter: Arc<dyn ModelAdapter> = match m.kind {
-                // Components are loaded by `triad_wasm::load_catalogue`, which calls this for
-                // the others (this crate knows no wasmtime).
-                ModelKind::Wasm => continue,
-                ModelKind::Local => Arc::new(local::LocalModel::new(fingerprint)),
-                ModelKind::Openai => Arc::new(openai::OpenAiCompatible::new(
-                    fingerprint,
-                    &base_url()?,
-                    provider_model,
-                    key,
-                    timeout,
-                )?),
-                ModelKind::Anthropic => Arc::new(anthropic::Anthropic::new(
-                    fingerprint,
-                    &base_url()?,
-                    provider_model,
-                    key.ok_or_else(|| Error::Config {
-                        model: id.clone(),
-                        reason: "the Anthropic API needs api_key_env".to_owned(),
-                    })?,
-                    timeout,
-                )?),
-            };
-            let adapter = match m.bid_confidence {
-                None => adapter,
-                Some(c) if c.is_finite() && (0.0..=1.0).contains(&c) => {
-                    Arc::new(DeclaredBids::new(adapter, c))
-                }
-                Some(c) => {
-                    return Err(Error::Config {
-                        model: id.clone(),
-                        reason: format!("bid_confidence must be within [0, 1], not {c}"),
-                    });
-                }
-            };
-            models.insert(id.clone(), adapter);
+            // Components are loaded by `triad_wasm::load_catalogue`, which calls this for
+            // the others (this crate knows no wasmtime).
+            if let Some(adapter) = adapter(id, m, &env)? {
+                models.insert(id.clone(), adapter);
+            }
         }
         Ok(Self {
             models,
@@ -465,6 +403,109 @@ impl Catalogue {
     /// Model ids, sorted.
     pub fn ids(&self) -> Vec<String> {
         self.models.keys().cloned().collect()
+    }
+}
+
+/// The adapter of model `id` as configured by `m` (API keys read through `env`); `None` for
+/// `kind = "wasm"`, whose components `triad_wasm` loads. Also builds the adapters of remote
+/// models that registered themselves (the executor's registry view).
+pub fn adapter(
+    id: &str,
+    m: &ModelConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<Arc<dyn ModelAdapter>>> {
+    let id = &id.to_owned();
+    let fingerprint = Fingerprint {
+        id: id.clone(),
+        latency_p50_ms: m.latency_p50_ms,
+        latency_p95_ms: m.latency_p95_ms,
+        latency_p99_ms: m.latency_p99_ms,
+        input_micros_per_1k: m.input_micros_per_1k,
+        output_micros_per_1k: m.output_micros_per_1k,
+        specialties: m.specialties.clone(),
+        zones: m.zones.clone(),
+        max_context: m.max_context,
+        endpoint_host: m
+            .base_url
+            .as_deref()
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .and_then(|u| u.host_str().map(str::to_owned)),
+    };
+    let key = match &m.api_key_env {
+        Some(var) => Some(Secret::new(env(var).ok_or_else(|| Error::Config {
+            model: id.clone(),
+            reason: format!("the API key variable {var} is not set"),
+        })?)),
+        None => None,
+    };
+    let base_url = || {
+        m.base_url.clone().ok_or_else(|| Error::Config {
+            model: id.clone(),
+            reason: "base_url is required".to_owned(),
+        })
+    };
+    let provider_model = m.model.clone().unwrap_or_else(|| id.clone());
+    let timeout = Duration::from_millis(m.timeout_ms);
+    let adapter: Arc<dyn ModelAdapter> = match m.kind {
+        ModelKind::Wasm => return Ok(None),
+        ModelKind::Local => Arc::new(local::LocalModel::new(fingerprint)),
+        ModelKind::Openai => Arc::new(openai::OpenAiCompatible::new(
+            fingerprint,
+            &base_url()?,
+            provider_model,
+            key,
+            timeout,
+        )?),
+        ModelKind::Anthropic => Arc::new(anthropic::Anthropic::new(
+            fingerprint,
+            &base_url()?,
+            provider_model,
+            key.ok_or_else(|| Error::Config {
+                model: id.clone(),
+                reason: "the Anthropic API needs api_key_env".to_owned(),
+            })?,
+            timeout,
+        )?),
+    };
+    let adapter = match m.bid_confidence {
+        None => adapter,
+        Some(c) if c.is_finite() && (0.0..=1.0).contains(&c) => {
+            Arc::new(DeclaredBids::new(adapter, c))
+        }
+        Some(c) => {
+            return Err(Error::Config {
+                model: id.clone(),
+                reason: format!("bid_confidence must be within [0, 1], not {c}"),
+            });
+        }
+    };
+    Ok(Some(adapter))
+}
+
+/// The configuration a self-registered remote model stands for: its adapter is built like a
+/// configured one's.
+pub fn remote_config(remote: &triad_domain::RemoteModel) -> ModelConfig {
+    let non_negative = |v: i64| u64::try_from(v).unwrap_or(0);
+    ModelConfig {
+        kind: match remote.kind {
+            triad_domain::RemoteKind::Openai => ModelKind::Openai,
+            triad_domain::RemoteKind::Anthropic => ModelKind::Anthropic,
+        },
+        base_url: Some(remote.base_url.clone()),
+        model: Some(remote.model.clone()),
+        api_key_env: remote.api_key_env.clone(),
+        zones: remote.zones.clone(),
+        specialties: remote.specialties.clone(),
+        input_micros_per_1k: remote.input_micros_per_1k,
+        output_micros_per_1k: remote.output_micros_per_1k,
+        latency_p50_ms: non_negative(remote.latency_p50_ms),
+        latency_p95_ms: non_negative(remote.latency_p95_ms),
+        latency_p99_ms: non_negative(remote.latency_p99_ms),
+        max_context: u32::try_from(remote.max_context).unwrap_or(u32::MAX),
+        timeout_ms: non_negative(remote.timeout_ms),
+        component: None,
+        allowed_hosts: Vec::new(),
+        bid_confidence: remote.bid_confidence,
     }
 }
 

@@ -28,6 +28,7 @@
 
 pub mod custody;
 pub mod ledger;
+mod models;
 pub mod recovery;
 pub mod timers;
 
@@ -140,6 +141,7 @@ pub fn policy_from(
         version: String::new(),
         costs: Some(Arc::new(triad_market::MarketCosts)),
         require_account: credits.require_account,
+        registry_position: None,
     }
 }
 
@@ -258,6 +260,8 @@ pub struct Options {
     /// The policy as a version states it; published (with a signer) before the first input,
     /// and its version stamped on every accepted workflow.
     pub policy_document: triad_domain::PolicyDocument,
+    /// The policy's host allowlist per zone (`policy.hosts`), for checking registered models.
+    pub zone_hosts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -309,6 +313,8 @@ struct Processor {
     instance: String,
     snapshots: mpsc::Sender<WriterMessage>,
     signer: Option<custody::RootSigner>,
+    /// Remote models registered on `triad.models` (module `models`).
+    registry: Arc<models::Registry>,
 }
 
 /// One encoded record waiting to be sent.
@@ -772,11 +778,16 @@ impl Processor {
         let wf = record.meta.workflow_id.clone();
         // The repair is cleared only once the input's writes are enqueued: an error before
         // (e.g. the registry is unreachable) retries the same record with the same repair.
-        let (mut state, present) = match ps.repair.as_ref().filter(|r| r.offset == o) {
-            Some(r) => (r.before.clone(), r.present.clone()),
+        let (mut state, present, stamped) = match ps.repair.as_ref().filter(|r| r.offset == o) {
+            Some(r) => (
+                r.before.clone(),
+                r.present.clone(),
+                Some(r.registry_position),
+            ),
             None => (
                 ps.workflows.get(&wf).cloned().unwrap_or_default(),
                 HashSet::new(),
+                None,
             ),
         };
         let input = Input {
@@ -785,7 +796,36 @@ impl Processor {
             offset: o,
             record: &record,
         };
-        let mut events = process(&mut state, &input, &self.policy);
+        let mut events = if let InboxBody::SubmitWorkflow(_) = &record.body {
+            // A submission is decided with the registry's models as of a position it records
+            // (module `models`): a repair's recorded one, else the view's.
+            let position = stamped
+                .flatten()
+                .unwrap_or_else(|| self.registry.position());
+            let before = state.clone();
+            let mut events = process(
+                &mut state,
+                &input,
+                &self.registry.policy_at(&self.policy, position),
+            );
+            let rejected = events
+                .iter()
+                .any(|e| matches!(e.body, EventBody::WorkflowRejected(_)));
+            // A registration acknowledged before this submission may not be read yet; a
+            // repair keeps its recorded decision.
+            if rejected && stamped.is_none() && self.registry.catch_up().await {
+                state = before;
+                let position = self.registry.position();
+                events = process(
+                    &mut state,
+                    &input,
+                    &self.registry.policy_at(&self.policy, position),
+                );
+            }
+            events
+        } else {
+            process(&mut state, &input, &self.policy)
+        };
         // The chain of custody follows the exact bytes: each event extends it, and a terminal
         // event first gets the signed root of the events before it. Events a crash already
         // wrote are encoded again (deterministically, RFC 6979 signatures included) so that
@@ -1172,6 +1212,28 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         }
         None => String::new(),
     };
+    // The registry is read before any input is decided: a restart decides with every
+    // registration already in force (bounded, so a slow registry delays but never blocks).
+    let registry = Arc::new(models::Registry::new(
+        &options.kafka,
+        &names.models,
+        options.zone_hosts.clone(),
+    ));
+    let registry_stop = cancel.child_token();
+    let (caught_up, registry_ready) = oneshot::channel();
+    let registry_task = tokio::spawn(models::follow(
+        options.kafka.clone(),
+        codec.clone(),
+        registry.clone(),
+        registry_stop.clone(),
+        caught_up,
+    ));
+    if tokio::time::timeout(Duration::from_secs(30), registry_ready)
+        .await
+        .is_err()
+    {
+        tracing::warn!(messaging.destination.name = %names.models, "the model registry was not read within 30 s; deciding with what is read");
+    }
     let (snapshots, snapshot_rx) = mpsc::channel(16);
     let writer_task = tokio::spawn(write_snapshots(
         producer.clone(),
@@ -1192,6 +1254,7 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
         instance: format!("{group}-{}", options.instance),
         snapshots,
         signer: options.signer.clone(),
+        registry: registry.clone(),
     });
     let liveness = Arc::new(Liveness::new(Duration::from_millis(
         options.timing.liveness_ms,
@@ -1239,6 +1302,8 @@ pub async fn run(options: &Options, codec: Arc<Codec>, cancel: CancellationToken
     if let Ok(Err(error)) = status_task.await {
         tracing::warn!(%error, "the executor-status reader stopped");
     }
+    registry_stop.cancel();
+    let _ = registry_task.await;
     result?;
     producer.flush(Duration::from_secs(10))?;
     Ok(())

@@ -21,6 +21,20 @@ pub struct Repair {
     pub offset: i64,
     pub before: WorkflowState,
     pub present: HashSet<String>,
+    /// The registry position a present decision of a submission was stamped with: the
+    /// repair decides with the model view at that position, as the first run did.
+    pub registry_position: Option<i64>,
+}
+
+/// The registry position stamped on a submission's decision, if `event` is one.
+pub fn stamped_position(event: &WorkflowEvent) -> Option<i64> {
+    use triad_domain::EventBody;
+    match &event.body {
+        EventBody::WorkflowAccepted(a) => a.registry_position,
+        EventBody::BudgetRequested(b) => b.submission.registry_position,
+        EventBody::WorkflowRejected(r) => r.registry_position,
+        _ => None,
+    }
 }
 
 /// Where the fold starts.
@@ -167,7 +181,7 @@ pub fn fold(
     };
     // Per workflow: the input offset of its latest events and its state before them.
     let mut before: HashMap<String, (i64, WorkflowState)> = HashMap::new();
-    let mut last: Option<(String, HashSet<String>)> = None;
+    let mut last: Option<(String, HashSet<String>, Option<i64>)> = None;
     for (i, event) in events.iter().enumerate() {
         let c = &event.meta.causation;
         let input = (c.topic == inbox && c.partition == partition).then_some(c.offset);
@@ -175,12 +189,13 @@ pub fn fold(
         if let Some(o) = input {
             if o > folded.last_input {
                 folded.last_input = o;
-                last = Some((wf.clone(), HashSet::new()));
+                last = Some((wf.clone(), HashSet::new(), None));
             }
             if o == folded.last_input
-                && let Some((_, ids)) = &mut last
+                && let Some((_, ids, position)) = &mut last
             {
                 ids.insert(event.meta.event_id.clone());
+                *position = position.or(stamped_position(event));
             }
         }
         let state = workflows.entry(wf.clone()).or_default();
@@ -199,7 +214,7 @@ pub fn fold(
         }
         folded.touched.insert(wf.clone());
     }
-    if let Some((wf, present)) = last
+    if let Some((wf, present, registry_position)) = last
         && let Some((offset, state)) = before.remove(&wf)
         && offset == folded.last_input
     {
@@ -208,6 +223,7 @@ pub fn fold(
             offset,
             before: state,
             present,
+            registry_position,
         });
     }
     folded.workflows = workflows;
@@ -456,6 +472,39 @@ mod tests {
         assert_eq!(restored.last_input, full.last_input);
         assert!(restored.repair.is_none(), "every input was complete");
         assert_eq!(restored.duplicates, log.len() - 10);
+    }
+
+    #[test]
+    fn a_submission_cut_short_is_repaired_with_the_registry_position_it_recorded() {
+        let policy = triad_workflow::aggregate::Policy {
+            registry_position: Some(5),
+            ..crate::default_policy()
+        };
+        let r = record(
+            "wf-stamped",
+            0,
+            InboxBody::SubmitWorkflow(fixtures::research_workflow()),
+        );
+        let input = Input {
+            topic: INBOX,
+            partition: 0,
+            offset: 0,
+            record: &r,
+        };
+        let events = process(&mut WorkflowState::default(), &input, &policy);
+        assert!(events.len() > 1, "a decision and its dispatches");
+        let partial = &events[..events.len() - 1];
+        let folded = fold(HashMap::new(), -1, partial, &[], INBOX, 0);
+        let repair = folded.repair.expect("the partial input needs a repair");
+        assert_eq!(repair.registry_position, Some(5));
+        // An input whose decision carries no position (before v9) is repaired on the view.
+        let unstamped = process(
+            &mut WorkflowState::default(),
+            &input,
+            &crate::default_policy(),
+        );
+        let folded = fold(HashMap::new(), -1, &unstamped[..1], &[], INBOX, 0);
+        assert_eq!(folded.repair.map(|r| r.registry_position), Some(None));
     }
 
     #[test]

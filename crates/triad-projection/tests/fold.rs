@@ -32,6 +32,7 @@ fn history(rng: &mut StdRng, expected: &mut Expected, wf: &str) -> Vec<EventBody
         return vec![EventBody::WorkflowRejected(WorkflowRejected {
             reason: "unknown zone MARS".into(),
             field: Some("tasks[1].zones".into()),
+            registry_position: None,
         })];
     }
     let spec = fixtures::research_workflow();
@@ -43,6 +44,7 @@ fn history(rng: &mut StdRng, expected: &mut Expected, wf: &str) -> Vec<EventBody
         labels: spec.labels,
         policy_version: None,
         budget: None,
+        registry_position: None,
     })];
     let mut total = 0;
     let mut used = Vec::new();

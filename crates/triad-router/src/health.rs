@@ -33,6 +33,17 @@ impl ProbeTracker {
     }
 
     /// Records one probe; returns the new health when this probe changed it.
+    /// Sets the state directly (a model judged on heartbeats, not probes); returns the new
+    /// state when it changed.
+    pub fn set(&mut self, healthy: bool) -> Option<bool> {
+        self.streak = 0;
+        if self.healthy == healthy {
+            return None;
+        }
+        self.healthy = healthy;
+        Some(healthy)
+    }
+
     pub fn observe(&mut self, ok: bool, config: HealthConfig) -> Option<bool> {
         if ok == self.healthy {
             self.streak = 0;

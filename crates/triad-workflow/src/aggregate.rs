@@ -37,6 +37,10 @@ pub struct Policy {
     pub costs: Option<std::sync::Arc<dyn CostModel>>,
     /// Reject submissions that name no credits account (`credits.require_account`).
     pub require_account: bool,
+    /// The `triad.models` position `models` was taken at, when it includes registered
+    /// models: stamped on the submission's decision (`WorkflowAccepted`/`WorkflowRejected`)
+    /// so that a repair decides with the same view.
+    pub registry_position: Option<i64>,
 }
 
 /// Prices a workflow for its credits reservation: the worst case of one attempt of each task
@@ -441,6 +445,7 @@ pub fn process(
                     EventBody::WorkflowRejected(WorkflowRejected {
                         reason: errors.to_string(),
                         field: first,
+                        registry_position: policy.registry_position,
                     }),
                 );
                 return out;
@@ -452,6 +457,7 @@ pub fn process(
                 labels: cmd.labels.clone(),
                 policy_version: (!policy.version.is_empty()).then(|| policy.version.clone()),
                 budget: None,
+                registry_position: policy.registry_position,
             };
             match budget_for(&workflow, policy) {
                 Err((field, reason)) => emit(
@@ -459,6 +465,7 @@ pub fn process(
                     EventBody::WorkflowRejected(WorkflowRejected {
                         reason: format!("{field}: {reason}"),
                         field: Some(field),
+                        registry_position: policy.registry_position,
                     }),
                 ),
                 // The saga's first step: the processor asks the ledger for the reservation.
@@ -587,6 +594,8 @@ fn on_ledger_reply(state: &WorkflowState, reply: &LedgerReply) -> Vec<EventBody>
             vec![EventBody::WorkflowRejected(WorkflowRejected {
                 reason: format!("account: the ledger refused the reservation: {reason}"),
                 field: Some("account".to_owned()),
+                // The model view was stamped on BudgetRequested; this is the ledger's answer.
+                registry_position: None,
             })]
         }
         LedgerOutcome::Settled if state.needs_settlement() => {

@@ -31,6 +31,7 @@ fn policy() -> Policy {
         version: String::new(),
         costs: None,
         require_account: false,
+        registry_position: None,
     }
 }
 

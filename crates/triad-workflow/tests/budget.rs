@@ -47,6 +47,7 @@ fn policy(costs: Option<i64>, require_account: bool) -> Policy {
         version: String::new(),
         costs: costs.map(|c| Arc::new(Flat(c)) as Arc<dyn CostModel>),
         require_account,
+        registry_position: None,
     }
 }
 
