@@ -194,6 +194,8 @@ pub struct Registered {
     pub registration: ModelRegistration,
     /// Whether this node's view shows it already (reads right after see it).
     pub visible: bool,
+    /// The model was already registered exactly so: nothing was written.
+    pub unchanged: bool,
 }
 
 /// Checks and appends the registration of `id`, one version above its latest.
@@ -207,13 +209,27 @@ pub async fn register(
     let configured = configured(state);
     registry::check(id, &remote, state.registry.rules(state, &configured))
         .map_err(RegistryError::Invalid)?;
-    let version = state
+    let (current, latest) = state
         .registry
         .view
         .read()
-        .map(|v| v.latest_version(id))
-        .unwrap_or_default()
-        + 1;
+        .map(|v| (v.at(None).remove(id), v.latest_version(id)))
+        .unwrap_or_default();
+    if let Some(current) = current.filter(|c| c.remote == remote) {
+        let at = state
+            .registry
+            .registered_at
+            .read()
+            .ok()
+            .and_then(|m| m.get(id).copied())
+            .unwrap_or_default();
+        return Ok(Registered {
+            registration: registry::registration(id, current.version, current.remote, at),
+            visible: true,
+            unchanged: true,
+        });
+    }
+    let version = latest + 1;
     let registration = registry::registration(id, version, remote, triad_kafka::now_micros());
     let delivered = state
         .producer
@@ -225,6 +241,7 @@ pub async fn register(
     Ok(Registered {
         registration,
         visible,
+        unchanged: false,
     })
 }
 

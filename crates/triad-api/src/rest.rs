@@ -494,7 +494,9 @@ pub async fn register_model(
     let registered = crate::registry::register(&s, &id, spec, "api")
         .await
         .map_err(registry_problem)?;
-    let status = if registered.visible {
+    let status = if registered.unchanged {
+        StatusCode::OK
+    } else if registered.visible {
         StatusCode::CREATED
     } else {
         StatusCode::ACCEPTED

@@ -292,7 +292,13 @@ pub async fn add(
     let status_from = high_watermark(config, &names.executor_status)?;
     let producer = triad_kafka::produce::Producer::new(&config.kafka)?;
     let mut written = Vec::new();
+    let current = view.at(None);
     for (id, remote) in remotes {
+        // A bootstrap run again writes nothing for what is already registered as stated.
+        if let Some(r) = current.get(&id).filter(|r| r.remote == remote) {
+            println!("unchanged {id} (version {})", r.version);
+            continue;
+        }
         let version = view.latest_version(&id) + 1;
         let base_url = remote.base_url.clone();
         let registration =

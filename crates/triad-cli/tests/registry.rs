@@ -156,6 +156,14 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     assert_eq!(registered["visible"], true);
     assert_eq!(registered["registration"]["version"], 1);
     assert_eq!(registered["registration"]["remote"]["registered_by"], "api");
+    // The same document again writes nothing.
+    let (status, again) = post(&http, &models, Some(TOKEN), &document).await;
+    assert_eq!(
+        (status, &again["unchanged"]),
+        (200, &json!(true)),
+        "{again}"
+    );
+    assert_eq!(again["registration"]["version"], 1);
     let (_, listed) = support::get_json(&http, &models).await;
     assert_eq!(listed["registered"][0]["model_id"], "vllm-east", "{listed}");
     assert!(
@@ -390,6 +398,9 @@ async fn a_registered_model_that_misses_heartbeats_is_skipped_until_they_resume(
     );
     assert!(out.contains("registered beating version 1"), "{out}");
     assert!(out.contains(": installed"), "{out}");
+    // A bootstrap run again writes nothing new.
+    let (again, _) = cli_ok(&env, &["models", "add", file.to_str().unwrap()], &[]);
+    assert!(again.contains("unchanged beating (version 1)"), "{again}");
     let sidecar_args = [
         "models",
         "heartbeat",

@@ -25,6 +25,7 @@ use crate::registry::Verdict;
 #[derive(Debug)]
 struct Entry {
     version: i64,
+    remote: triad_domain::RemoteModel,
     adapter: Arc<dyn ModelAdapter>,
     heartbeat_every: Option<Duration>,
     last_heartbeat: Instant,
@@ -90,11 +91,12 @@ impl RemoteModels {
             return Verdict::Ignored;
         };
         let id = registration.model_id.as_str();
-        if entries
-            .get(id)
-            .is_some_and(|e| e.version >= registration.version)
-        {
-            // A replayed registration after a restart, or an older one.
+        if entries.get(id).is_some_and(|e| {
+            e.version > registration.version
+                || (e.version == registration.version && &e.remote == remote)
+        }) {
+            // A replayed registration after a restart, or an older one. (Two writers racing
+            // to the same version: the later record wins, as in every other view.)
             return Verdict::Ignored;
         }
         let built = if key == id {
@@ -120,6 +122,7 @@ impl RemoteModels {
                     id.to_owned(),
                     Entry {
                         version: registration.version,
+                        remote: remote.clone(),
                         adapter,
                         heartbeat_every,
                         // A fresh registration gets the full grace before its first heartbeat.
