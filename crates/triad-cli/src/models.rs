@@ -213,6 +213,28 @@ struct ModelsFile {
     models: std::collections::BTreeMap<String, triad_market::registry::RemoteSpec>,
 }
 
+/// The configured models (`[models.*]` and enabled presets): a registration cannot take
+/// their ids.
+async fn configured_ids(config: &Config) -> Result<std::collections::BTreeSet<String>> {
+    Ok(crate::workers::catalogue(config)
+        .await?
+        .ids()
+        .into_iter()
+        .collect())
+}
+
+/// The rules a registration is checked against under this configuration's policy.
+fn rules<'a>(
+    config: &'a Config,
+    configured: &'a std::collections::BTreeSet<String>,
+) -> triad_market::registry::Rules<'a> {
+    triad_market::registry::Rules {
+        zones: &config.policy.zones,
+        hosts: &config.policy.hosts,
+        configured,
+    }
+}
+
 /// The remote models of `triad.models` as read now.
 async fn registry_view(
     config: &Config,
@@ -263,13 +285,8 @@ pub async fn add(
     if parsed.models.is_empty() {
         bail!("{}: no [models.<id>] entries", file.display());
     }
-    let catalogue = crate::workers::catalogue(config).await?;
-    let configured: std::collections::BTreeSet<String> = catalogue.ids().into_iter().collect();
-    let rules = triad_market::registry::Rules {
-        zones: &config.policy.zones,
-        hosts: &config.policy.hosts,
-        configured: &configured,
-    };
+    let configured = configured_ids(config).await?;
+    let rules = rules(config, &configured);
     let mut problems = Vec::new();
     let mut remotes = Vec::new();
     for (id, spec) in parsed.models {
@@ -350,13 +367,8 @@ pub async fn list(config: &Config, codec: Arc<Codec>) -> Result<()> {
     if registered.is_empty() {
         println!("no remote models registered");
     }
-    let catalogue = crate::workers::catalogue(config).await?;
-    let configured: std::collections::BTreeSet<String> = catalogue.ids().into_iter().collect();
-    let rules = triad_market::registry::Rules {
-        zones: &config.policy.zones,
-        hosts: &config.policy.hosts,
-        configured: &configured,
-    };
+    let configured = configured_ids(config).await?;
+    let rules = rules(config, &configured);
     for (id, r) in registered {
         let m = &r.remote;
         // Consumers with this policy leave such a record out; say so rather than hide it.

@@ -304,6 +304,51 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
         "{listing}"
     );
 
+    // GraphQL: the same edge, the same rules, codes and fields.
+    let graphql = format!("{base}/graphql");
+    let register = r#"mutation($id: String!, $input: RemoteModelInput!) {
+        registerModel(id: $id, input: $input) { version kind zones registeredBy heartbeatEveryMs } }"#;
+    let input = |zones: Value| json!({"kind": "openai", "baseUrl": vllm.base_url(), "zones": zones, "heartbeatEveryMs": 0});
+    let (_, answer) = post(
+        &http,
+        &graphql,
+        None,
+        &json!({"query": register, "variables": {"id": "gql-model", "input": input(json!(["US-EAST"]))}}),
+    )
+    .await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{answer}"
+    );
+    let (_, answer) = post(
+        &http,
+        &graphql,
+        Some(TOKEN),
+        &json!({"query": register, "variables": {"id": "gql-model", "input": input(json!(["US-EAST", "MARS"]))}}),
+    )
+    .await;
+    let extensions = &answer["errors"][0]["extensions"];
+    assert_eq!(extensions["code"], "INVALID_REGISTRATION", "{answer}");
+    assert_eq!(extensions["fields"], json!(["zones[1]"]), "{answer}");
+    let (_, answer) = post(
+        &http,
+        &graphql,
+        Some(TOKEN),
+        &json!({"query": register, "variables": {"id": "gql-model", "input": input(json!(["US-EAST"]))}}),
+    )
+    .await;
+    let registered = &answer["data"]["registerModel"];
+    assert_eq!(registered["version"], 1, "{answer}");
+    assert_eq!(registered["registeredBy"], "graphql");
+    let deregister = r#"mutation { deregisterModel(id: "gql-model") }"#;
+    let (_, answer) = post(&http, &graphql, Some(TOKEN), &json!({"query": deregister})).await;
+    assert_eq!(answer["data"]["deregisterModel"], true, "{answer}");
+    let (_, answer) = post(&http, &graphql, Some(TOKEN), &json!({"query": deregister})).await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{answer}"
+    );
+
     // Deregistered: the executor drops it and new submissions cannot name it.
     let deleted = http
         .delete(format!("{models}/vllm-east"))

@@ -178,39 +178,20 @@ impl RemoteModels {
 mod tests {
     use std::collections::BTreeSet;
 
-    use triad_domain::{RemoteKind, RemoteModel};
-
     use super::*;
 
     fn registration(version: i64, zones: &[&str]) -> ModelRegistration {
-        ModelRegistration {
-            model_id: "vllm-east".to_owned(),
+        let spec: triad_market::registry::RemoteSpec = serde_json::from_value(serde_json::json!({
+            "kind": "openai", "base_url": "http://127.0.0.1:9", "zones": zones,
+            "heartbeat_every_ms": 1000
+        }))
+        .unwrap();
+        triad_market::registry::registration(
+            "vllm-east",
             version,
-            component_sha256: String::new(),
-            component_size: 0,
-            component: None,
-            component_path: None,
-            registered_at: 0,
-            remote: Some(RemoteModel {
-                kind: RemoteKind::Openai,
-                base_url: "http://127.0.0.1:9".to_owned(),
-                model: "llama".to_owned(),
-                api_key_env: None,
-                zones: zones.iter().map(|z| (*z).to_owned()).collect(),
-                specialties: vec![],
-                input_micros_per_1k: 1,
-                output_micros_per_1k: 1,
-                latency_p50_ms: 10,
-                latency_p95_ms: 10,
-                latency_p99_ms: 10,
-                max_context: 4096,
-                timeout_ms: 1000,
-                bid_confidence: None,
-                heartbeat_every_ms: 1000,
-                registered_by: "operator".to_owned(),
-            }),
-            schema_version: 2,
-        }
+            spec.into_remote("vllm-east", "operator"),
+            0,
+        )
     }
 
     fn installed(v: &Verdict) -> Option<bool> {
