@@ -1,5 +1,6 @@
 //! `triad`: the one binary. Each subcommand is a thin shell over a library crate.
 
+mod access;
 mod audit;
 mod bench;
 mod bench_fanout;
@@ -58,6 +59,13 @@ enum Command {
         /// Distinguishes ledger processors sharing the group (static membership id).
         #[arg(long, default_value_t = 0)]
         instance: u32,
+    },
+    /// API keys (docs/access.md): created, rotated and revoked as events on
+    /// `triad.api-keys`; a new key is printed once.
+    #[command(name = "api-keys")]
+    ApiKeys {
+        #[command(subcommand)]
+        command: ApiKeysCommand,
     },
     /// TRIAD credits: issue, show an account, the supply (docs/credits.md).
     Credits {
@@ -241,6 +249,36 @@ enum ModelsCommand {
         /// Who sends them (default: this host's name).
         #[arg(long)]
         sender: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeysCommand {
+    /// Create a key for a tenant; prints it once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// member, tenant_admin or operator.
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// What the key is for.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Replace a key by a new one (same tenant, role and name) and revoke it.
+    Rotate { key_id: String },
+    /// Revoke a key: every API node refuses it as soon as it reads the event.
+    Revoke {
+        key_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The keys (ids, tenants, roles, states; never secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -533,6 +571,28 @@ async fn main() -> Result<()> {
                 instance,
             };
             triad_processor::ledger::run(&options, codec(&config)?, shutdown_token()).await?;
+        }
+        Command::ApiKeys { command } => {
+            let codec = codec(&config)?;
+            match command {
+                ApiKeysCommand::Create {
+                    tenant,
+                    role,
+                    name,
+                    expires_in_days,
+                } => {
+                    access::create(&config, &codec, &tenant, &role, &name, expires_in_days).await?
+                }
+                ApiKeysCommand::Rotate { key_id } => {
+                    access::rotate(&config, &codec, &key_id).await?
+                }
+                ApiKeysCommand::Revoke { key_id, reason } => {
+                    access::revoke(&config, &codec, &key_id, &reason).await?;
+                }
+                ApiKeysCommand::List { tenant } => {
+                    access::list(&config, &codec, tenant.as_deref()).await?;
+                }
+            }
         }
         Command::Credits { command } => match command {
             CreditsCommand::Issue {

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use apache_avro::Schema;
 use serde::{Serialize, de::DeserializeOwned};
 use triad_domain::{
-    ControlRecord, CreditsCommand, CreditsEvent, CustodyCheckpoint, DeadLetter, ExecutorStatus,
-    InboxRecord, KeyDirectoryChange, ModelHeartbeat, ModelRegistration, PolicyVersion,
-    SovereigntyViolation, TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
+    ApiKeyEvent, ControlRecord, CreditsCommand, CreditsEvent, CustodyCheckpoint, DeadLetter,
+    ExecutorStatus, InboxRecord, KeyDirectoryChange, ModelHeartbeat, ModelRegistration,
+    PolicyVersion, SovereigntyViolation, TaskRequest, WorkflowEvent, WorkflowKey, WorkflowSnapshot,
 };
 
 use crate::{Error, Result};
@@ -23,6 +23,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     (WorkflowSnapshot::NAME, WorkflowSnapshot::AVSC),
     (ModelRegistration::NAME, ModelRegistration::AVSC),
     (ModelHeartbeat::NAME, ModelHeartbeat::AVSC),
+    (ApiKeyEvent::NAME, ApiKeyEvent::AVSC),
     (KeyDirectoryChange::NAME, KeyDirectoryChange::AVSC),
     (WorkflowKey::NAME, WorkflowKey::AVSC),
     (SovereigntyViolation::NAME, SovereigntyViolation::AVSC),
@@ -78,6 +79,11 @@ impl AvroRecord for WorkflowSnapshot {
 impl AvroRecord for ModelRegistration {
     const NAME: &'static str = "io.triad.v1.ModelRegistration";
     const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ModelRegistration.avsc");
+}
+
+impl AvroRecord for ApiKeyEvent {
+    const NAME: &'static str = "io.triad.v1.ApiKeyEvent";
+    const AVSC: &'static str = include_str!("../../../schemas/io.triad.v1.ApiKeyEvent.avsc");
 }
 
 impl AvroRecord for ModelHeartbeat {

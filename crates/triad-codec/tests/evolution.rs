@@ -138,6 +138,11 @@ fn model_registration_schema_evolves_backward_transitively() {
 }
 
 #[test]
+fn api_key_schema_evolves_backward_transitively() {
+    gate(&fixtures::api_key_events());
+}
+
+#[test]
 fn model_heartbeat_schema_evolves_backward_transitively() {
     gate(&fixtures::model_heartbeats());
 }

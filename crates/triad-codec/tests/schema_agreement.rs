@@ -50,6 +50,9 @@ fn every_fixture_round_trips() {
     for h in fixtures::model_heartbeats() {
         round_trip(&h);
     }
+    for k in fixtures::api_key_events() {
+        round_trip(&k);
+    }
     for c in fixtures::key_directory_changes() {
         round_trip(&c);
     }
@@ -288,6 +291,7 @@ fn defaults_fill_rust_types() {
     assert!(defaults_fill(&fixtures::executor_statuses()) >= 3);
     assert!(defaults_fill(&fixtures::model_registrations()) >= 4);
     assert!(defaults_fill(&fixtures::model_heartbeats()) >= 1);
+    assert!(defaults_fill(&fixtures::api_key_events()) >= 3);
     assert!(defaults_fill(&fixtures::key_directory_changes()) >= 1);
     assert!(defaults_fill(&fixtures::workflow_keys()) >= 1);
     assert!(defaults_fill(&fixtures::sovereignty_violations()) >= 2);

@@ -848,3 +848,33 @@ pub fn sovereignty_violations() -> Vec<SovereigntyViolation> {
         schema_version: 1,
     }]
 }
+
+/// An API key's creation (a rotation) and a revocation.
+pub fn api_key_events() -> Vec<crate::ApiKeyEvent> {
+    use crate::{AccessRole, ApiKeyBody, ApiKeyCreated, ApiKeyEvent, ApiKeyRevoked};
+    vec![
+        ApiKeyEvent {
+            key_id: "0123456789abcdef".to_owned(),
+            occurred_at: EPOCH_2026_MICROS,
+            actor: "operator".to_owned(),
+            body: ApiKeyBody::ApiKeyCreated(ApiKeyCreated {
+                tenant: "acme".to_owned(),
+                role: AccessRole::TenantAdmin,
+                name: "ci pipeline".to_owned(),
+                sha256: "ab".repeat(32),
+                expires_at: Some(EPOCH_2026_MICROS + 86_400_000_000),
+                replaces: Some("fedcba9876543210".to_owned()),
+            }),
+            schema_version: 1,
+        },
+        ApiKeyEvent {
+            key_id: "fedcba9876543210".to_owned(),
+            occurred_at: EPOCH_2026_MICROS,
+            actor: "operator".to_owned(),
+            body: ApiKeyBody::ApiKeyRevoked(ApiKeyRevoked {
+                reason: "rotated".to_owned(),
+            }),
+            schema_version: 1,
+        },
+    ]
+}

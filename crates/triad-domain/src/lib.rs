@@ -4,6 +4,7 @@
 //! This crate does no I/O. Each type mirrors a record of an `.avsc` file in `schemas/` (the
 //! source of truth); `triad-codec` checks the two agree, field by field, in its tests.
 
+pub mod access;
 pub mod blob;
 pub mod command;
 pub mod control;
@@ -17,6 +18,7 @@ pub mod snapshot;
 pub mod task;
 pub mod workflow_key;
 
+pub use access::{AccessRole, ApiKeyBody, ApiKeyCreated, ApiKeyEvent, ApiKeyRevoked};
 pub use blob::BlobRef;
 pub use command::{
     Auction, AuctionBid, CancelWorkflow, CommandMetadata, ExecutionRecord, InboxBody, InboxRecord,

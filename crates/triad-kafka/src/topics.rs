@@ -20,6 +20,7 @@ pub const EXECUTOR_STATUS: &str = "triad.executor-status";
 pub const SNAPSHOTS: &str = "triad.workflow-snapshots";
 pub const MODELS: &str = "triad.models";
 pub const MODEL_HEALTH: &str = "triad.model-health";
+pub const API_KEYS: &str = "triad.api-keys";
 pub const KEY_DIRECTORY: &str = "triad.key-directory";
 pub const WORKFLOW_KEYS: &str = "triad.workflow-keys";
 pub const VIOLATIONS: &str = "triad.violations";
@@ -42,6 +43,7 @@ pub struct Names {
     pub snapshots: String,
     pub models: String,
     pub model_health: String,
+    pub api_keys: String,
     pub key_directory: String,
     pub workflow_keys: String,
     pub violations: String,
@@ -65,6 +67,7 @@ impl Names {
             snapshots: format!("{p}{SNAPSHOTS}"),
             models: format!("{p}{MODELS}"),
             model_health: format!("{p}{MODEL_HEALTH}"),
+            api_keys: format!("{p}{API_KEYS}"),
             key_directory: format!("{p}{KEY_DIRECTORY}"),
             workflow_keys: format!("{p}{WORKFLOW_KEYS}"),
             violations: format!("{p}{VIOLATIONS}"),
@@ -189,6 +192,12 @@ pub fn catalogue(kafka: &KafkaConfig, registry_topic: &str, zones: &[String]) ->
             partitions: 1,
             retention: Retention::Bounded { ms: DAY_MS },
             purpose: "heartbeats of self-registered remote models, key = model id",
+        },
+        TopicSpec {
+            name: names.api_keys,
+            partitions: 1,
+            retention: Retention::Forever,
+            purpose: "API keys created and revoked (hashes only), key = key id",
         },
         TopicSpec {
             name: names.key_directory,
