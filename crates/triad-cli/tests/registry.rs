@@ -192,13 +192,27 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     assert_eq!(gql["tasksCompleted"], 0);
 
     // The executor re-checked it and serves it, without a restart.
-    env.read_until(
-        &env.names.executor_status,
-        Duration::from_secs(60),
-        "vllm-east installed",
-        |s: &[ExecutorStatus]| installs(s).iter().any(|(m, ok, _)| m == "vllm-east" && *ok),
-    )
-    .await;
+    let statuses = env
+        .read_until(
+            &env.names.executor_status,
+            Duration::from_secs(60),
+            "vllm-east installed",
+            |s: &[ExecutorStatus]| installs(s).iter().any(|(m, ok, _)| m == "vllm-east" && *ok),
+        )
+        .await;
+    // How long joining took, from the records' own clocks (reported, not asserted).
+    let installed_at = statuses
+        .iter()
+        .find(|s| matches!(&s.body, StatusBody::AdapterInstall(i) if i.model_id == "vllm-east"))
+        .map(|s| s.occurred_at)
+        .unwrap();
+    let registered_at = registered["registration"]["registered_at"]
+        .as_i64()
+        .unwrap();
+    eprintln!(
+        "registration → executor serving it: {:.1} ms",
+        (installed_at - registered_at) as f64 / 1000.0
+    );
     let (status, submitted) = post(&http, &workflows, None, &hinted("vllm-east")).await;
     assert_eq!(status, 202, "{submitted}");
     let id = submitted["workflow_id"].as_str().unwrap().to_owned();
@@ -503,6 +517,18 @@ async fn a_registered_model_that_misses_heartbeats_is_skipped_until_they_resume(
         .await;
     let (_, reason) = transitions(&statuses, "beating", killed_at).pop().unwrap();
     assert!(reason.contains("heartbeats missed"), "{reason}");
+    // Reported, not asserted: the record's clock against the test's.
+    let at = |s: &[ExecutorStatus], since: i64, healthy: bool| {
+        s.iter()
+            .filter(|s| s.occurred_at > since)
+            .find(|s| matches!(&s.body, StatusBody::HealthTransition(h) if h.model_id == "beating" && h.healthy == healthy))
+            .map(|s| (s.occurred_at - since) as f64 / 1000.0)
+            .unwrap()
+    };
+    eprintln!(
+        "sidecar killed → marked unhealthy: {:.0} ms (heartbeats every 1000 ms, unhealthy after 3 missed)",
+        at(&statuses, killed_at, false)
+    );
     env.submit("wf-silent", task("silent").to_command()).await;
     let events = env
         .events_until_finished(&["wf-silent".to_owned()], Duration::from_secs(60))
@@ -513,17 +539,22 @@ async fn a_registered_model_that_misses_heartbeats_is_skipped_until_they_resume(
     // Heartbeats resume: healthy again, and chosen again.
     let resumed_at = triad_kafka::now_micros();
     let mut sidecar = env.spawn("sidecar-2", &sidecar_args);
-    env.read_until(
-        &env.names.executor_status,
-        Duration::from_secs(60),
-        "beating healthy again",
-        |s: &[ExecutorStatus]| {
-            transitions(s, "beating", resumed_at)
-                .last()
-                .is_some_and(|(h, _)| *h)
-        },
-    )
-    .await;
+    let statuses = env
+        .read_until(
+            &env.names.executor_status,
+            Duration::from_secs(60),
+            "beating healthy again",
+            |s: &[ExecutorStatus]| {
+                transitions(s, "beating", resumed_at)
+                    .last()
+                    .is_some_and(|(h, _)| *h)
+            },
+        )
+        .await;
+    eprintln!(
+        "sidecar restarted → healthy again: {:.0} ms (includes the sidecar's start)",
+        at(&statuses, resumed_at, true)
+    );
     env.submit("wf-back", task("back").to_command()).await;
     let events = env
         .events_until_finished(&["wf-back".to_owned()], Duration::from_secs(60))
