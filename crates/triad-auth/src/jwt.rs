@@ -43,40 +43,38 @@ pub enum ConfigError {
     Key { index: usize, reason: String },
 }
 
-fn asymmetric(a: Algorithm) -> bool {
-    matches!(
-        a,
-        Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512
-            | Algorithm::ES256
-            | Algorithm::ES384
-            | Algorithm::EdDSA
-    )
+/// The key family an algorithm verifies with; `None` for symmetric (HMAC) algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Rsa,
+    Ec,
+    Okp,
 }
 
-/// The family a key must be of for `alg`.
-fn family_matches(alg: Algorithm, params: &AlgorithmParameters) -> bool {
-    match params {
-        AlgorithmParameters::RSA(_) => matches!(
-            alg,
-            Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::PS384
-                | Algorithm::PS512
-        ),
-        AlgorithmParameters::EllipticCurve(_) => {
-            matches!(alg, Algorithm::ES256 | Algorithm::ES384)
-        }
-        AlgorithmParameters::OctetKeyPair(_) => alg == Algorithm::EdDSA,
-        // Symmetric keys, and kinds this code does not know: never.
-        _ => false,
+fn family(alg: Algorithm) -> Option<Family> {
+    match alg {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => Some(Family::Rsa),
+        Algorithm::ES256 | Algorithm::ES384 => Some(Family::Ec),
+        Algorithm::EdDSA => Some(Family::Okp),
+        _ => None,
     }
+}
+
+/// Whether a key of `params` may verify `alg`.
+fn family_matches(alg: Algorithm, params: &AlgorithmParameters) -> bool {
+    let key = match params {
+        AlgorithmParameters::RSA(_) => Family::Rsa,
+        AlgorithmParameters::EllipticCurve(_) => Family::Ec,
+        AlgorithmParameters::OctetKeyPair(_) => Family::Okp,
+        // Symmetric keys, and kinds this code does not know: never.
+        _ => return false,
+    };
+    family(alg) == Some(key)
 }
 
 /// A JWKS and the rules; verifies tokens.
@@ -102,7 +100,7 @@ impl JwtVerifier {
         if rules.algorithms.is_empty() {
             return Err(ConfigError::NoAlgorithm);
         }
-        if let Some(a) = rules.algorithms.iter().find(|a| !asymmetric(**a)) {
+        if let Some(a) = rules.algorithms.iter().find(|a| family(**a).is_none()) {
             return Err(ConfigError::Symmetric(format!("{a:?}")));
         }
         let keys: JwkSet =
