@@ -57,7 +57,7 @@ SELECT workflow_id, last_sequence FROM workflows WHERE workflow_id = ANY($1);
 COPY workflows
     (workflow_id, name, status, created_at, finished_at, task_count, tasks_completed,
      tasks_failed, tasks_skipped, total_cost_micros, models_used, labels, default_zones,
-     error, error_field, failed_task, last_sequence, updated_at)
+     error, error_field, failed_task, last_sequence, updated_at, tenant)
 FROM STDIN (FORMAT binary);
 
 -- name: copy_tasks

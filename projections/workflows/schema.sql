@@ -47,7 +47,11 @@ CREATE TABLE IF NOT EXISTS workflows (
     last_sequence     bigint      NOT NULL,
     updated_at        timestamptz NOT NULL
 );
+-- The tenant that owns the workflow (issue 8); null for one submitted through the operator's
+-- door. Added after the table first shipped, hence the ALTER for read models built before.
+ALTER TABLE workflows ADD COLUMN IF NOT EXISTS tenant text;
 CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, created_at);
+CREATE INDEX IF NOT EXISTS workflows_by_tenant ON workflows (tenant, created_at, workflow_id);
 CREATE INDEX IF NOT EXISTS workflows_by_created ON workflows (created_at, workflow_id);
 
 CREATE TABLE IF NOT EXISTS tasks (

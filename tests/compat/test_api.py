@@ -2,9 +2,10 @@
 graphql-transport-ws and the legacy graphql-ws protocols) submits a workflow and receives its
 full, ordered event sequence over the subscription, and follows the dashboard feed of
 workflows that change; `curl -N` reads the same events as
-Server-Sent Events and resumes with Last-Event-ID. Starts `triad dev` on topics, consumer
-groups, a read-model schema and a port of its own. Needs the stack (scripts/dev.sh up) and a
-built `triad` binary."""
+Server-Sent Events and resumes with Last-Event-ID. Every client authenticates with an API key
+(`triad api-keys create`): the bearer header over HTTP, the `connection_init` payload over the
+WebSocket. Starts `triad dev` on topics, consumer groups, a read-model schema and a port of
+its own. Needs the stack (scripts/dev.sh up) and a built `triad` binary."""
 
 import asyncio
 import json
@@ -41,6 +42,21 @@ subscription Updates($status: String, $name: String) {
 }""")
 
 
+class Api(str):
+    """The API's base URL, with the API key the tests present."""
+    key = ""
+
+    @property
+    def bearer(self):
+        return f"Bearer {self.key}"
+
+
+def transport(api, subprotocol, authenticated=True):
+    url = api.replace("http://", "ws://") + "/graphql/ws"
+    payload = {"Authorization": api.bearer} if authenticated else {}
+    return WebsocketsTransport(url=url, subprotocols=[subprotocol], init_payload=payload)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,6 +74,9 @@ def api(tmp_path_factory):
                TRIAD_API__LISTEN=f"127.0.0.1:{port}",
                TRIAD_LOG__FILTER="warn")
     subprocess.run([TRIAD, "topics", "ensure"], env=env, check=True, capture_output=True)
+    created = subprocess.run([TRIAD, "api-keys", "create", "--tenant", "compat", "--role",
+                              "member", "--name", "compat suite"],
+                             env=env, check=True, capture_output=True, text=True)
     log = tmp_path_factory.mktemp("api") / "dev.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([TRIAD, "dev"], env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -73,7 +92,10 @@ def api(tmp_path_factory):
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "the API never became healthy: " + log.read_text()
         time.sleep(0.2)
-    yield base
+    api = Api(base)
+    api.key = created.stdout.strip()
+    assert api.key.startswith("triad_"), created
+    yield api
     proc.terminate()
     proc.wait(30)
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "triad", "triad", "-qc",
@@ -93,9 +115,9 @@ def workflow(topic, name="compat-research"):
     }
 
 
-async def submit_and_follow(url, subprotocol, key):
-    transport = WebsocketsTransport(url=url, subprotocols=[subprotocol])
-    async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+async def submit_and_follow(api, subprotocol, key):
+    async with Client(transport=transport(api, subprotocol),
+                      fetch_schema_from_transport=False) as session:
         SUBMIT.variable_values = {"input": workflow(key), "key": key}
         submitted = await session.execute(SUBMIT)
         wid = submitted["submitWorkflow"]["workflowId"]
@@ -114,9 +136,9 @@ async def submit_and_follow(url, subprotocol, key):
 @pytest.mark.parametrize("subprotocol", [WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL,
                                          WebsocketsTransport.APOLLO_SUBPROTOCOL])
 def test_gql_client_submits_and_receives_the_whole_ordered_sequence(api, subprotocol):
-    ws = api.replace("http://", "ws://") + "/graphql/ws"
     key = f"compat-{uuid.uuid4()}"
-    wid, events, rest = asyncio.run(asyncio.wait_for(submit_and_follow(ws, subprotocol, key), 120))
+    wid, events, rest = asyncio.run(asyncio.wait_for(submit_and_follow(api, subprotocol, key),
+                                                     120))
     seqs = [e["sequence"] for e in events]
     assert seqs == list(range(1, len(events) + 1)), events
     assert events[0]["type"] == "WorkflowAccepted"
@@ -125,24 +147,25 @@ def test_gql_client_submits_and_receives_the_whole_ordered_sequence(api, subprot
     assert [e["sequence"] for e in rest] == seqs[5:]
 
     # curl -N reads the same events as SSE, and resumes after an id.
-    out = subprocess.run(["curl", "-sN", f"{api}/v1/workflows/{wid}/events"],
+    out = subprocess.run(["curl", "-sN", "-H", f"Authorization: {api.bearer}",
+                          f"{api}/v1/workflows/{wid}/events"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     frames = [b for b in out.split("\n\n") if b.startswith("id: ")]
     ids = [json.loads(f.split("data: ", 1)[1])["event_id"] for f in frames]
     assert ids == [e["eventId"] for e in events]
     out = subprocess.run(["curl", "-sN", "-H", "Last-Event-ID: 3",
+                          "-H", f"Authorization: {api.bearer}",
                           f"{api}/v1/workflows/{wid}/events"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     resumed = [int(b.split("\n")[0][4:]) for b in out.split("\n\n") if b.startswith("id: ")]
     assert resumed == seqs[3:]
 
 
-async def watch_dashboard(url, name, count):
+async def watch_dashboard(api, name, count):
     """Opens the dashboard feed filtered to COMPLETED workflows named `name`, then submits
     `count` such workflows on the same connection; returns their ids and the updates."""
-    transport = WebsocketsTransport(url=url,
-                                    subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
-    async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+    async with Client(transport=transport(api, WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL),
+                      fetch_schema_from_transport=False) as session:
         UPDATES.variable_values = {"status": "COMPLETED", "name": name}
         updates = []
         ids = set()
@@ -162,9 +185,8 @@ async def watch_dashboard(url, name, count):
 
 
 def test_the_dashboard_feed_delivers_every_matching_workflow_that_changes(api):
-    ws = api.replace("http://", "ws://") + "/graphql/ws"
     name = f"dashboard-{uuid.uuid4().hex[:8]}"
-    ids, updates = asyncio.run(asyncio.wait_for(watch_dashboard(ws, name, 3), 120))
+    ids, updates = asyncio.run(asyncio.wait_for(watch_dashboard(api, name, 3), 120))
     assert {u["workflowId"] for u in updates} == ids
     for u in updates:
         assert u["status"] == "COMPLETED", u
@@ -197,9 +219,11 @@ def test_the_dashboard_feed_delivers_every_matching_workflow_that_changes(api):
             ("answer", "COMPLETED"), ("generate_questions", "COMPLETED")], w
 
 
-def post_graphql(api, body):
+def post_graphql(api, body, authorization=None):
+    headers = {"content-type": "application/json",
+               "authorization": authorization if authorization is not None else api.bearer}
     req = urllib.request.Request(f"{api}/graphql", data=json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"})
+                                 headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read() or b"null")
@@ -240,3 +264,25 @@ def test_submit_errors_name_the_field(api):
     ext = body["errors"][0]["extensions"]
     assert ext["code"] == "INVALID_WORKFLOW", body
     assert ext["errors"][0]["field"] == "tasks[1].prompt", body
+
+
+async def subscribe_without_credentials(api, subprotocol):
+    async with Client(transport=transport(api, subprotocol, authenticated=False),
+                      fetch_schema_from_transport=False) as session:
+        async for _ in session.subscribe(UPDATES):
+            return "an update arrived"
+
+
+@pytest.mark.parametrize("subprotocol", [WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL,
+                                         WebsocketsTransport.APOLLO_SUBPROTOCOL])
+def test_credentials_are_required_everywhere_but_health(api, subprotocol):
+    with urllib.request.urlopen(f"{api}/v1/health", timeout=10) as r:
+        assert r.status == 200
+    for authorization in ["", "Bearer triad_0000000000000000_" + "0" * 64, "Bearer not-a-jwt"]:
+        status, body = post_graphql(api, {"query": "{ models { modelId } }"}, authorization)
+        assert status == 401, (authorization, status, body)
+        assert json.loads(body)["code"] == "unauthenticated", body
+    # The WebSocket refuses the connection before any operation runs.
+    with pytest.raises(Exception) as refused:
+        asyncio.run(asyncio.wait_for(subscribe_without_credentials(api, subprotocol), 30))
+    assert "TimeoutError" not in type(refused.value).__name__, refused.value

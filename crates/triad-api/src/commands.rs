@@ -1,6 +1,7 @@
 //! Commands shared by REST and GraphQL: validate at the edge, append to the inbox with
 //! `acks=all`, return. Acceptance or rejection arrives later as events.
 
+use triad_auth::Principal;
 use triad_domain::{CancelWorkflow, CommandMetadata, InboxBody, InboxRecord};
 use triad_workflow::{ValidationErrors, Workflow};
 
@@ -19,6 +20,10 @@ pub enum CommandError {
     Invalid(ValidationErrors),
     #[error("the workflow has already finished ({0})")]
     Finished(String),
+    #[error("{0}")]
+    ForeignAccount(String),
+    #[error("no workflow {0} is visible to you")]
+    NotFound(String),
     #[error(transparent)]
     Unavailable(#[from] Error),
 }
@@ -30,21 +35,26 @@ pub fn check_key(key: &str) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// The id a submission gets: from the key when there is one.
-pub fn workflow_id_for(key: Option<&str>) -> String {
+/// The id a submission gets: from the tenant and the key when there is one, so the same key
+/// names the same workflow within a tenant and two tenants' keys never collide.
+pub fn workflow_id_for(tenant: &str, key: Option<&str>) -> String {
     match key {
-        Some(k) => format!("wf-{}", uuid::Uuid::new_v5(&KEY_NAMESPACE, k.as_bytes())),
+        Some(k) => {
+            let name = [tenant.as_bytes(), b"\0", k.as_bytes()].concat();
+            format!("wf-{}", uuid::Uuid::new_v5(&KEY_NAMESPACE, &name))
+        }
         None => format!("wf-{}", uuid::Uuid::new_v4()),
     }
 }
 
-fn meta(workflow_id: &str, key: String, actor: &str) -> CommandMetadata {
+fn meta(workflow_id: &str, key: String, actor: &str, tenant: Option<&str>) -> CommandMetadata {
     CommandMetadata {
         command_id: triad_domain::new_command_id(),
         idempotency_key: key,
         workflow_id: workflow_id.to_owned(),
         issued_at: triad_kafka::now_micros(),
         actor: Some(actor.to_owned()),
+        tenant: tenant.map(str::to_owned),
         schema_version: triad_domain::INBOX_SCHEMA_VERSION,
     }
 }
@@ -81,12 +91,13 @@ fn validation<'a>(
     }
 }
 
-/// Validates `workflow` and appends `SubmitWorkflow`; returns the workflow id.
+/// Validates `workflow` and appends `SubmitWorkflow` for `who`'s tenant; returns the
+/// workflow id.
 pub async fn submit(
     state: &AppState,
     workflow: &Workflow,
     key: Option<String>,
-    actor: &str,
+    who: &Principal,
 ) -> Result<String, CommandError> {
     if let Some(k) = &key {
         check_key(k)?;
@@ -95,7 +106,13 @@ pub async fn submit(
     workflow
         .validate(&validation(state, &offers))
         .map_err(CommandError::Invalid)?;
-    let workflow_id = workflow_id_for(key.as_deref());
+    // The processor refuses it too; here the caller hears why at once.
+    if let Some(reason) =
+        triad_workflow::aggregate::foreign_account(Some(&who.tenant), workflow.account.as_deref())
+    {
+        return Err(CommandError::ForeignAccount(reason));
+    }
+    let workflow_id = workflow_id_for(&who.tenant, key.as_deref());
     let mut command = workflow.to_command();
     if let Some(kernel) = &state.kernel {
         // Sealed after validation (which needs the plaintext), before anything is written.
@@ -108,7 +125,8 @@ pub async fn submit(
         meta: meta(
             &workflow_id,
             key.unwrap_or_else(|| format!("submit:{workflow_id}")),
-            actor,
+            &who.actor(),
+            Some(&who.tenant),
         ),
         body: InboxBody::SubmitWorkflow(command),
     };
@@ -126,14 +144,21 @@ pub async fn submit(
     Ok(workflow_id)
 }
 
-/// Appends `CancelWorkflow`, unless the read model shows the workflow already ended.
+/// Appends `CancelWorkflow`, unless the read model shows the workflow already ended or
+/// belonging to another tenant. The command carries the caller's tenant (none for an
+/// operator), and the processor cancels only a workflow of that tenant.
 pub async fn cancel(
     state: &AppState,
     workflow_id: &str,
     reason: Option<String>,
-    actor: &str,
+    who: &Principal,
 ) -> Result<(), CommandError> {
-    if let Some(w) = read::workflow(&state.pool, workflow_id).await?
+    let scope = crate::access::scope(who);
+    let current = read::workflow(&state.pool, workflow_id).await?;
+    if current.as_ref().is_some_and(|w| !w.visible_to(scope)) {
+        return Err(CommandError::NotFound(workflow_id.to_owned()));
+    }
+    if let Some(w) = current
         && matches!(
             w.status.as_str(),
             "COMPLETED" | "FAILED" | "CANCELLED" | "REJECTED"
@@ -142,7 +167,12 @@ pub async fn cancel(
         return Err(CommandError::Finished(w.status));
     }
     let record = InboxRecord {
-        meta: meta(workflow_id, format!("cancel:{workflow_id}"), actor),
+        meta: meta(
+            workflow_id,
+            format!("cancel:{workflow_id}"),
+            &who.actor(),
+            scope,
+        ),
         body: InboxBody::CancelWorkflow(CancelWorkflow { reason }),
     };
     state

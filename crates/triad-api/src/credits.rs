@@ -124,13 +124,6 @@ pub async fn follow(state: std::sync::Arc<AppState>, cancel: CancellationToken) 
 /// Why a credits command was not accepted at the edge.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
-    #[error(
-        "issuing credits through the API needs the operator token (Authorization: Bearer …); \
-         this API node has none configured (TRIAD_OPERATOR_TOKEN), use `triad credits issue`"
-    )]
-    Disabled,
-    #[error("the operator token is missing or wrong")]
-    Forbidden,
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,
@@ -138,32 +131,6 @@ pub enum IssueError {
     },
     #[error(transparent)]
     Unavailable(#[from] crate::Error),
-}
-
-/// The operator's bearer token for credits issuance: a secret, so its Debug form hides it.
-#[derive(Clone)]
-pub struct OperatorToken(pub String);
-
-impl std::fmt::Debug for OperatorToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OperatorToken(<redacted>)")
-    }
-}
-
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Checks that `bearer` is this node's operator token.
-pub fn authorise(state: &AppState, bearer: Option<&str>) -> Result<(), IssueError> {
-    let Some(token) = &state.operator_token else {
-        return Err(IssueError::Disabled);
-    };
-    match bearer {
-        Some(b) if same(b.as_bytes(), token.0.as_bytes()) => Ok(()),
-        _ => Err(IssueError::Forbidden),
-    }
 }
 
 /// What an issue asks for, as received.

@@ -19,6 +19,8 @@ use crate::long::Long;
 use crate::read::{self, EventView, ModelView, TaskView, WorkflowView};
 use crate::stream::{ChangeStream, EventStream};
 use crate::{AppState, Error};
+use triad_auth::Principal;
+use triad_domain::AccessRole;
 
 /// Largest page `workflows(first:)` returns.
 pub const MAX_PAGE: i32 = 100;
@@ -83,12 +85,51 @@ fn command_error(e: CommandError) -> async_graphql::Error {
             "WORKFLOW_FINISHED",
             format!("the workflow has already finished ({status})"),
         ),
+        CommandError::ForeignAccount(reason) => {
+            async_graphql::Error::new(reason).extend_with(|_, ext| {
+                ext.set("code", "FOREIGN_ACCOUNT");
+                ext.set("field", "account");
+            })
+        }
+        CommandError::NotFound(id) => {
+            err("NOT_FOUND", format!("no workflow {id} is visible to you"))
+        }
         CommandError::Unavailable(e) => unavailable(e),
     }
 }
 
 fn state<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Arc<AppState>> {
     ctx.data::<Arc<AppState>>()
+}
+
+/// The caller, resolved by the HTTP layer or the WebSocket's `connection_init`.
+fn principal<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Principal> {
+    ctx.data::<Principal>()
+        .map_err(|_| err("UNAUTHENTICATED", "invalid or missing credentials"))
+}
+
+/// The caller's tenant scope: its tenant, or none for an operator (every tenant).
+fn scope<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<Option<&'a str>> {
+    Ok(crate::access::scope(principal(ctx)?))
+}
+
+/// Refuses (code FORBIDDEN) unless the caller has at least `role`.
+fn require_role(ctx: &Context<'_>, role: AccessRole, action: &str) -> async_graphql::Result<()> {
+    crate::access::require_role(principal(ctx)?, role, action)
+        .map_err(|p| err("FORBIDDEN", p.title))
+}
+
+/// Whether the caller sees `workflow_id` (another tenant's reads as absent).
+async fn sees(ctx: &Context<'_>, workflow_id: &str) -> async_graphql::Result<bool> {
+    let s = state(ctx)?;
+    let scope = scope(ctx)?;
+    if scope.is_none() {
+        return Ok(true);
+    }
+    Ok(read::workflow(&s.pool, workflow_id)
+        .await
+        .map_err(unavailable)?
+        .is_some_and(|w| w.visible_to(scope)))
 }
 
 #[derive(Debug, Clone, SimpleObject)]
@@ -160,11 +201,15 @@ impl QueryRoot {
         ctx: &Context<'_>,
         id: String,
     ) -> async_graphql::Result<Option<Account>> {
+        if !crate::access::owns_account(principal(ctx)?, &id) {
+            return Ok(None);
+        }
         Ok(state(ctx)?.ledger.account(&id).await.map(Account::from))
     }
 
-    /// The credits supply over every account.
+    /// The credits supply over every account (operators only: it spans tenants).
     async fn credit_supply(&self, ctx: &Context<'_>) -> async_graphql::Result<CreditSupply> {
+        require_role(ctx, AccessRole::Operator, "the credits supply")?;
         let s = state(ctx)?.ledger.supply().await;
         Ok(CreditSupply {
             accounts: Long(i64::try_from(s.accounts).unwrap_or(i64::MAX)),
@@ -182,7 +227,10 @@ impl QueryRoot {
         ctx: &Context<'_>,
         id: String,
     ) -> async_graphql::Result<Option<WorkflowView>> {
-        state(ctx)?.workflow(&id).await.map_err(unavailable)
+        state(ctx)?
+            .workflow(&id, scope(ctx)?)
+            .await
+            .map_err(unavailable)
     }
 
     /// Workflows, newest first, with cursor pagination (`first` at most 100).
@@ -213,6 +261,7 @@ impl QueryRoot {
             &s.pool,
             filter.status.as_deref(),
             filter.name.as_deref(),
+            scope(ctx)?,
             cursor.as_ref(),
             i64::from(first),
         )
@@ -234,7 +283,7 @@ impl QueryRoot {
         task_id: String,
     ) -> async_graphql::Result<Option<TaskView>> {
         let w = state(ctx)?
-            .workflow(&workflow_id)
+            .workflow(&workflow_id, scope(ctx)?)
             .await
             .map_err(unavailable)?;
         Ok(w.and_then(|w| w.tasks.into_iter().find(|t| t.task_id == task_id)))
@@ -275,6 +324,9 @@ impl QueryRoot {
         ctx: &Context<'_>,
         workflow_id: String,
     ) -> async_graphql::Result<Vec<crate::market::Auction>> {
+        if !sees(ctx, &workflow_id).await? {
+            return Ok(Vec::new());
+        }
         crate::market::auctions(&state(ctx)?.pool, &workflow_id)
             .await
             .map_err(unavailable)
@@ -300,6 +352,9 @@ impl QueryRoot {
         ctx: &Context<'_>,
         workflow_id: String,
     ) -> async_graphql::Result<Option<crate::audit::TrailView>> {
+        if !sees(ctx, &workflow_id).await? {
+            return Ok(None);
+        }
         crate::audit::trail(state(ctx)?, &workflow_id)
             .await
             .map_err(unavailable)
@@ -313,6 +368,9 @@ impl QueryRoot {
         workflow_id: String,
         event_id: String,
     ) -> async_graphql::Result<Option<crate::audit::ProofView>> {
+        if !sees(ctx, &workflow_id).await? {
+            return Ok(None);
+        }
         crate::audit::proof(state(ctx)?, &workflow_id, &event_id)
             .await
             .map_err(unavailable)
@@ -466,7 +524,7 @@ impl MutationRoot {
         idempotency_key: Option<String>,
     ) -> async_graphql::Result<Submitted> {
         let s = state(ctx)?;
-        let id = commands::submit(s, &input.into_workflow(), idempotency_key, "graphql")
+        let id = commands::submit(s, &input.into_workflow(), idempotency_key, principal(ctx)?)
             .await
             .map_err(command_error)?;
         Ok(Submitted {
@@ -483,14 +541,13 @@ impl MutationRoot {
         id: String,
         reason: Option<String>,
     ) -> async_graphql::Result<bool> {
-        commands::cancel(state(ctx)?, &id, reason, "graphql")
+        commands::cancel(state(ctx)?, &id, reason, principal(ctx)?)
             .await
             .map_err(command_error)?;
         Ok(true)
     }
 
-    /// Issues credits to an account for a contribution (operator only: the request's
-    /// `Authorization: Bearer` must be the API node's operator token). Returns the ledger
+    /// Issues credits to an account for a contribution (operators only). Returns the ledger
     /// entry once the ledger applied it.
     async fn issue_credits(
         &self,
@@ -501,14 +558,14 @@ impl MutationRoot {
         reason: String,
     ) -> async_graphql::Result<CreditEntry> {
         let s = state(ctx)?;
-        let bearer = ctx.data_opt::<Bearer>().and_then(|b| b.0.as_deref());
-        crate::credits::authorise(s, bearer).map_err(credits_error)?;
+        require_role(ctx, AccessRole::Operator, "issuing credits")?;
         let request = crate::credits::IssueRequest {
             amount_micros: amount.0,
             kind,
             reason,
         };
-        let (command_id, event) = crate::credits::issue(s, &account, &request, "graphql")
+        let actor = principal(ctx)?.actor();
+        let (command_id, event) = crate::credits::issue(s, &account, &request, &actor)
             .await
             .map_err(credits_error)?;
         match event {
@@ -520,7 +577,8 @@ impl MutationRoot {
         }
     }
 
-    /// Registers a remote model (operator only, as `issueCredits`): checked against the
+    /// Registers a remote model (tenant admins; the model then belongs to the tenant, and an
+    /// id another tenant holds is refused): checked against the
     /// sovereignty policy (zones, `policy.hosts`), then appended to `triad.models`, one
     /// version above its latest. Executors serve it from their next task.
     async fn register_model(
@@ -530,12 +588,11 @@ impl MutationRoot {
         input: crate::registry::RemoteModelInput,
     ) -> async_graphql::Result<crate::registry::RegistrationView> {
         let s = state(ctx)?;
-        let bearer = ctx.data_opt::<Bearer>().and_then(|b| b.0.as_deref());
-        crate::registry::authorise(s, bearer).map_err(registry_error)?;
+        require_role(ctx, AccessRole::TenantAdmin, "registering models")?;
         let spec = input
             .into_spec()
             .map_err(|e| err("INVALID_REGISTRATION", e))?;
-        let registered = crate::registry::register(s, &id, spec, "graphql")
+        let registered = crate::registry::register(s, &id, spec, principal(ctx)?)
             .await
             .map_err(registry_error)?;
         let r = registered.registration;
@@ -552,19 +609,19 @@ impl MutationRoot {
         ))
     }
 
-    /// Deregisters a remote model (operator only): executors stop serving it.
+    /// Deregisters a remote model (its tenant's admins, or operators): executors stop
+    /// serving it.
     async fn deregister_model(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<bool> {
         let s = state(ctx)?;
-        let bearer = ctx.data_opt::<Bearer>().and_then(|b| b.0.as_deref());
-        crate::registry::authorise(s, bearer).map_err(registry_error)?;
-        crate::registry::deregister(s, &id)
+        require_role(ctx, AccessRole::TenantAdmin, "deregistering models")?;
+        crate::registry::deregister(s, &id, principal(ctx)?)
             .await
             .map_err(registry_error)?;
         Ok(true)
     }
 
-    /// A registered model's heartbeat (operator token), for models registered with
-    /// `heartbeatEveryMs`.
+    /// A registered model's heartbeat (its tenant's admins, or operators), for models
+    /// registered with `heartbeatEveryMs`.
     async fn model_heartbeat(
         &self,
         ctx: &Context<'_>,
@@ -572,11 +629,15 @@ impl MutationRoot {
         sender: Option<String>,
     ) -> async_graphql::Result<bool> {
         let s = state(ctx)?;
-        let bearer = ctx.data_opt::<Bearer>().and_then(|b| b.0.as_deref());
-        crate::registry::authorise(s, bearer).map_err(registry_error)?;
-        crate::registry::heartbeat(s, &id, sender.as_deref().unwrap_or("graphql"))
-            .await
-            .map_err(registry_error)?;
+        require_role(ctx, AccessRole::TenantAdmin, "model heartbeats")?;
+        crate::registry::heartbeat(
+            s,
+            &id,
+            sender.as_deref().unwrap_or("graphql"),
+            principal(ctx)?,
+        )
+        .await
+        .map_err(registry_error)?;
         Ok(true)
     }
 
@@ -597,10 +658,6 @@ impl MutationRoot {
         ))
     }
 }
-
-/// The bearer token of the HTTP request, if any (for operator-only mutations).
-#[derive(Debug, Clone)]
-pub struct Bearer(pub Option<String>);
 
 /// A TRIAD credits account (docs/credits.md). Amounts are in µcredits.
 #[derive(Debug, Clone, SimpleObject)]
@@ -705,8 +762,6 @@ pub struct CreditSupply {
 fn credits_error(e: crate::credits::IssueError) -> async_graphql::Error {
     use crate::credits::IssueError;
     match &e {
-        IssueError::Disabled => err("ISSUANCE_DISABLED", e.to_string()),
-        IssueError::Forbidden => err("FORBIDDEN", e.to_string()),
         IssueError::Invalid { field, message } => {
             let field = (*field).to_owned();
             let message = message.clone();
@@ -723,8 +778,7 @@ fn credits_error(e: crate::credits::IssueError) -> async_graphql::Error {
 fn registry_error(e: crate::registry::RegistryError) -> async_graphql::Error {
     use crate::registry::RegistryError;
     match &e {
-        RegistryError::Disabled => err("REGISTRATION_DISABLED", e.to_string()),
-        RegistryError::Forbidden => err("FORBIDDEN", e.to_string()),
+        RegistryError::Foreign(_) => err("FORBIDDEN", e.to_string()),
         RegistryError::NotFound(_) => err("NOT_FOUND", e.to_string()),
         RegistryError::Invalid(errors) => {
             let fields: Vec<async_graphql::Value> = errors
@@ -757,7 +811,20 @@ impl SubscriptionRoot {
         #[graphql(default = 0)] from_sequence: i64,
     ) -> async_graphql::Result<impl Stream<Item = EventView> + use<>> {
         let s = state(ctx)?.clone();
-        let stream = EventStream::new(s, workflow_id, from_sequence.max(0));
+        let scope = scope(ctx)?.map(str::to_owned);
+        // Another tenant's workflow is absent; one not projected yet may be the caller's
+        // own, so the stream opens and checks the owner with its first events.
+        if let Some(w) = read::workflow(&s.pool, &workflow_id)
+            .await
+            .map_err(unavailable)?
+            && !w.visible_to(scope.as_deref())
+        {
+            return Err(err(
+                "NOT_FOUND",
+                format!("no workflow {workflow_id} is visible to you"),
+            ));
+        }
+        let stream = EventStream::new(s, workflow_id, from_sequence.max(0), scope);
         Ok(futures::stream::unfold(stream, |mut st| async move {
             st.next().await.map(|e| (e, st))
         }))
@@ -774,7 +841,8 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = WorkflowView> + use<>> {
         let s = state(ctx)?.clone();
         let filter = filter.unwrap_or_default();
-        let stream = ChangeStream::new(s, filter.status, filter.name);
+        let tenant = scope(ctx)?.map(str::to_owned);
+        let stream = ChangeStream::new(s, filter.status, filter.name, tenant);
         Ok(futures::stream::unfold(stream, |mut st| async move {
             st.next().await.map(|w| (w, st))
         }))
@@ -800,22 +868,69 @@ pub async fn graphiql() -> impl IntoResponse {
 const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// `/graphql/ws`: graphql-transport-ws or graphql-ws, chosen by the client's subprotocol.
+/// The caller authenticates in the `connection_init` payload (`{"Authorization": "Bearer
+/// …"}`; `authorization` and `token` are read too); an upgrade request's own
+/// `Authorization` header is used when the payload carries none. Without acceptable
+/// credentials the connection closes before any operation runs.
 pub async fn subscriptions(
-    State(schema): State<TriadSchema>,
+    State((schema, state)): State<(TriadSchema, Arc<AppState>)>,
+    headers: axum::http::HeaderMap,
     protocol: async_graphql_axum::GraphQLProtocol,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> axum::response::Response {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     upgrade
         .read_buffer_size(WS_READ_BUFFER)
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| {
-            async_graphql_axum::GraphQLWebSocket::new(stream, schema, protocol).serve()
+            async_graphql_axum::GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let bearer = init_credential(&payload).or(header);
+                    let who = match bearer.as_deref().map(bearer_token) {
+                        Some(token) => state.identity.authenticate(token).await,
+                        None => Err(triad_auth::Rejection::Malformed(
+                            "no credential in connection_init",
+                        )),
+                    };
+                    match who {
+                        Ok(principal) => {
+                            let mut data = async_graphql::Data::default();
+                            data.insert(principal);
+                            Ok(data)
+                        }
+                        Err(rejection) => {
+                            tracing::info!(%rejection, "subscription refused: unauthenticated");
+                            Err(async_graphql::Error::new("invalid or missing credentials"))
+                        }
+                    }
+                })
+                .serve()
         })
+}
+
+/// The credential of a `connection_init` payload.
+fn init_credential(payload: &serde_json::Value) -> Option<String> {
+    ["Authorization", "authorization", "token"]
+        .iter()
+        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()))
+        .map(str::to_owned)
+}
+
+/// `Bearer <token>` or a bare token.
+fn bearer_token(text: &str) -> &str {
+    let t = text.trim();
+    t.strip_prefix("Bearer ")
+        .or_else(|| t.strip_prefix("bearer "))
+        .unwrap_or(t)
+        .trim()
 }
 
 pub async fn execute(
     State(schema): State<TriadSchema>,
-    headers: axum::http::HeaderMap,
+    axum::Extension(who): axum::Extension<Principal>,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
@@ -838,12 +953,7 @@ pub async fn execute(
             .into_response();
         }
     };
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let request = request.data(Bearer(bearer));
+    let request = request.data(who);
     async_graphql_axum::GraphQLResponse::from(schema.execute(request).await).into_response()
 }
 

@@ -24,6 +24,7 @@ use triad_config::KafkaConfig;
 use triad_kafka::produce::Producer;
 use triad_kafka::topics::Names;
 
+pub mod access;
 pub mod audit;
 pub mod commands;
 pub mod credits;
@@ -90,14 +91,23 @@ pub struct AppState {
     pub health: market::HealthView,
     /// The model registry as followed from `triad.models` (filled by [`serve`]).
     pub registry: registry::ModelRegistry,
-    /// Allows credits issuance through the API (`TRIAD_OPERATOR_TOKEN`); none disables it.
-    pub operator_token: Option<credits::OperatorToken>,
+    /// Who may call: API keys as followed from `triad.api-keys` (filled by [`serve`]) and
+    /// the JWT verifier.
+    pub identity: access::Identity,
 }
 
 impl AppState {
-    /// One workflow from the read model, its sealed outputs opened where this node may.
-    pub async fn workflow(&self, id: &str) -> Result<Option<read::WorkflowView>> {
-        let mut view = read::workflow(&self.pool, id).await?;
+    /// One workflow from the read model if `scope` (the caller's tenant; none for an
+    /// operator) sees it, its sealed outputs opened where this node may. Another tenant's
+    /// workflow reads exactly as a missing one.
+    pub async fn workflow(
+        &self,
+        id: &str,
+        scope: Option<&str>,
+    ) -> Result<Option<read::WorkflowView>> {
+        let mut view = read::workflow(&self.pool, id)
+            .await?
+            .filter(|w| w.visible_to(scope));
         if let Some(v) = &mut view {
             self.reveal(v);
         }
@@ -226,16 +236,19 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let schema = graphql::schema(state.clone());
     let gql = Router::new()
         .route("/graphql", get(graphql::graphiql).post(graphql::execute))
+        .with_state(schema.clone());
+    // The WebSocket authenticates in its `connection_init` payload (browsers cannot set
+    // headers on a WebSocket), so it is outside the HTTP credential layer.
+    let gql_ws = Router::new()
         .route("/graphql/ws", get(graphql::subscriptions))
-        .with_state(schema);
-    // Same order as ROUTES.
-    Router::new()
+        .with_state((schema, state.clone()));
+    // Same order as ROUTES; everything here needs credentials.
+    let protected = Router::new()
         .merge(gql)
         .route(ROUTES[0].1, post(rest::submit))
         .route(ROUTES[1].1, get(rest::get_workflow))
         .route(ROUTES[2].1, get(rest::events))
         .route(ROUTES[3].1, post(rest::cancel))
-        .route(ROUTES[4].1, get(rest::health))
         .route(ROUTES[6].1, post(rest::estimate))
         .route(ROUTES[7].1, get(rest::account))
         .route(ROUTES[8].1, post(rest::issue_credits))
@@ -244,6 +257,15 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(ROUTES[11].1, get(rest::models).post(rest::register_model))
         .route(ROUTES[13].1, delete(rest::deregister_model))
         .route(ROUTES[14].1, post(rest::model_heartbeat))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::require,
+        ));
+    // Anonymous: health (for load balancers) and, below, the metrics.
+    Router::new()
+        .merge(protected)
+        .merge(gql_ws)
+        .route(ROUTES[4].1, get(rest::health))
         .fallback(rest::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -400,6 +422,10 @@ pub async fn serve(
     let follower = tokio::spawn(credits::follow(state.clone(), cancel.clone()));
     let status = tokio::spawn(market::follow_status(state.clone(), cancel.clone()));
     let models = tokio::spawn(registry::follow(state.clone(), cancel.clone()));
+    state.identity.attach(&state.kafka, &state.names.api_keys);
+    let keys = tokio::spawn(access::follow(state.clone(), cancel.clone()));
+    // A key revoked before this node started must not work on it for an instant.
+    state.identity.catch_up().await;
     let app = router(state, options.max_body_bytes);
     let c = cancel.clone();
     let served = axum::serve(listener, app)
@@ -411,6 +437,7 @@ pub async fn serve(
     let _ = follower.await;
     let _ = status.await;
     let _ = models.await;
+    let _ = keys.await;
     served
 }
 

@@ -11,7 +11,7 @@ const WORKFLOWS: &str = "SELECT workflow_id, name, status, \
     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
     to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
     task_count, tasks_completed, tasks_failed, tasks_skipped, total_cost_micros, models_used, \
-    labels::text, error, error_field, failed_task, last_sequence \
+    labels::text, error, error_field, failed_task, last_sequence, tenant \
     FROM workflows WHERE workflow_id = ANY($1)";
 
 /// The tasks of those workflows, with the columns `task_from` reads, then the workflow id.
@@ -45,7 +45,17 @@ pub struct WorkflowView {
     pub failed_task: Option<String>,
     /// `Int`, not `Long`: a workflow's events are bounded by its limits (tasks, attempts).
     pub last_sequence: i64,
+    /// The tenant that owns the workflow; null for one submitted through the operator's
+    /// door (only operators see those).
+    pub tenant: Option<String>,
     pub tasks: Vec<TaskView>,
+}
+
+impl WorkflowView {
+    /// Whether a caller whose scope is `scope` (its tenant; none for operators) sees it.
+    pub fn visible_to(&self, scope: Option<&str>) -> bool {
+        scope.is_none_or(|t| self.tenant.as_deref() == Some(t))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
@@ -132,6 +142,7 @@ const WORKFLOWS_PAGE: &str = "SELECT workflow_id, \
     FROM workflows \
     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2) \
     AND ($3::bigint IS NULL OR (created_at, workflow_id) < (micros_ts($3), $4)) \
+    AND ($6::text IS NULL OR tenant = $6) \
     ORDER BY created_at DESC, workflow_id DESC LIMIT $5";
 
 /// Where the read model is in each event-store partition (the next offset to apply).
@@ -144,6 +155,7 @@ const CHANGED: &str = "SELECT w.workflow_id FROM workflows w \
         JOIN unnest($1::integer[], $2::bigint[], $3::bigint[]) AS r (p, lo, hi) \
         ON e.partition = r.p AND e.kafka_offset >= r.lo AND e.kafka_offset < r.hi) \
     AND ($4::text IS NULL OR w.status = $4) AND ($5::text IS NULL OR w.name = $5) \
+    AND ($6::text IS NULL OR w.tenant = $6) \
     ORDER BY w.updated_at, w.workflow_id";
 
 const MODELS: &str = "SELECT model_id, tasks_completed, tasks_failed, results_discarded, \
@@ -270,6 +282,7 @@ fn workflow_from(r: &tokio_postgres::Row) -> Result<WorkflowView> {
         error_field: r.try_get(13)?,
         failed_task: r.try_get(14)?,
         last_sequence: r.try_get(15)?,
+        tenant: r.try_get(16)?,
         tasks: Vec::new(),
     })
 }
@@ -330,11 +343,13 @@ pub async fn events_after(
         .collect()
 }
 
-/// A page of workflows after `cursor`, newest first, and whether more follow.
+/// A page of workflows after `cursor`, newest first, and whether more follow; only
+/// `tenant`'s when given.
 pub async fn workflows_page(
     pool: &deadpool_postgres::Pool,
     status: Option<&str>,
     name: Option<&str>,
+    tenant: Option<&str>,
     cursor: Option<&Cursor>,
     first: i64,
 ) -> Result<(Vec<(Cursor, WorkflowView)>, bool)> {
@@ -345,7 +360,7 @@ pub async fn workflows_page(
         client
             .query(
                 WORKFLOWS_PAGE,
-                &[&status, &name, &micros, &id, &(first + 1)],
+                &[&status, &name, &micros, &id, &(first + 1), &tenant],
             )
             .await?
     };
@@ -383,7 +398,7 @@ pub async fn positions(pool: &deadpool_postgres::Pool) -> Result<Positions> {
         .collect()
 }
 
-/// The ids of the workflows matching `status`/`name` that changed after `from`, and the
+/// The ids of the workflows matching `status`/`name`/`tenant` that changed after `from`, and the
 /// positions they were read at — from one snapshot, so the next call starts exactly where
 /// this one ended. The positions are Kafka offsets, which a rebuild from offset 0 keeps.
 pub async fn changed_since(
@@ -391,6 +406,7 @@ pub async fn changed_since(
     from: &Positions,
     status: Option<&str>,
     name: Option<&str>,
+    tenant: Option<&str>,
 ) -> Result<(Positions, Vec<String>)> {
     let mut client = client(pool).await?;
     let tx = client
@@ -417,11 +433,14 @@ pub async fn changed_since(
     let ids = if partitions.is_empty() {
         Vec::new()
     } else {
-        tx.query(CHANGED, &[&partitions, &lows, &highs, &status, &name])
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?
+        tx.query(
+            CHANGED,
+            &[&partitions, &lows, &highs, &status, &name, &tenant],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?
     };
     tx.commit().await?;
     Ok((to, ids))

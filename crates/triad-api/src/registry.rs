@@ -2,8 +2,8 @@
 //! an in-memory view of `triad.models` followed from offset 0 — the read model behind
 //! GraphQL `models` and the models a submission may name — and the edge of self-registration:
 //! `registerModel` / `POST /v1/models`, `deregisterModel` / `DELETE /v1/models/{id}` and
-//! heartbeats (`POST /v1/models/{id}/heartbeat`). These are operator actions (the operator
-//! token) until tenancy lands (issue 8).
+//! heartbeats (`POST /v1/models/{id}/heartbeat`). These are tenant-admin actions: a model
+//! belongs to the tenant that registered it, and only that tenant (or an operator) changes it.
 //!
 //! A registration is checked against this node's policy before anything is written, and
 //! every consumer checks it again.
@@ -165,13 +165,8 @@ pub async fn follow(state: std::sync::Arc<AppState>, cancel: CancellationToken) 
 /// Why a registry action was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error(
-        "registering models through the API needs the operator token (Authorization: Bearer …); \
-         this API node has none configured (TRIAD_OPERATOR_TOKEN), use `triad models add`"
-    )]
-    Disabled,
-    #[error("the operator token is missing or wrong")]
-    Forbidden,
+    #[error("model {0:?} belongs to another tenant")]
+    Foreign(String),
     #[error("{0}")]
     Invalid(registry::RegistrationErrors),
     #[error("model {0:?} is not a registered remote model")]
@@ -180,12 +175,39 @@ pub enum RegistryError {
     Unavailable(#[from] crate::Error),
 }
 
-/// Checks the operator token (the same as for credits issuance).
-pub fn authorise(state: &AppState, bearer: Option<&str>) -> Result<(), RegistryError> {
-    crate::credits::authorise(state, bearer).map_err(|e| match e {
-        crate::credits::IssueError::Disabled => RegistryError::Disabled,
-        _ => RegistryError::Forbidden,
-    })
+/// The tenant that registered `id` (`registered_by` is `<tenant>/<subject>` through the
+/// API); none for a model registered through the operator's door. `Err(NotFound)` when `id`
+/// is not registered now.
+fn owner(state: &AppState, id: &str) -> Result<Option<String>, RegistryError> {
+    state
+        .registry
+        .view
+        .read()
+        .ok()
+        .and_then(|v| v.at(None).remove(id))
+        .map(|r| {
+            r.remote
+                .registered_by
+                .split_once('/')
+                .map(|(tenant, _)| tenant.to_owned())
+        })
+        .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+}
+
+/// Whether `principal` may change model `id`: an operator any, a tenant admin its tenant's
+/// (a model nobody holds now is free to register).
+fn may_change(
+    state: &AppState,
+    id: &str,
+    principal: &triad_auth::Principal,
+    must_exist: bool,
+) -> Result<(), RegistryError> {
+    match owner(state, id) {
+        Err(e) if must_exist => Err(e),
+        Err(_) => Ok(()),
+        Ok(tenant) if crate::access::owns(principal, tenant.as_deref()) => Ok(()),
+        Ok(_) => Err(RegistryError::Foreign(id.to_owned())),
+    }
 }
 
 /// What a registration answers.
@@ -203,8 +225,11 @@ pub async fn register(
     state: &AppState,
     id: &str,
     spec: RemoteSpec,
-    by: &str,
+    principal: &triad_auth::Principal,
 ) -> Result<Registered, RegistryError> {
+    may_change(state, id, principal, false)?;
+    let by = principal.actor();
+    let by = by.as_str();
     let remote = spec.into_remote(id, by);
     let configured = configured(state);
     registry::check(id, &remote, state.registry.rules(state, &configured))
@@ -245,31 +270,31 @@ pub async fn register(
     })
 }
 
-fn is_registered(state: &AppState, id: &str) -> bool {
-    state
-        .registry
-        .view
-        .read()
-        .is_ok_and(|v| v.at(None).contains_key(id))
-}
-
 /// Writes the tombstone of registered model `id`.
-pub async fn deregister(state: &AppState, id: &str) -> Result<(), RegistryError> {
-    if !is_registered(state, id) {
-        return Err(RegistryError::NotFound(id.to_owned()));
-    }
+pub async fn deregister(
+    state: &AppState,
+    id: &str,
+    principal: &triad_auth::Principal,
+) -> Result<(), RegistryError> {
+    may_change(state, id, principal, true)?;
     let delivered = state
         .producer
         .send(&state.names.models, Some(id.as_bytes()), None, &[])
         .await
         .map_err(crate::Error::from)?;
-    tracing::info!(model = %id, messaging.destination.name = %state.names.models, "remote model deregistered");
+    tracing::info!(model = %id, actor = %principal.actor(), messaging.destination.name = %state.names.models, "remote model deregistered");
     state.registry.seen(delivered.offset, SEEN_WITHIN).await;
     Ok(())
 }
 
 /// Appends a heartbeat of registered model `id` from `sender`.
-pub async fn heartbeat(state: &AppState, id: &str, sender: &str) -> Result<(), RegistryError> {
+pub async fn heartbeat(
+    state: &AppState,
+    id: &str,
+    sender: &str,
+    principal: &triad_auth::Principal,
+) -> Result<(), RegistryError> {
+    may_change(state, id, principal, true)?;
     let version = state
         .registry
         .view

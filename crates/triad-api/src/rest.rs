@@ -3,20 +3,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 use serde_json::json;
 use triad_workflow::Workflow;
 
+use crate::access::{owns_account, require_role, scope};
 use crate::commands::{self, CommandError};
 use crate::stream::EventStream;
 use crate::{AppState, Problem};
+use triad_auth::Principal;
+use triad_domain::AccessRole;
 
 type Reply = Result<Response, Problem>;
 
@@ -89,12 +92,28 @@ fn command_problem(e: CommandError) -> Problem {
             "the workflow has already finished",
         )
         .detail(format!("it is {status}")),
+        CommandError::ForeignAccount(reason) => {
+            let mut p = Problem::new(
+                StatusCode::FORBIDDEN,
+                "foreign_account",
+                "the account belongs to another tenant",
+            )
+            .detail(reason.clone());
+            p.errors = vec![json!({"field": "account", "message": reason})];
+            p
+        }
+        CommandError::NotFound(id) => not_found_workflow(&id),
         CommandError::Unavailable(e) => Problem::from(e),
     }
 }
 
 /// `POST /v1/workflows`: validate, append `SubmitWorkflow` (acks=all), 202.
-pub async fn submit(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Reply {
+pub async fn submit(
+    State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(
@@ -104,7 +123,7 @@ pub async fn submit(State(s): State<Arc<AppState>>, headers: HeaderMap, body: By
         ),
     };
     let workflow = parse_document(&headers, &body)?;
-    let workflow_id = commands::submit(&s, &workflow, key, "api")
+    let workflow_id = commands::submit(&s, &workflow, key, &who)
         .await
         .map_err(command_problem)?;
     let mut body = workflow_urls(&workflow_id);
@@ -132,9 +151,13 @@ fn not_found_workflow(id: &str) -> Problem {
     ))
 }
 
-/// `GET /v1/workflows/{id}`.
-pub async fn get_workflow(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Reply {
-    match s.workflow(&id).await? {
+/// `GET /v1/workflows/{id}` (another tenant's workflow reads as absent).
+pub async fn get_workflow(
+    State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Reply {
+    match s.workflow(&id, scope(&who)).await? {
         Some(w) => Ok(Json(w).into_response()),
         None => Err(not_found_workflow(&id)),
     }
@@ -146,7 +169,12 @@ pub struct CancelBody {
 }
 
 /// `POST /v1/workflows/{id}/cancel`: appends `CancelWorkflow`; 409 when it already ended.
-pub async fn cancel(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Reply {
+pub async fn cancel(
+    State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Reply {
     let reason = if body.is_empty() {
         None
     } else {
@@ -161,7 +189,7 @@ pub async fn cancel(State(s): State<Arc<AppState>>, Path(id): Path<String>, body
             })?
             .reason
     };
-    commands::cancel(&s, &id, reason, "api")
+    commands::cancel(&s, &id, reason, &who)
         .await
         .map_err(command_problem)?;
     let mut body = workflow_urls(&id);
@@ -179,6 +207,7 @@ pub struct StreamQuery {
 /// `GET /v1/workflows/{id}/events`: Server-Sent Events, `id` = the event's sequence number.
 pub async fn events(
     State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
@@ -200,7 +229,15 @@ pub async fn events(
         ),
     };
     let after = from_header.or(q.after).unwrap_or(0);
-    let stream = EventStream::new(s, id, after);
+    let scope = scope(&who).map(str::to_owned);
+    // Another tenant's workflow is absent; one not projected yet may be the caller's own,
+    // so the stream opens and checks the owner with its first events.
+    if let Some(w) = crate::read::workflow(&s.pool, &id).await?
+        && !w.visible_to(scope.as_deref())
+    {
+        return Err(not_found_workflow(&id));
+    }
+    let stream = EventStream::new(s, id, after, scope);
     let events = futures::stream::unfold(stream, |mut st| async move {
         let e = st.next().await?;
         let frame = Event::default()
@@ -298,18 +335,6 @@ pub async fn not_found() -> Problem {
 fn credits_problem(e: crate::credits::IssueError) -> Problem {
     use crate::credits::IssueError;
     match e {
-        IssueError::Disabled => Problem::new(
-            StatusCode::FORBIDDEN,
-            "issuance_disabled",
-            "credits issuance through the API is disabled on this node",
-        )
-        .detail(e.to_string()),
-        IssueError::Forbidden => Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "issuing credits is an operator action",
-        )
-        .detail(e.to_string()),
         IssueError::Invalid { field, ref message } => {
             let mut p = Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -324,26 +349,31 @@ fn credits_problem(e: crate::credits::IssueError) -> Problem {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+fn account_not_found(id: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "account_not_found",
+        "no such account",
+    )
+    .detail(format!(
+        "{id} has no ledger entries visible to you (credits are issued with POST \
+         /v1/accounts/{id}/credits; a tenant sees its own accounts, <tenant>:<name>)"
+    ))
 }
 
-/// `GET /v1/accounts/{id}`: the account's totals and ledger entries.
-pub async fn account(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Reply {
+/// `GET /v1/accounts/{id}`: the account's totals and ledger entries (its own tenant's, or
+/// any for an operator; another tenant's reads as absent).
+pub async fn account(
+    State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Reply {
+    if !owns_account(&who, &id) {
+        return Err(account_not_found(&id));
+    }
     match s.ledger.account(&id).await {
         Some(a) => Ok(Json(a).into_response()),
-        None => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "account_not_found",
-            "no such account",
-        )
-        .detail(format!(
-            "{id} has no ledger entries (credits are issued with POST /v1/accounts/{id}/credits)"
-        ))),
+        None => Err(account_not_found(&id)),
     }
 }
 
@@ -351,11 +381,11 @@ pub async fn account(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> 
 /// or 202 when the ledger has not applied it within 10 s.
 pub async fn issue_credits(
     State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    crate::credits::authorise(&s, bearer(&headers)).map_err(credits_problem)?;
+    require_role(&who, AccessRole::Operator, "issuing credits")?;
     let request: crate::credits::IssueRequest = serde_json::from_slice(&body).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -364,7 +394,7 @@ pub async fn issue_credits(
         )
         .detail(e.to_string())
     })?;
-    let (command_id, event) = crate::credits::issue(&s, &id, &request, "api")
+    let (command_id, event) = crate::credits::issue(&s, &id, &request, &who.actor())
         .await
         .map_err(credits_problem)?;
     let status = if event.is_some() {
@@ -393,8 +423,10 @@ pub async fn transfer(Path(id): Path<String>) -> Reply {
     )))
 }
 
-/// `GET /v1/credits/supply`: issued, burned and circulating over every account.
-pub async fn supply(State(s): State<Arc<AppState>>) -> Reply {
+/// `GET /v1/credits/supply`: issued, burned and circulating over every account (a
+/// cross-tenant view: operators only).
+pub async fn supply(State(s): State<Arc<AppState>>, Extension(who): Extension<Principal>) -> Reply {
+    require_role(&who, AccessRole::Operator, "the credits supply")?;
     let supply = s.ledger.supply().await;
     Ok(Json(json!({
         "accounts": supply.accounts,
@@ -411,16 +443,10 @@ pub async fn supply(State(s): State<Arc<AppState>>) -> Reply {
 fn registry_problem(e: crate::registry::RegistryError) -> Problem {
     use crate::registry::RegistryError;
     match e {
-        RegistryError::Disabled => Problem::new(
-            StatusCode::FORBIDDEN,
-            "registration_disabled",
-            "model registration through the API is disabled on this node",
-        )
-        .detail(e.to_string()),
-        RegistryError::Forbidden => Problem::new(
+        RegistryError::Foreign(_) => Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "registering models is an operator action",
+            "the model belongs to another tenant",
         )
         .detail(e.to_string()),
         RegistryError::Invalid(ref errors) => {
@@ -463,13 +489,13 @@ pub async fn models(State(s): State<Arc<AppState>>) -> Reply {
     .into_response())
 }
 
-/// `POST /v1/models`: register a remote model (operator): `{"id": …, "kind": …, …}`.
+/// `POST /v1/models`: register a remote model (tenant admin): `{"id": …, "kind": …, …}`.
 pub async fn register_model(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> Reply {
-    crate::registry::authorise(&s, bearer(&headers)).map_err(registry_problem)?;
+    require_role(&who, AccessRole::TenantAdmin, "registering models")?;
     let invalid = |detail: String| {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -491,7 +517,7 @@ pub async fn register_model(
     let spec: triad_market::registry::RemoteSpec =
         serde_json::from_value(serde_json::Value::Object(document))
             .map_err(|e| invalid(e.to_string()))?;
-    let registered = crate::registry::register(&s, &id, spec, "api")
+    let registered = crate::registry::register(&s, &id, spec, &who)
         .await
         .map_err(registry_problem)?;
     let status = if registered.unchanged {
@@ -504,14 +530,14 @@ pub async fn register_model(
     Ok((status, Json(registered)).into_response())
 }
 
-/// `DELETE /v1/models/{id}`: deregister a remote model (operator).
+/// `DELETE /v1/models/{id}`: deregister a remote model (its tenant's admin, or an operator).
 pub async fn deregister_model(
     State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Reply {
-    crate::registry::authorise(&s, bearer(&headers)).map_err(registry_problem)?;
-    crate::registry::deregister(&s, &id)
+    require_role(&who, AccessRole::TenantAdmin, "deregistering models")?;
+    crate::registry::deregister(&s, &id, &who)
         .await
         .map_err(registry_problem)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -524,14 +550,15 @@ pub struct HeartbeatBody {
     sender: Option<String>,
 }
 
-/// `POST /v1/models/{id}/heartbeat`: a registered model says it is alive (operator token).
+/// `POST /v1/models/{id}/heartbeat`: a registered model says it is alive (its tenant's
+/// admin, or an operator).
 pub async fn model_heartbeat(
     State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    crate::registry::authorise(&s, bearer(&headers)).map_err(registry_problem)?;
+    require_role(&who, AccessRole::TenantAdmin, "model heartbeats")?;
     let sender = if body.is_empty() {
         None
     } else {
@@ -546,7 +573,7 @@ pub async fn model_heartbeat(
             })?
             .sender
     };
-    crate::registry::heartbeat(&s, &id, sender.as_deref().unwrap_or("api"))
+    crate::registry::heartbeat(&s, &id, sender.as_deref().unwrap_or("api"), &who)
         .await
         .map_err(registry_problem)?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -95,6 +95,12 @@ pub struct EventStream {
     changes: tokio::sync::broadcast::Receiver<()>,
     buffer: VecDeque<EventView>,
     done: bool,
+    /// The caller's tenant (none for an operator) and whether the workflow was found to be
+    /// its: checked when events are read, until the workflow's row exists (it is written
+    /// with WorkflowAccepted or WorkflowRejected, in the same transaction; a workflow
+    /// awaiting its credits reservation has events but no row yet).
+    scope: Option<String>,
+    owner_checked: bool,
 }
 
 impl Drop for EventStream {
@@ -104,9 +110,11 @@ impl Drop for EventStream {
 }
 
 impl EventStream {
-    /// Events of `workflow` after sequence `after`. Subscribes to changes before the first
-    /// read, so a change between a read and the wait still wakes it.
-    pub fn new(state: Arc<AppState>, workflow: String, after: i64) -> Self {
+    /// Events of `workflow` after sequence `after`, if the workflow is `scope`'s (the
+    /// caller's tenant; none for an operator): another tenant's workflow ends the stream
+    /// before any event. Subscribes to changes before the first read, so a change between a
+    /// read and the wait still wakes it.
+    pub fn new(state: Arc<AppState>, workflow: String, after: i64, scope: Option<String>) -> Self {
         let changes = state.changes.subscribe();
         state.metrics.stream_opened();
         let slot = state.hub.slot(&workflow);
@@ -119,6 +127,26 @@ impl EventStream {
             changes,
             buffer: VecDeque::new(),
             done: false,
+            owner_checked: scope.is_none(),
+            scope,
+        }
+    }
+
+    /// Whether the workflow is the caller's; none while its row does not exist yet.
+    async fn owned(&mut self) -> crate::Result<Option<bool>> {
+        if self.owner_checked {
+            return Ok(Some(true));
+        }
+        match read::workflow(&self.state.pool, &self.workflow).await? {
+            None => Ok(None),
+            Some(w) if w.visible_to(self.scope.as_deref()) => {
+                self.owner_checked = true;
+                Ok(Some(true))
+            }
+            Some(_) => {
+                tracing::info!(workflow.id = %self.workflow, "stream of another tenant's workflow refused");
+                Ok(Some(false))
+            }
         }
     }
 
@@ -142,10 +170,21 @@ impl EventStream {
             )
             .await;
             match read {
-                Ok(page) if !page.is_empty() => {
-                    self.buffer.extend(page);
-                    continue;
-                }
+                Ok(page) if !page.is_empty() => match self.owned().await {
+                    Ok(Some(true)) => {
+                        self.buffer.extend(page);
+                        continue;
+                    }
+                    Ok(Some(false)) => {
+                        self.done = true;
+                        return None;
+                    }
+                    // No row yet: wait for the change that writes it.
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, workflow.id = %self.workflow, "event stream owner check failed; retrying");
+                    }
+                },
                 Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(%error, workflow.id = %self.workflow, "event stream read failed; retrying");
@@ -177,6 +216,8 @@ pub struct ChangeStream {
     state: Arc<AppState>,
     status: Option<String>,
     name: Option<String>,
+    /// Only this tenant's workflows (none: an operator's feed of every tenant).
+    tenant: Option<String>,
     positions: Option<Positions>,
     changes: tokio::sync::broadcast::Receiver<()>,
     buffer: VecDeque<String>,
@@ -190,13 +231,19 @@ impl Drop for ChangeStream {
 
 impl ChangeStream {
     /// Subscribes to changes before the first read (as [`EventStream::new`]).
-    pub fn new(state: Arc<AppState>, status: Option<String>, name: Option<String>) -> Self {
+    pub fn new(
+        state: Arc<AppState>,
+        status: Option<String>,
+        name: Option<String>,
+        tenant: Option<String>,
+    ) -> Self {
         let changes = state.changes.subscribe();
         state.metrics.stream_opened();
         Self {
             state,
             status,
             name,
+            tenant,
             positions: None,
             changes,
             buffer: VecDeque::new(),
@@ -218,7 +265,7 @@ impl ChangeStream {
                 return None;
             }
             if let Some(id) = self.buffer.pop_front() {
-                match self.state.workflow(&id).await {
+                match self.state.workflow(&id, self.tenant.as_deref()).await {
                     // Read after the snapshot: it may have moved on (and out of the filter,
                     // in which case a later read reports it if it comes back).
                     Ok(Some(view)) if self.matches(&view) => return Some(view),
@@ -241,6 +288,7 @@ impl ChangeStream {
                         from,
                         self.status.as_deref(),
                         self.name.as_deref(),
+                        self.tenant.as_deref(),
                     )
                     .await
                 }

@@ -11,7 +11,7 @@
 //!   a valid tenant is refused, a missing role means `member`.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
 use triad_domain::AccessRole;
 
 use crate::{Principal, Rejection, Via, valid_tenant};
@@ -75,6 +75,19 @@ fn family_matches(alg: Algorithm, params: &AlgorithmParameters) -> bool {
         _ => return false,
     };
     family(alg) == Some(key)
+}
+
+pub use jsonwebtoken::Algorithm;
+
+/// The algorithm named `name` (`RS256`, `ES256`, …) if it may be allow-listed.
+pub fn allowed_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
+    let alg: Algorithm = name
+        .parse()
+        .map_err(|_| ConfigError::Symmetric(name.to_owned()))?;
+    match family(alg) {
+        Some(_) => Ok(alg),
+        None => Err(ConfigError::Symmetric(name.to_owned())),
+    }
 }
 
 /// A JWKS and the rules; verifies tokens.

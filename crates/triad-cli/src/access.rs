@@ -84,6 +84,30 @@ pub async fn create(
     Ok(())
 }
 
+/// Writes a new key for `tenant` with `role` and returns its text (for in-process callers,
+/// such as the benchmarks, that talk to their own API).
+pub async fn new_key(
+    config: &Config,
+    codec: &Codec,
+    tenant: &str,
+    role: AccessRole,
+    name: &str,
+) -> Result<String> {
+    let now = triad_kafka::now_micros();
+    let actor = actor();
+    let request = KeyRequest {
+        tenant,
+        role,
+        name,
+        expires_at: None,
+        replaces: None,
+        actor: &actor,
+    };
+    let key = api_keys::generate(&request, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    write(config, codec, &key.event).await?;
+    Ok(key.text)
+}
+
 /// Replaces `key_id` by a new key for the same tenant, role and name, then revokes it.
 pub async fn rotate(config: &Config, codec: &Codec, key_id: &str) -> Result<()> {
     let ring = ring(config, codec).await?;

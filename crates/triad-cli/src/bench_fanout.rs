@@ -79,7 +79,9 @@ fn measure(
 async fn clients(
     url: &str,
     n: usize,
-    graphql: Option<serde_json::Value>,
+    // The subscription's variables and the API key it authenticates with; none for the raw
+    // WebSocket baseline.
+    graphql: Option<(serde_json::Value, &str)>,
     first: i64,
     frames: usize,
     arrivals: Arrivals,
@@ -100,9 +102,12 @@ async fn clients(
             .await
             .with_context(|| format!("client {c} connecting to {url}"))?;
         let (mut tx, mut rx) = ws.split();
-        if let Some(variables) = &graphql {
-            tx.send(Message::text(r#"{"type":"connection_init"}"#))
-                .await?;
+        if let Some((variables, key)) = &graphql {
+            let init = serde_json::json!({
+                "type": "connection_init",
+                "payload": {"Authorization": format!("Bearer {key}")},
+            });
+            tx.send(Message::text(init.to_string())).await?;
             let ack = rx.next().await.context("no connection_ack")??;
             anyhow::ensure!(
                 ack.to_text()?.contains("connection_ack"),
@@ -220,6 +225,15 @@ pub async fn run(
             anyhow::Ok(())
         });
     }
+    // The fixture workflow has no tenant: an operator's key sees it.
+    let key = crate::access::new_key(
+        &config,
+        &codec,
+        "bench",
+        triad_domain::AccessRole::Operator,
+        "bench --fanout",
+    )
+    .await?;
     let (state, api) = crate::workers::api(&config, codec.clone(), &cancel).await?;
     {
         let (state, cancel) = (state.clone(), cancel.clone());
@@ -317,7 +331,7 @@ pub async fn run(
     let mut triad_clients = clients(
         &ws,
         subscribers,
-        Some(variables),
+        Some((variables, &key)),
         2,
         frames,
         arrivals.clone(),

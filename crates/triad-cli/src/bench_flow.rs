@@ -159,6 +159,7 @@ fn submit_record(id: &str, n: usize, account: Option<&str>) -> InboxRecord {
             workflow_id: id.to_owned(),
             issued_at: triad_kafka::now_micros(),
             actor: Some("bench".into()),
+            tenant: None,
             schema_version: triad_domain::INBOX_SCHEMA_VERSION,
         },
         body: InboxBody::SubmitWorkflow(workflow.to_command()),

@@ -65,6 +65,7 @@ pub async fn submit(
             workflow_id: workflow_id.clone(),
             issued_at: triad_kafka::now_micros(),
             actor: Some("cli".to_owned()),
+            tenant: None,
             schema_version: triad_domain::INBOX_SCHEMA_VERSION,
         },
         body: InboxBody::SubmitWorkflow(workflow),

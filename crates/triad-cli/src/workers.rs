@@ -306,11 +306,7 @@ pub async fn api(
         ledger: triad_api::credits::Ledger::default(),
         health: triad_api::market::HealthView::default(),
         registry: triad_api::registry::ModelRegistry::new(config.policy.hosts.clone()),
-        // A secret: from the environment only, never from triad.toml, never logged.
-        operator_token: std::env::var(triad_config::OPERATOR_TOKEN_ENV)
-            .ok()
-            .filter(|t| !t.is_empty())
-            .map(triad_api::credits::OperatorToken),
+        identity: triad_api::access::Identity::new(jwt_verifier(config)?),
     };
     let options = triad_api::Options {
         listen: config.api.listen,
@@ -319,6 +315,32 @@ pub async fn api(
         postgres_password: password,
     };
     Ok((Arc::new(state), options))
+}
+
+/// The JWT verifier of `api.jwt`, when configured: the JWKS file read once at start.
+fn jwt_verifier(config: &Config) -> Result<Option<triad_auth::jwt::JwtVerifier>> {
+    let Some(jwt) = &config.api.jwt else {
+        return Ok(None);
+    };
+    use anyhow::Context as _;
+    let jwks = std::fs::read_to_string(&jwt.jwks_file)
+        .with_context(|| format!("api.jwt.jwks_file: reading {}", jwt.jwks_file.display()))?;
+    let algorithms = jwt
+        .algorithms
+        .iter()
+        .map(|a| triad_auth::jwt::allowed_algorithm(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rules = triad_auth::jwt::JwtRules {
+        issuer: jwt.issuer.clone(),
+        audience: jwt.audience.clone(),
+        algorithms,
+        leeway_s: jwt.leeway_s,
+        tenant_claim: jwt.tenant_claim.clone(),
+        role_claim: jwt.role_claim.clone(),
+    };
+    let verifier = triad_auth::jwt::JwtVerifier::new(rules, &jwks)
+        .with_context(|| format!("api.jwt.jwks_file: {}", jwt.jwks_file.display()))?;
+    Ok(Some(verifier))
 }
 
 /// The projection worker's options and pool.

@@ -475,20 +475,27 @@ async fn graphql(
 async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_transfer() {
     let provider = FakeProvider::start(Flavor::OpenAi).await;
     let mut env = Env::new(1).await.with_config(&config(&provider.base_url()));
-    let token = "operator-secret-for-this-test";
-    let (_children, base, http, _) =
-        support::api_stack(&mut env, &[("TRIAD_OPERATOR_TOKEN", token)]).await;
+    let (_children, base, http, _) = support::api_stack(&mut env, &[]).await;
+    // `http` holds an operator's key (tenant `ops`); a tenant admin is not an operator.
+    let token = &support::api_key(&env, "ops", "operator");
+    let admin = &support::api_key(&env, "ops", "tenant_admin");
     let _ledger = env.spawn("ledger", &["ledger"]);
-    let issue_url = format!("{base}/v1/accounts/acct-api/credits");
+    let issue_url = format!("{base}/v1/accounts/ops:api/credits");
     let body =
         serde_json::json!({"amount_micros": 40_000, "kind": "CAPACITY", "reason": "served tokens"});
 
-    // Without the token, or with a wrong one: forbidden, nothing issued.
-    let r = http.post(&issue_url).json(&body).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    // Without credentials: 401; without the operator role: 403; nothing issued.
+    let r = reqwest::Client::new()
+        .post(&issue_url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
     let r = http
         .post(&issue_url)
-        .bearer_auth("guess")
+        .bearer_auth(admin)
         .json(&body)
         .send()
         .await
@@ -530,9 +537,9 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
     let denied = graphql(
         &http,
         &base,
-        Some("guess"),
+        Some(admin),
         mutation,
-        serde_json::json!({"a": "acct-api", "n": "10000"}),
+        serde_json::json!({"a": "ops:api", "n": "10000"}),
     )
     .await;
     assert_eq!(
@@ -544,7 +551,7 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
         &base,
         Some(token),
         mutation,
-        serde_json::json!({"a": "acct-api", "n": "10000"}),
+        serde_json::json!({"a": "ops:api", "n": "10000"}),
     )
     .await;
     let entry = &granted["data"]["issueCredits"];
@@ -554,7 +561,7 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
         &http,
         &base,
         Some(token),
-        r#"mutation { transferCredits(from: "acct-api", to: "acct-b", amount: "1") }"#,
+        r#"mutation { transferCredits(from: "ops:api", to: "acct-b", amount: "1") }"#,
         serde_json::json!({}),
     )
     .await;
@@ -563,7 +570,7 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
         "NON_TRANSFERABLE"
     );
     let r = http
-        .post(format!("{base}/v1/accounts/acct-api/transfers"))
+        .post(format!("{base}/v1/accounts/ops:api/transfers"))
         .bearer_auth(token)
         .json(&serde_json::json!({"to": "acct-b", "amount_micros": 1}))
         .send()
@@ -575,8 +582,8 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
 
     // A workflow submitted over REST on the account: reserved, run, settled; the API's view
     // of the account follows.
-    let doc = serde_json::to_value(two_steps("acct-api", 100)).unwrap();
-    assert_eq!(doc["account"], "acct-api");
+    let doc = serde_json::to_value(two_steps("ops:api", 100)).unwrap();
+    assert_eq!(doc["account"], "ops:api");
     let (status, submitted) =
         support::post_json(&http, &format!("{base}/v1/workflows"), &doc).await;
     assert_eq!(status, 202, "{submitted}");
@@ -598,7 +605,7 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
             &base,
             None,
             query,
-            serde_json::json!({"a": "acct-api"}),
+            serde_json::json!({"a": "ops:api"}),
         )
         .await;
         if answer["data"]["account"]["entries"]
@@ -640,7 +647,7 @@ async fn credits_through_rest_and_graphql_issue_for_the_operator_only_and_never_
         ]
     );
     assert_eq!(answer["data"]["creditSupply"]["burned"], burned);
-    let (status, r) = support::get_json(&http, &format!("{base}/v1/accounts/acct-api")).await;
+    let (status, r) = support::get_json(&http, &format!("{base}/v1/accounts/ops:api")).await;
     assert_eq!(status, 200);
     assert_eq!(r["totals"]["burned_micros"], burned);
     let (status, r) = support::get_json(&http, &format!("{base}/v1/accounts/nobody")).await;

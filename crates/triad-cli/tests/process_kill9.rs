@@ -67,6 +67,7 @@ fn command(workflow_id: &str, n: i64, body: InboxBody) -> InboxRecord {
             workflow_id: workflow_id.to_owned(),
             issued_at: triad_kafka::now_micros(),
             actor: Some("kill9-test".into()),
+            tenant: None,
             schema_version: 1,
         },
         body,

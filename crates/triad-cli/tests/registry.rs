@@ -16,8 +16,6 @@ use support::{Env, cli, cli_ok, kill};
 use triad_domain::{EventBody, ExecutorStatus, StatusBody, WorkflowEvent};
 use triad_testkit::{Behaviour, FakeProvider, Flavor};
 
-const TOKEN: &str = "operator-secret-for-the-registry-test";
-
 /// `(model, installed, reason)` of every adapter install report.
 fn installs(statuses: &[ExecutorStatus]) -> Vec<(String, bool, String)> {
     statuses
@@ -90,8 +88,13 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     let mut env = Env::new(1)
         .await
         .with_config("[policy.hosts]\n\"EU-WEST\" = [\"api.partner.example\"]\n");
-    let (mut children, base, http, _) =
-        support::api_stack(&mut env, &[("TRIAD_OPERATOR_TOKEN", TOKEN)]).await;
+    let (mut children, base, http, _) = support::api_stack(&mut env, &[]).await;
+    // Models are registered by a tenant admin and then belong to the tenant; a member may
+    // not register, nor may another tenant's admin change them.
+    let admin = support::api_key(&env, "acme", "tenant_admin");
+    let member = support::api_key(&env, "acme", "member");
+    let rival = support::api_key(&env, "beta", "tenant_admin");
+    let admin = admin.as_str();
     let models = format!("{base}/v1/models");
     let workflows = format!("{base}/v1/workflows");
     let document = json!({
@@ -101,13 +104,13 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
         "latency_p50_ms": 50, "latency_p95_ms": 100, "latency_p99_ms": 200
     });
 
-    // The edge: the operator only; every broken rule named; unknown fields refused.
-    let (status, problem) = post(&http, &models, None, &document).await;
+    // The edge: tenant admins only; every broken rule named; unknown fields refused.
+    let (status, problem) = post(&http, &models, Some(&member), &document).await;
     assert_eq!((status, problem["code"].as_str()), (403, Some("forbidden")));
     let mut outside = document.clone();
     outside["zones"] = json!(["MARS", "EU-WEST"]);
     outside["bid_confidence"] = json!(1.5);
-    let (status, problem) = post(&http, &models, Some(TOKEN), &outside).await;
+    let (status, problem) = post(&http, &models, Some(admin), &outside).await;
     assert_eq!(status, 422, "{problem}");
     let fields: Vec<&str> = problem["errors"]
         .as_array()
@@ -129,7 +132,7 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     );
     let mut secret = document.clone();
     secret["api_key"] = json!("sk-live-should-never-travel");
-    let (status, problem) = post(&http, &models, Some(TOKEN), &secret).await;
+    let (status, problem) = post(&http, &models, Some(admin), &secret).await;
     assert_eq!(status, 400);
     assert!(
         problem["detail"]
@@ -139,7 +142,7 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     );
     let mut configured = document.clone();
     configured["id"] = json!("triad-local");
-    let (status, problem) = post(&http, &models, Some(TOKEN), &configured).await;
+    let (status, problem) = post(&http, &models, Some(admin), &configured).await;
     assert_eq!(
         (status, problem["errors"][0]["field"].as_str()),
         (422, Some("id"))
@@ -151,13 +154,38 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     assert_eq!(problem["errors"][0]["field"], "tasks[0].model", "{problem}");
 
     // It registers: visible at once on this node, in REST and in GraphQL `models`.
-    let (status, registered) = post(&http, &models, Some(TOKEN), &document).await;
+    let (status, registered) = post(&http, &models, Some(admin), &document).await;
     assert_eq!(status, 201, "{registered}");
     assert_eq!(registered["visible"], true);
     assert_eq!(registered["registration"]["version"], 1);
-    assert_eq!(registered["registration"]["remote"]["registered_by"], "api");
+    let by = registered["registration"]["remote"]["registered_by"]
+        .as_str()
+        .unwrap();
+    assert!(by.starts_with("acme/"), "{by}");
+    // Another tenant's admin cannot take the id over, heartbeat or remove it.
+    let (status, problem) = post(&http, &models, Some(&rival), &document).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("forbidden")),
+        "{problem}"
+    );
+    let (status, _) = post(
+        &http,
+        &format!("{models}/vllm-east/heartbeat"),
+        Some(&rival),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let r = http
+        .delete(format!("{models}/vllm-east"))
+        .bearer_auth(&rival)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
     // The same document again writes nothing.
-    let (status, again) = post(&http, &models, Some(TOKEN), &document).await;
+    let (status, again) = post(&http, &models, Some(admin), &document).await;
     assert_eq!(
         (status, &again["unchanged"]),
         (200, &json!(true)),
@@ -326,7 +354,7 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     let (_, answer) = post(
         &http,
         &graphql,
-        None,
+        Some(&member),
         &json!({"query": register, "variables": {"id": "gql-model", "input": input(json!(["US-EAST"]))}}),
     )
     .await;
@@ -337,7 +365,7 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     let (_, answer) = post(
         &http,
         &graphql,
-        Some(TOKEN),
+        Some(admin),
         &json!({"query": register, "variables": {"id": "gql-model", "input": input(json!(["US-EAST", "MARS"]))}}),
     )
     .await;
@@ -347,17 +375,22 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     let (_, answer) = post(
         &http,
         &graphql,
-        Some(TOKEN),
+        Some(admin),
         &json!({"query": register, "variables": {"id": "gql-model", "input": input(json!(["US-EAST"]))}}),
     )
     .await;
     let registered = &answer["data"]["registerModel"];
     assert_eq!(registered["version"], 1, "{answer}");
-    assert_eq!(registered["registeredBy"], "graphql");
+    assert!(
+        registered["registeredBy"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("acme/")),
+        "{answer}"
+    );
     let deregister = r#"mutation { deregisterModel(id: "gql-model") }"#;
-    let (_, answer) = post(&http, &graphql, Some(TOKEN), &json!({"query": deregister})).await;
+    let (_, answer) = post(&http, &graphql, Some(admin), &json!({"query": deregister})).await;
     assert_eq!(answer["data"]["deregisterModel"], true, "{answer}");
-    let (_, answer) = post(&http, &graphql, Some(TOKEN), &json!({"query": deregister})).await;
+    let (_, answer) = post(&http, &graphql, Some(admin), &json!({"query": deregister})).await;
     assert_eq!(
         answer["errors"][0]["extensions"]["code"], "NOT_FOUND",
         "{answer}"
@@ -366,14 +399,14 @@ async fn remote_models_register_serve_and_leave_without_restarts() {
     // Deregistered: the executor drops it and new submissions cannot name it.
     let deleted = http
         .delete(format!("{models}/vllm-east"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(admin)
         .send()
         .await
         .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
     let again = http
         .delete(format!("{models}/vllm-east"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(admin)
         .send()
         .await
         .unwrap();

@@ -401,6 +401,7 @@ fn arb_inbox() -> impl Strategy<Value = InboxRecord> {
                 idempotency_key: "k".to_owned(),
                 workflow_id,
                 issued_at,
+                tenant: actor.as_ref().map(|a| format!("t-{a}")),
                 actor,
                 schema_version: 1,
             },

@@ -15,9 +15,6 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The environment variable naming the configuration file (not itself a config key).
-/// The operator's bearer token for credits issuance through the API: a secret, so it is
-/// read from this variable only (never from `triad.toml`) and is not a configuration key.
-pub const OPERATOR_TOKEN_ENV: &str = "TRIAD_OPERATOR_TOKEN";
 pub const CONFIG_FILE_ENV: &str = "TRIAD_CONFIG";
 /// The file read when present in the working directory and no other is named.
 pub const DEFAULT_CONFIG_FILE: &str = "triad.toml";
@@ -397,6 +394,9 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Larger request bodies are refused with 413 before they are parsed.
     pub max_body_bytes: usize,
+    /// Bearer JWTs from an identity provider (docs/access.md); without this section only
+    /// API keys authenticate.
+    pub jwt: Option<JwtConfig>,
 }
 
 impl Default for ApiConfig {
@@ -404,8 +404,49 @@ impl Default for ApiConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1 << 20,
+            jwt: None,
         }
     }
+}
+
+/// How the API checks bearer JWTs (RFC 8725 practice; `triad-auth`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The identity provider's public keys (a JWKS document); every key needs a `kid`.
+    pub jwks_file: PathBuf,
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// Allowed signature algorithms; asymmetric only (HMAC is refused).
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway_s: u64,
+    /// The claim naming the caller's tenant.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// The claim naming the caller's role (`member` when absent).
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+}
+
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned(), "ES256".to_owned()]
+}
+
+fn default_jwt_leeway() -> u64 {
+    30
+}
+
+fn default_tenant_claim() -> String {
+    "triad_tenant".to_owned()
+}
+
+fn default_role_claim() -> String {
+    "triad_role".to_owned()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -614,11 +655,7 @@ impl Config {
             }
             None => {}
         }
-        figment = figment.merge(
-            Env::prefixed("TRIAD_")
-                .split("__")
-                .ignore(&["config", "operator_token"]),
-        );
+        figment = figment.merge(Env::prefixed("TRIAD_").split("__").ignore(&["config"]));
         for o in &sources.overrides {
             let (key, value) = o
                 .split_once('=')

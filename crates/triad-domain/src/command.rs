@@ -21,6 +21,9 @@ pub struct CommandMetadata {
     pub workflow_id: String,
     pub issued_at: TimestampMicros,
     pub actor: Option<String>,
+    /// The tenant the command acts for (v7); none through the operator's door.
+    #[serde(default)]
+    pub tenant: Option<String>,
     pub schema_version: i32,
 }
 

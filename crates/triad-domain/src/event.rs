@@ -125,6 +125,9 @@ pub struct WorkflowAccepted {
     /// The `triad.models` position of the model view the processor decided with (v9).
     #[serde(default)]
     pub registry_position: Option<i64>,
+    /// The tenant that owns the workflow (v10); none through the operator's door.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// A workflow's credits reservation and the worst case of one attempt of each task, which
@@ -159,6 +162,9 @@ pub struct WorkflowRejected {
     /// The `triad.models` position of the model view the processor decided with (v9).
     #[serde(default)]
     pub registry_position: Option<i64>,
+    /// The tenant that owns the workflow (v10); none through the operator's door.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

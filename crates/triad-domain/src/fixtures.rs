@@ -71,6 +71,7 @@ fn command_meta(n: u32) -> CommandMetadata {
         workflow_id: WORKFLOW_ID.to_owned(),
         issued_at: EPOCH_2026_MICROS + i64::from(n),
         actor: Some("demo".to_owned()),
+        tenant: Some("acme".to_owned()),
         schema_version: crate::INBOX_SCHEMA_VERSION,
     }
 }
@@ -531,11 +532,13 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
             policy_version: Some("88".repeat(32)),
             budget: None,
             registry_position: Some(3),
+            tenant: Some("acme".to_owned()),
         }),
         EventBody::WorkflowRejected(WorkflowRejected {
             reason: "unknown zone MARS".to_owned(),
             field: Some("tasks[0].zones".to_owned()),
             registry_position: Some(3),
+            tenant: None,
         }),
         EventBody::TaskScheduled(TaskScheduled {
             task_id: "generate_questions".to_owned(),
@@ -624,6 +627,7 @@ pub fn workflow_events() -> Vec<WorkflowEvent> {
                 policy_version: Some("88".repeat(32)),
                 budget: Some(budget()),
                 registry_position: None,
+                tenant: Some("acme".to_owned()),
             },
         }),
         EventBody::BudgetSettled(crate::BudgetSettled {

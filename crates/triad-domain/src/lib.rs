@@ -69,9 +69,9 @@ pub fn estimate_tokens(text: &str) -> u32 {
 pub type TimestampMicros = i64;
 
 /// The version of `io.triad.v1.InboxRecord` this code writes (`schemas/history`).
-pub const INBOX_SCHEMA_VERSION: i32 = 6;
+pub const INBOX_SCHEMA_VERSION: i32 = 7;
 /// The version of `io.triad.v1.WorkflowEvent` this code writes.
-pub const EVENT_SCHEMA_VERSION: i32 = 9;
+pub const EVENT_SCHEMA_VERSION: i32 = 10;
 /// The version of `io.triad.v1.CreditsCommand` and `io.triad.v1.CreditsEvent` this code
 /// writes.
 pub const CREDITS_SCHEMA_VERSION: i32 = 1;

@@ -601,6 +601,7 @@ impl Executor {
                 workflow_id: request.workflow_id.clone(),
                 issued_at: triad_kafka::now_micros(),
                 actor: Some(format!("executor/{}", self.executor_id)),
+                tenant: None,
                 schema_version: triad_domain::INBOX_SCHEMA_VERSION,
             },
             body: InboxBody::TaskResultReported(result),

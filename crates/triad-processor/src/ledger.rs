@@ -267,6 +267,7 @@ impl Ledger {
                         workflow_id: reply.workflow_id.clone(),
                         issued_at: command.issued_at,
                         actor: Some("ledger".to_owned()),
+                        tenant: None,
                         schema_version: triad_domain::INBOX_SCHEMA_VERSION,
                     },
                     body: InboxBody::LedgerReply(reply.body),

@@ -1085,6 +1085,7 @@ async fn fire(processor: &Processor, timer: &Timer) -> Result<()> {
             workflow_id: timer.workflow_id.clone(),
             issued_at: triad_kafka::now_micros(),
             actor: Some("triad-processor/timer".to_owned()),
+            tenant: None,
             schema_version: triad_domain::INBOX_SCHEMA_VERSION,
         },
         body: InboxBody::TaskTimerFired(TaskTimerFired {

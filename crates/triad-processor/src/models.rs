@@ -211,6 +211,7 @@ mod tests {
                 workflow_id: "wf".into(),
                 issued_at: 1_000_000,
                 actor: None,
+                tenant: None,
                 schema_version: triad_domain::INBOX_SCHEMA_VERSION,
             },
             body: InboxBody::SubmitWorkflow(workflow.to_command()),

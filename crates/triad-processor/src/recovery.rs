@@ -282,6 +282,7 @@ mod tests {
                 workflow_id: workflow.to_owned(),
                 issued_at: 1_767_225_600_000_000 + n,
                 actor: None,
+                tenant: None,
                 schema_version: 2,
             },
             body,

@@ -227,6 +227,7 @@ mod tests {
                 workflow_id: "wf".into(),
                 issued_at: 1_000_000 * n,
                 actor: None,
+                tenant: None,
                 schema_version: 2,
             },
             body,

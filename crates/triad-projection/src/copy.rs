@@ -91,7 +91,7 @@ impl CopyBody {
 }
 
 /// The column types of `copy_workflows`, `copy_tasks` and `copy_events`, in their order.
-const WORKFLOWS: [Type; 18] = [
+const WORKFLOWS: [Type; 19] = [
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -110,6 +110,7 @@ const WORKFLOWS: [Type; 18] = [
     Type::TEXT,
     Type::INT8,
     Type::TIMESTAMPTZ,
+    Type::TEXT,
 ];
 const TASKS: [Type; 18] = [
     Type::TEXT,
@@ -175,6 +176,7 @@ pub(crate) async fn write(
                 &w.failed_task,
                 &w.last_sequence,
                 &updated,
+                &w.tenant,
             ])?;
         }
         body.send(tx, sql.text(Stmt::CopyWorkflows)).await?;

@@ -71,6 +71,7 @@ pub struct NewWorkflow {
     pub failed_task: Option<String>,
     pub last_sequence: i64,
     pub updated_at: i64,
+    pub tenant: Option<String>,
 }
 
 /// A task declared in the batch: the whole row, likewise.
@@ -349,6 +350,7 @@ impl Batch {
                         failed_task: None,
                         last_sequence: m.sequence,
                         updated_at: at,
+                        tenant: a.tenant.clone(),
                     },
                 );
                 for task in &a.tasks {
@@ -391,6 +393,7 @@ impl Batch {
                         failed_task: None,
                         last_sequence: m.sequence,
                         updated_at: at,
+                        tenant: r.tenant.clone(),
                     },
                 );
                 return Ok(());

@@ -33,6 +33,7 @@ fn history(rng: &mut StdRng, expected: &mut Expected, wf: &str) -> Vec<EventBody
             reason: "unknown zone MARS".into(),
             field: Some("tasks[1].zones".into()),
             registry_position: None,
+            tenant: Some("beta".into()),
         })];
     }
     let spec = fixtures::research_workflow();
@@ -45,6 +46,7 @@ fn history(rng: &mut StdRng, expected: &mut Expected, wf: &str) -> Vec<EventBody
         policy_version: None,
         budget: None,
         registry_position: None,
+        tenant: rng.random_ratio(1, 2).then(|| "acme".to_owned()),
     })];
     let mut total = 0;
     let mut used = Vec::new();

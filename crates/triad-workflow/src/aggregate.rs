@@ -138,6 +138,9 @@ pub struct WorkflowState {
     /// True once the ledger settled the reservation (`BudgetSettled`).
     #[serde(default)]
     pub settled: bool,
+    /// The tenant that owns the workflow (none through the operator's door).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// The workflow's events so far as a Merkle frontier (`triad_sovereignty::merkle::Frontier`):
@@ -250,6 +253,7 @@ impl WorkflowState {
                     account: a.budget.as_ref().map(|b| b.account.clone()),
                 });
                 self.budget.clone_from(&a.budget);
+                self.tenant.clone_from(&a.tenant);
                 self.submission = None;
                 self.tasks = w
                     .tasks
@@ -266,6 +270,7 @@ impl WorkflowState {
             EventBody::BudgetRequested(b) => {
                 self.status = Status::AwaitingBudget;
                 self.budget = Some(b.budget.clone());
+                self.tenant.clone_from(&b.submission.tenant);
                 self.submission = Some(b.submission.clone());
             }
             EventBody::BudgetSettled(_) => self.settled = true,
@@ -438,6 +443,7 @@ pub fn process(
                 models: policy.models.as_deref(),
                 limits: policy.limits,
             };
+            let tenant = record.meta.tenant.clone();
             if let Err(errors) = workflow.validate(&ctx) {
                 let first = errors.0.first().map(|e| e.field.clone());
                 emit(
@@ -446,6 +452,19 @@ pub fn process(
                         reason: errors.to_string(),
                         field: first,
                         registry_position: policy.registry_position,
+                        tenant,
+                    }),
+                );
+                return out;
+            }
+            if let Some(reason) = foreign_account(tenant.as_deref(), cmd.account.as_deref()) {
+                emit(
+                    state,
+                    EventBody::WorkflowRejected(WorkflowRejected {
+                        reason,
+                        field: Some("account".to_owned()),
+                        registry_position: policy.registry_position,
+                        tenant,
                     }),
                 );
                 return out;
@@ -458,6 +477,7 @@ pub fn process(
                 policy_version: (!policy.version.is_empty()).then(|| policy.version.clone()),
                 budget: None,
                 registry_position: policy.registry_position,
+                tenant: tenant.clone(),
             };
             match budget_for(&workflow, policy) {
                 Err((field, reason)) => emit(
@@ -466,6 +486,7 @@ pub fn process(
                         reason: format!("{field}: {reason}"),
                         field: Some(field),
                         registry_position: policy.registry_position,
+                        tenant,
                     }),
                 ),
                 // The saga's first step: the processor asks the ledger for the reservation.
@@ -495,7 +516,14 @@ pub fn process(
             }
         }
         InboxBody::CancelWorkflow(c) => {
-            if matches!(state.status, Status::Running | Status::AwaitingBudget) {
+            // A tenant cancels only its own workflows (the API checks first; this holds even
+            // for a command written past it). No tenant: the operator's door.
+            let allowed = record
+                .meta
+                .tenant
+                .as_ref()
+                .is_none_or(|t| state.tenant.as_ref() == Some(t));
+            if allowed && matches!(state.status, Status::Running | Status::AwaitingBudget) {
                 emit(
                     state,
                     EventBody::WorkflowCancelled(WorkflowCancelled {
@@ -535,6 +563,22 @@ pub fn process(
         }
     }
     out
+}
+
+/// Why a tenant's submission may not name `account`: an account `<tenant>:<name>` belongs to
+/// its tenant, and only its own tenant spends it (docs/access.md). Submissions through the
+/// operator's door (no tenant) may name any account.
+pub fn foreign_account(tenant: Option<&str>, account: Option<&str>) -> Option<String> {
+    let (tenant, account) = (tenant?, account?);
+    let owned = account
+        .strip_prefix(tenant)
+        .is_some_and(|rest| rest.starts_with(':'));
+    (!owned).then(|| {
+        format!(
+            "account: {account:?} does not belong to tenant {tenant:?}; a tenant's workflows \
+             spend only its own accounts ({tenant}:<name>)"
+        )
+    })
 }
 
 /// The budget a submission runs on: none without an account, or the reservation of its
@@ -596,6 +640,7 @@ fn on_ledger_reply(state: &WorkflowState, reply: &LedgerReply) -> Vec<EventBody>
                 field: Some("account".to_owned()),
                 // The model view was stamped on BudgetRequested; this is the ledger's answer.
                 registry_position: None,
+                tenant: state.tenant.clone(),
             })]
         }
         LedgerOutcome::Settled if state.needs_settlement() => {

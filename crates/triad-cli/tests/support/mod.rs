@@ -167,6 +167,7 @@ impl Env {
                 workflow_id: workflow_id.to_owned(),
                 issued_at: triad_kafka::now_micros(),
                 actor: Some("integration-test".into()),
+                tenant: None,
                 schema_version: triad_domain::INBOX_SCHEMA_VERSION,
             },
             body,
@@ -421,7 +422,8 @@ pub async fn wait_for(
 
 /// Starts the processor, a US-EAST executor, the projection worker (in a schema of the
 /// test's own) and `triad api` on a free port, with `extra` settings; returns the children,
-/// the API's base URL, a client and the read models' schema, once the API is healthy.
+/// the API's base URL, a client holding an operator's API key (tenant `ops`) and the read
+/// models' schema, once the API is healthy.
 pub async fn api_stack(
     env: &mut Env,
     extra: &[(&str, &str)],
@@ -444,9 +446,35 @@ pub async fn api_stack(
         env.spawn("api", &["api"]),
     ];
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_api_healthy(&http, &base, &env.log_path("api")).await;
+    wait_api_healthy(&reqwest::Client::new(), &base, &env.log_path("api")).await;
+    let http = client(&api_key(env, "ops", "operator"));
     (children, base, http, schema)
+}
+
+/// A new API key for `tenant` with `role`, made with `triad api-keys create`.
+pub fn api_key(env: &Env, tenant: &str, role: &str) -> String {
+    let (stdout, _) = cli_ok(
+        env,
+        &[
+            "api-keys", "create", "--tenant", tenant, "--role", role, "--name", "it",
+        ],
+        &[],
+    );
+    let key = stdout.trim().to_owned();
+    assert!(key.starts_with("triad_"), "{stdout}");
+    key
+}
+
+/// An HTTP client that sends `key` as its bearer credential on every request.
+pub fn client(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap();
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// POSTs `body` as JSON to `url`; returns the status and the JSON answer.

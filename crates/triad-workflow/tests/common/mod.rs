@@ -12,6 +12,7 @@ pub fn record(workflow: &str, n: i64, body: InboxBody) -> InboxRecord {
             workflow_id: workflow.into(),
             issued_at: 1_000_000 * n,
             actor: None,
+            tenant: None,
             schema_version: triad_domain::INBOX_SCHEMA_VERSION,
         },
         body,

@@ -1,0 +1,387 @@
+//! Tenancy across every API surface on the real stack (issue 8, docs/access.md): nothing but
+//! health and metrics answers without credentials, revoked and forged keys stop working, and
+//! tenant B can read, cancel, subscribe to or spend nothing of tenant A's — over REST, SSE,
+//! GraphQL queries and mutations, and GraphQL subscriptions over WebSocket.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::{Env, api_key, cli_ok, client};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use triad_testkit::{FakeProvider, Flavor};
+
+fn config(base: &str) -> String {
+    format!(
+        "[models.paid]\nkind = \"openai\"\nbase_url = \"{base}\"\nzones = [\"US-EAST\"]\n\
+         input_micros_per_1k = 10000\noutput_micros_per_1k = 20000\n\
+         [processor]\nledger_retry_ms = 300\n"
+    )
+}
+
+fn document(name: &str, account: Option<&str>) -> Value {
+    let mut d = json!({
+        "name": name,
+        "zones": ["US-EAST"],
+        "tasks": [{"id": "draft", "prompt": "Two sentences about tides", "model": "paid",
+                   "max_tokens": 50}]
+    });
+    if let Some(a) = account {
+        d["account"] = json!(a);
+    }
+    d
+}
+
+async fn graphql(http: &reqwest::Client, base: &str, query: &str, variables: Value) -> Value {
+    http.post(format!("{base}/graphql"))
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Submits `doc` over REST; returns the workflow id.
+async fn submit(http: &reqwest::Client, base: &str, doc: &Value) -> String {
+    let (status, body) = support::post_json(http, &format!("{base}/v1/workflows"), doc).await;
+    assert_eq!(status, 202, "{body}");
+    body["workflow_id"].as_str().unwrap().to_owned()
+}
+
+/// Reads the workflow's SSE stream to its end (the final event) as its owner.
+async fn finished(http: &reqwest::Client, base: &str, id: &str) -> String {
+    let text = tokio::time::timeout(
+        Duration::from_secs(120),
+        support::get_text(http, &format!("{base}/v1/workflows/{id}/events")),
+    )
+    .await
+    .expect("the workflow did not finish");
+    assert!(text.contains("event: workflow."), "{text}");
+    text
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A graphql-transport-ws connection that sent `init` as its `connection_init` payload;
+/// returns the socket and the server's first answer.
+async fn ws_connect(base: &str, init: Value) -> (Ws, Option<Message>) {
+    let mut request = format!("{}/graphql/ws", base.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(Message::text(
+        json!({"type": "connection_init", "payload": init}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        .await
+        .expect("no answer to connection_init")
+        .and_then(Result::ok);
+    (ws, first)
+}
+
+/// An authenticated subscription to `query`.
+async fn subscribe(base: &str, key: &str, query: &str, variables: Value) -> Ws {
+    let (mut ws, first) = ws_connect(base, json!({"Authorization": format!("Bearer {key}")})).await;
+    let ack = first.expect("connection closed");
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    ws.send(Message::text(
+        json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
+/// The next `next`/`error` message of a subscription, as JSON.
+async fn next_message(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(120), ws.next())
+            .await
+            .expect("no message")
+            .expect("connection closed")
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] != "ping" && v["type"] != "pong" {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_b_reads_cancels_subscribes_to_and_spends_nothing_of_tenant_as() {
+    let provider = FakeProvider::start(Flavor::OpenAi).await;
+    let mut env = Env::new(1).await.with_config(&config(&provider.base_url()));
+    let (_children, base, operator, _) = support::api_stack(&mut env, &[]).await;
+    let _ledger = env.spawn("ledger", &["ledger"]);
+    let (a_key, b_key) = (
+        api_key(&env, "acme", "member"),
+        api_key(&env, "beta", "member"),
+    );
+    let (a, b) = (client(&a_key), client(&b_key));
+    let anonymous = reqwest::Client::new();
+
+    // 1. Without credentials only health and metrics answer; every other route says 401.
+    for (method, path) in triad_api::ROUTES {
+        let url = format!("{base}{}", path.replace("{id}", "x"));
+        let request = match *method {
+            "get" => anonymous.get(&url),
+            "post" => anonymous.post(&url).json(&json!({})),
+            "delete" => anonymous.delete(&url),
+            other => panic!("{other}"),
+        };
+        let status = request.send().await.unwrap().status().as_u16();
+        let open = matches!(*path, "/v1/health" | "/metrics");
+        assert_eq!(status == 401, !open, "{method} {path}: {status}");
+    }
+    for r in [
+        anonymous.get(format!("{base}/graphql")),
+        anonymous
+            .post(format!("{base}/graphql"))
+            .json(&json!({"query": "{ models { modelId } }"})),
+        a.get(format!("{base}/v1/models"))
+            .bearer_auth(format!("triad_0123456789abcdef_{}", "0".repeat(64))),
+        a.get(format!("{base}/v1/models"))
+            .bearer_auth("eyJhbGciOiJub25lIn0.e30."),
+    ] {
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["code"], "unauthenticated", "{problem}");
+    }
+    let (_, first) = ws_connect(&base, json!({})).await;
+    assert!(
+        !first.is_some_and(|m| m.to_text().unwrap_or_default().contains("connection_ack")),
+        "a WebSocket without credentials was acknowledged"
+    );
+
+    // 2. A revoked key stops working on the node as soon as it reads the revocation.
+    let doomed = api_key(&env, "acme", "member");
+    let models = format!("{base}/v1/models");
+    let r = client(&doomed).get(&models).send().await.unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "a key created before the request works at once"
+    );
+    let key_id = doomed.split('_').nth(1).unwrap();
+    let revoked_at = Instant::now();
+    cli_ok(
+        &env,
+        &["api-keys", "revoke", key_id, "--reason", "left the company"],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client(&doomed).get(&models).send().await.unwrap().status();
+        if status.as_u16() == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the revoked key still works");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "revocation → 401: {} ms (including the CLI's start)",
+        revoked_at.elapsed().as_millis()
+    );
+
+    // 3. Credits for both tenants (the operator issues them).
+    for account in ["acme:main", "beta:main"] {
+        let (status, body) = support::post_json(
+            &operator,
+            &format!("{base}/v1/accounts/{account}/credits"),
+            &json!({"amount_micros": 1_000_000, "reason": "trial"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    // 4. A runs a workflow on its account; B sees nothing of it on any surface.
+    let wa = submit(&a, &base, &document("acme-work", Some("acme:main"))).await;
+    let a_stream = finished(&a, &base, &wa).await;
+    assert!(a_stream.contains("workflow.complete"), "{a_stream}");
+    let (status, w) = support::get_json(&a, &format!("{base}/v1/workflows/{wa}")).await;
+    assert_eq!((status, w["tenant"].as_str()), (200, Some("acme")), "{w}");
+    let (status, _) = support::get_json(&operator, &format!("{base}/v1/workflows/{wa}")).await;
+    assert_eq!(status, 200, "operators see every tenant");
+
+    for url in [
+        format!("{base}/v1/workflows/{wa}"),
+        format!("{base}/v1/workflows/{wa}/events"),
+        format!("{base}/v1/accounts/acme:main"),
+    ] {
+        let (status, body) = support::get_json(&b, &url).await;
+        assert_eq!(status, 404, "{url}: {body}");
+    }
+    let (status, body) =
+        support::post_json(&b, &format!("{base}/v1/workflows/{wa}/cancel"), &json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("workflow_not_found")),
+        "{body}"
+    );
+    let (status, _) = support::get_json(&b, &format!("{base}/v1/credits/supply")).await;
+    assert_eq!(status, 403, "the supply spans tenants");
+    let (status, body) = support::post_json(
+        &b,
+        &format!("{base}/v1/workflows"),
+        &document("spend-acme", Some("acme:main")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("foreign_account")),
+        "{body}"
+    );
+
+    let reads = graphql(
+        &b,
+        &base,
+        r#"query($w: String!) {
+            workflow(id: $w) { workflowId }
+            task(workflowId: $w, taskId: "draft") { taskId output }
+            auctions(workflowId: $w) { taskId }
+            auditTrail(workflowId: $w) { root }
+            auditProof(workflowId: $w, eventId: "x") { index }
+            account(id: "acme:main") { balance }
+            workflows(first: 100) { edges { node { workflowId tenant } } }
+        }"#,
+        json!({"w": wa}),
+    )
+    .await;
+    assert!(reads.get("errors").is_none(), "{reads}");
+    let data = &reads["data"];
+    for field in ["workflow", "task", "auditTrail", "auditProof", "account"] {
+        assert!(data[field].is_null(), "{field}: {reads}");
+    }
+    assert_eq!(data["auctions"], json!([]));
+    assert!(
+        data["workflows"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["node"]["tenant"] == "beta"),
+        "{reads}"
+    );
+    let owner_view = graphql(
+        &a,
+        &base,
+        r#"query($w: String!) { workflow(id: $w) { tenant } auditTrail(workflowId: $w) { root } }"#,
+        json!({"w": wa}),
+    )
+    .await;
+    assert_eq!(
+        owner_view["data"]["workflow"]["tenant"], "acme",
+        "{owner_view}"
+    );
+    assert!(
+        owner_view["data"]["auditTrail"]["root"].is_string(),
+        "{owner_view}"
+    );
+    for (mutation, code) in [
+        (
+            format!(r#"mutation {{ cancelWorkflow(id: "{wa}") }}"#),
+            "NOT_FOUND",
+        ),
+        (
+            r#"mutation { submitWorkflow(input: {name: "x", zones: ["US-EAST"], account: "acme:main",
+                tasks: [{id: "t", prompt: "hi", model: "paid", maxTokens: 50}]}) { workflowId } }"#
+                .to_owned(),
+            "FOREIGN_ACCOUNT",
+        ),
+        (
+            r#"mutation { issueCredits(account: "beta:main", amount: "5", reason: "self") { amount } }"#
+                .to_owned(),
+            "FORBIDDEN",
+        ),
+        ("{ creditSupply { issued } }".to_owned(), "FORBIDDEN"),
+    ] {
+        let answer = graphql(&b, &base, &mutation, json!({})).await;
+        assert_eq!(
+            answer["errors"][0]["extensions"]["code"], code,
+            "{mutation}: {answer}"
+        );
+    }
+
+    // Subscriptions: B cannot follow A's workflow...
+    let mut ws = subscribe(
+        &base,
+        &b_key,
+        "subscription($w: String!) { workflowEvents(workflowId: $w) { sequence } }",
+        json!({"w": wa}),
+    )
+    .await;
+    let m = next_message(&mut ws).await;
+    assert!(m["payload"]["data"].is_null(), "{m}");
+    assert_eq!(
+        m["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{m}"
+    );
+
+    // ...and B's dashboard feed shows only B's workflows: opened and proven live with B's
+    // first workflow, it must deliver B's second before anything else, although A's
+    // workflow changed in between.
+    let mut feed = subscribe(
+        &base,
+        &b_key,
+        "subscription { workflowUpdates { workflowId tenant status } }",
+        json!({}),
+    )
+    .await;
+    let wb0 = submit(&b, &base, &document("beta-work", Some("beta:main"))).await;
+    loop {
+        let m = next_message(&mut feed).await;
+        let update = &m["payload"]["data"]["workflowUpdates"];
+        assert_eq!(update["tenant"], "beta", "{m}");
+        if update["workflowId"] == wb0.as_str() && update["status"] == "COMPLETED" {
+            break;
+        }
+    }
+    let wa2 = submit(&a, &base, &document("acme-more", None)).await;
+    finished(&a, &base, &wa2).await;
+    let wb1 = submit(&b, &base, &document("beta-more", None)).await;
+    // (B's first workflow may still change: its settlement follows its completion.)
+    loop {
+        let m = next_message(&mut feed).await;
+        let update = &m["payload"]["data"]["workflowUpdates"];
+        if update["workflowId"] == wb0.as_str() {
+            continue;
+        }
+        assert_eq!(update["workflowId"], wb1.as_str(), "{m}");
+        break;
+    }
+
+    // 5. Nothing of A's credits was spent by B: A's account shows only A's workflow.
+    let answer = graphql(
+        &a,
+        &base,
+        r#"{ account(id: "acme:main") { entries { workflowId } } }"#,
+        json!({}),
+    )
+    .await;
+    let workflows: std::collections::BTreeSet<String> = answer["data"]["account"]["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .filter_map(|e| e["workflow_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        workflows.iter().all(|w| *w == wa),
+        "acme:main served {workflows:?}"
+    );
+}
