@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS workflows (
 ALTER TABLE workflows ADD COLUMN IF NOT EXISTS tenant text;
 CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, created_at);
 CREATE INDEX IF NOT EXISTS workflows_by_tenant ON workflows (tenant, created_at, workflow_id);
+-- The API's per-tenant limit on active work counts these.
+CREATE INDEX IF NOT EXISTS workflows_active_by_tenant ON workflows (tenant)
+    WHERE status IN ('ACCEPTED', 'RUNNING');
 CREATE INDEX IF NOT EXISTS workflows_by_created ON workflows (created_at, workflow_id);
 
 CREATE TABLE IF NOT EXISTS tasks (

@@ -223,6 +223,15 @@ pub async fn require(
 ) -> Response {
     match state.identity.from_headers(request.headers()).await {
         Ok(principal) => {
+            if let Err(exceeded) = state.limits.check_rate(&principal.tenant) {
+                // Debug, not info: a flood would otherwise turn into a flood of log lines.
+                tracing::debug!(tenant = %principal.tenant, "request refused: over the tenant's rate");
+                return if request.uri().path() == "/graphql" {
+                    exceeded.graphql_response()
+                } else {
+                    exceeded.problem().into_response()
+                };
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

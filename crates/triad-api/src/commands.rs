@@ -24,6 +24,8 @@ pub enum CommandError {
     ForeignAccount(String),
     #[error("no workflow {0} is visible to you")]
     NotFound(String),
+    #[error("{}", .0.message())]
+    Limited(crate::limits::Exceeded),
     #[error(transparent)]
     Unavailable(#[from] Error),
 }
@@ -112,6 +114,11 @@ pub async fn submit(
     {
         return Err(CommandError::ForeignAccount(reason));
     }
+    state
+        .limits
+        .check_submission(&state.pool, &who.tenant, workflow.tasks.len())
+        .await?
+        .map_err(CommandError::Limited)?;
     let workflow_id = workflow_id_for(&who.tenant, key.as_deref());
     let mut command = workflow.to_command();
     if let Some(kernel) = &state.kernel {

@@ -31,11 +31,15 @@ pub const MAX_COMPLEXITY: usize = 5_000;
 pub type TriadSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 pub fn schema(state: Arc<AppState>) -> TriadSchema {
-    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+    let trusted = state.trusted_operations.clone();
+    let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(state)
         .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-        .finish()
+        .limit_complexity(MAX_COMPLEXITY);
+    if let Some(t) = trusted {
+        builder = builder.extension(t);
+    }
+    builder.finish()
 }
 
 /// The schema without state, for exporting the SDL.
@@ -94,6 +98,7 @@ fn command_error(e: CommandError) -> async_graphql::Error {
         CommandError::NotFound(id) => {
             err("NOT_FOUND", format!("no workflow {id} is visible to you"))
         }
+        CommandError::Limited(exceeded) => exceeded.graphql_error(),
         CommandError::Unavailable(e) => unavailable(e),
     }
 }
@@ -896,6 +901,11 @@ pub async fn subscriptions(
                         )),
                     };
                     match who {
+                        Ok(principal) if state.limits.check_rate(&principal.tenant).is_err() => {
+                            Err(async_graphql::Error::new(
+                                "rate limited: your tenant is over its request rate",
+                            ))
+                        }
                         Ok(principal) => {
                             let mut data = async_graphql::Data::default();
                             data.insert(principal);

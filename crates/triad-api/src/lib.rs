@@ -29,6 +29,7 @@ pub mod audit;
 pub mod commands;
 pub mod credits;
 pub mod graphql;
+pub mod limits;
 pub mod long;
 pub mod market;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub mod read;
 pub mod registry;
 mod rest;
 pub mod stream;
+pub mod trusted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -94,6 +96,10 @@ pub struct AppState {
     /// Who may call: API keys as followed from `triad.api-keys` (filled by [`serve`]) and
     /// the JWT verifier.
     pub identity: access::Identity,
+    /// Per-tenant request rate and active-work limits.
+    pub limits: limits::Limits,
+    /// When set, GraphQL runs only these registered operations (production mode).
+    pub trusted_operations: Option<trusted::TrustedOperations>,
 }
 
 impl AppState {
@@ -159,6 +165,8 @@ pub struct Problem {
     pub title: String,
     pub detail: Option<String>,
     pub errors: Vec<serde_json::Value>,
+    /// `Retry-After` in seconds (429 answers).
+    pub retry_after_s: Option<u64>,
 }
 
 impl Problem {
@@ -169,6 +177,7 @@ impl Problem {
             title: title.into(),
             detail: None,
             errors: Vec::new(),
+            retry_after_s: None,
         }
     }
 
@@ -204,12 +213,18 @@ impl IntoResponse for Problem {
         if !self.errors.is_empty() {
             body["errors"] = json!(self.errors);
         }
-        (
+        let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+        }
+        response
     }
 }
 

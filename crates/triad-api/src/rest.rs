@@ -103,6 +103,7 @@ fn command_problem(e: CommandError) -> Problem {
             p
         }
         CommandError::NotFound(id) => not_found_workflow(&id),
+        CommandError::Limited(exceeded) => exceeded.problem(),
         CommandError::Unavailable(e) => Problem::from(e),
     }
 }

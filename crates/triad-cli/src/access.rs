@@ -56,7 +56,7 @@ fn print_new(key: &api_keys::NewKey) {
     println!("{}", key.text);
 }
 
-/// Creates a key for `tenant` with `role`.
+/// Creates a key for `tenant` with `role` and prints it (once).
 pub async fn create(
     config: &Config,
     codec: &Codec,
@@ -68,18 +68,7 @@ pub async fn create(
     let Some(role) = AccessRole::parse(role) else {
         bail!("--role: {role:?} is not member, tenant_admin or operator");
     };
-    let now = triad_kafka::now_micros();
-    let actor = actor();
-    let request = KeyRequest {
-        tenant,
-        role,
-        name,
-        expires_at: expires_in_days.map(|d| now + i64::from(d) * 86_400_000_000),
-        replaces: None,
-        actor: &actor,
-    };
-    let key = api_keys::generate(&request, now).map_err(|e| anyhow::anyhow!("--{e}"))?;
-    write(config, codec, &key.event).await?;
+    let key = write_new(config, codec, tenant, role, name, expires_in_days).await?;
     print_new(&key);
     Ok(())
 }
@@ -93,19 +82,33 @@ pub async fn new_key(
     role: AccessRole,
     name: &str,
 ) -> Result<String> {
+    Ok(write_new(config, codec, tenant, role, name, None)
+        .await?
+        .text)
+}
+
+async fn write_new(
+    config: &Config,
+    codec: &Codec,
+    tenant: &str,
+    role: AccessRole,
+    name: &str,
+    expires_in_days: Option<u32>,
+) -> Result<api_keys::NewKey> {
     let now = triad_kafka::now_micros();
     let actor = actor();
     let request = KeyRequest {
         tenant,
         role,
         name,
-        expires_at: None,
+        expires_at: expires_in_days.map(|d| now + i64::from(d) * 86_400_000_000),
         replaces: None,
         actor: &actor,
     };
-    let key = api_keys::generate(&request, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The error names the option (`--tenant: …`).
+    let key = api_keys::generate(&request, now).map_err(|e| anyhow::anyhow!("--{e}"))?;
     write(config, codec, &key.event).await?;
-    Ok(key.text)
+    Ok(key)
 }
 
 /// Replaces `key_id` by a new key for the same tenant, role and name, then revokes it.

@@ -35,6 +35,16 @@ pub struct Args {
     /// against a raw WebSocket broadcast to as many clients.
     #[arg(long, conflicts_with_all = ["flow", "projection", "visibility"])]
     pub fanout: bool,
+    /// Measure tenant B's read latency alone, then while tenant A floods the API, with the
+    /// per-tenant rate limit on and off (issue 8).
+    #[arg(long, conflicts_with_all = ["flow", "projection", "visibility", "fanout"])]
+    pub flood: bool,
+    /// Concurrent connections of the flooding tenant for --flood.
+    #[arg(long, default_value_t = 32)]
+    pub flooders: usize,
+    /// The flooding tenant's rate limit (requests/s, and its burst) for --flood.
+    #[arg(long, default_value_t = 50)]
+    pub flood_rate: u32,
     /// Measure instantiate + invoke of a trivial WebAssembly component against a native
     /// adapter call (--count calls each; no services needed).
     #[arg(long, conflicts_with_all = ["flow", "projection", "visibility", "fanout"])]
@@ -170,6 +180,16 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &Args) -> Result<()> 
             args.subscribers,
             args.paced_events,
             args.burst_events,
+        )
+        .await;
+    }
+    if args.flood {
+        return crate::bench_flood::run(
+            config,
+            codec,
+            args.flooders,
+            args.flow_args.seconds,
+            args.flood_rate,
         )
         .await;
     }

@@ -167,7 +167,7 @@ async fn join_clients(set: &mut tokio::task::JoinSet<Result<()>>, what: &str) ->
     .with_context(|| format!("waiting for {what}"))?
 }
 
-fn free_port() -> Result<std::net::SocketAddr> {
+pub(crate) fn free_port() -> Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
 }
@@ -269,6 +269,7 @@ pub async fn run(
     loop {
         let r = http
             .get(format!("{base}/v1/workflows/{workflow_id}"))
+            .bearer_auth(&key)
             .send()
             .await;
         if r.is_ok_and(|r| r.status().is_success()) {

@@ -49,6 +49,13 @@ impl Scratch {
             purpose: "bench",
         });
         triad_kafka::topics::ensure(&kafka, &specs, false).await?;
+        // The rest of the catalogue as configured: the benchmarks that run an API need the
+        // topics it follows (the API keys above all, one partition).
+        let rest: Vec<TopicSpec> = triad_kafka::topics::catalogue(&kafka, "_schemas", &[])
+            .into_iter()
+            .filter(|t| t.name != names.events && t.name != names.dlq)
+            .collect();
+        triad_kafka::topics::ensure(&kafka, &rest, false).await?;
         Ok(Self {
             run,
             kafka,

@@ -4,6 +4,7 @@ mod access;
 mod audit;
 mod bench;
 mod bench_fanout;
+mod bench_flood;
 mod bench_flow;
 mod bench_projection;
 mod bench_routing;

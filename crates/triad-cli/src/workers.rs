@@ -307,6 +307,8 @@ pub async fn api(
         health: triad_api::market::HealthView::default(),
         registry: triad_api::registry::ModelRegistry::new(config.policy.hosts.clone()),
         identity: triad_api::access::Identity::new(jwt_verifier(config)?),
+        limits: triad_api::limits::Limits::new(&config.api.limits),
+        trusted_operations: trusted_operations(config)?,
     };
     let options = triad_api::Options {
         listen: config.api.listen,
@@ -315,6 +317,22 @@ pub async fn api(
         postgres_password: password,
     };
     Ok((Arc::new(state), options))
+}
+
+/// The registered GraphQL operations of `api.trusted_operations_file`, when configured.
+fn trusted_operations(config: &Config) -> Result<Option<triad_api::trusted::TrustedOperations>> {
+    use anyhow::Context as _;
+    let Some(path) = &config.api.trusted_operations_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("api.trusted_operations_file: reading {}", path.display()))?;
+    let trusted = triad_api::trusted::TrustedOperations::from_json(&text)?;
+    tracing::info!(
+        operations = trusted.len(),
+        "GraphQL runs only trusted operations"
+    );
+    Ok(Some(trusted))
 }
 
 /// The JWT verifier of `api.jwt`, when configured: the JWKS file read once at start.

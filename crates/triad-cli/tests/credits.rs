@@ -25,13 +25,7 @@ use triad_workflow::{Task, Workflow};
 
 /// One priced OpenAI-compatible model: 10 000 µcredits per 1K input tokens, 20 000 per 1K
 /// output tokens.
-fn config(base: &str) -> String {
-    format!(
-        "[models.paid]\nkind = \"openai\"\nbase_url = \"{base}\"\nzones = [\"US-EAST\"]\n\
-         input_micros_per_1k = 10000\noutput_micros_per_1k = 20000\n\
-         [processor]\nledger_retry_ms = 300\n"
-    )
-}
+use support::paid_model_config as config;
 
 fn two_steps(account: &str, max_tokens: i32) -> Workflow {
     Workflow::new("budgeted")

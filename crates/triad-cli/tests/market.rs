@@ -477,15 +477,7 @@ async fn probes_mark_a_model_unhealthy_and_healthy_again_and_the_router_follows(
 
 /// POSTs a GraphQL query; returns `data` (fails the test on errors).
 async fn graphql(http: &reqwest::Client, base: &str, query: &str, variables: Value) -> Value {
-    let answer: Value = http
-        .post(format!("{base}/graphql"))
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = support::graphql(http, base, query, variables).await;
     assert!(answer["errors"].is_null(), "{answer}");
     answer["data"].clone()
 }

@@ -10,18 +10,10 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{Env, api_key, cli_ok, client};
+use support::{Env, api_key, cli_ok, client, graphql, paid_model_config as config};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use triad_testkit::{FakeProvider, Flavor};
-
-fn config(base: &str) -> String {
-    format!(
-        "[models.paid]\nkind = \"openai\"\nbase_url = \"{base}\"\nzones = [\"US-EAST\"]\n\
-         input_micros_per_1k = 10000\noutput_micros_per_1k = 20000\n\
-         [processor]\nledger_retry_ms = 300\n"
-    )
-}
 
 fn document(name: &str, account: Option<&str>) -> Value {
     let mut d = json!({
@@ -34,17 +26,6 @@ fn document(name: &str, account: Option<&str>) -> Value {
         d["account"] = json!(a);
     }
     d
-}
-
-async fn graphql(http: &reqwest::Client, base: &str, query: &str, variables: Value) -> Value {
-    http.post(format!("{base}/graphql"))
-        .json(&json!({"query": query, "variables": variables}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// Submits `doc` over REST; returns the workflow id.
@@ -384,4 +365,125 @@ async fn tenant_b_reads_cancels_subscribes_to_and_spends_nothing_of_tenant_as() 
         workflows.iter().all(|w| *w == wa),
         "acme:main served {workflows:?}"
     );
+}
+
+const SUBMIT_ONE: &str = r#"mutation { submitWorkflow(input: {name: "x", zones: ["US-EAST"],
+            tasks: [{id: "t", prompt: "hi", model: "paid", maxTokens: 50}]}) { workflowId } }"#;
+const MODELS: &str = "{ models { modelId } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_limits_gets_429s_while_another_is_served() {
+    // The model answers slowly, so a submitted workflow stays running.
+    let provider = FakeProvider::start(Flavor::OpenAi).await;
+    provider.set_default(triad_testkit::Behaviour::Slow(Duration::from_secs(60)));
+    let mut env = Env::new(1).await.with_config(&config(&provider.base_url()));
+    // Production mode: GraphQL runs only these two documents.
+    let trusted = env.dir().join("trusted.json");
+    std::fs::write(
+        &trusted,
+        json!({"submit": SUBMIT_ONE, "models": MODELS}).to_string(),
+    )
+    .unwrap();
+    let (_children, base, _, _) = support::api_stack(
+        &mut env,
+        &[
+            ("TRIAD_API__LIMITS__REQUESTS_PER_SECOND", "4"),
+            ("TRIAD_API__LIMITS__BURST", "8"),
+            ("TRIAD_API__LIMITS__MAX_ACTIVE_WORKFLOWS", "1"),
+            (
+                "TRIAD_API__TRUSTED_OPERATIONS_FILE",
+                trusted.to_str().unwrap(),
+            ),
+        ],
+    )
+    .await;
+    let (a, b) = (
+        client(&api_key(&env, "acme", "member")),
+        client(&api_key(&env, "beta", "member")),
+    );
+
+    // Active workflows: A's first runs; its second is refused until the first ends.
+    let first = submit(&a, &base, &document("acme-slow", None)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, w) = support::get_json(&a, &format!("{base}/v1/workflows/{first}")).await;
+        if status == 200 && w["status"] == "RUNNING" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never running: {status} {w}");
+        // Polls well inside A's request rate.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let r = a
+        .post(format!("{base}/v1/workflows"))
+        .json(&document("acme-second", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "too_many_workflows", "{problem}");
+    let answer = graphql(&a, &base, SUBMIT_ONE, json!({})).await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "TOO_MANY_WORKFLOWS",
+        "{answer}"
+    );
+    // B's own workflow is accepted.
+    submit(&b, &base, &document("beta-slow", None)).await;
+
+    // Trusted operations: an unregistered document is refused before it runs; a registered
+    // one runs whole or by its SHA-256.
+    let answer = graphql(&b, &base, "{ __schema { types { name } } }", json!({})).await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "OPERATION_NOT_TRUSTED",
+        "{answer}"
+    );
+    let answer = graphql(&b, &base, MODELS, json!({})).await;
+    assert!(answer["data"]["models"].is_array(), "{answer}");
+    let hash = triad_auth::api_keys::sha256_hex(MODELS);
+    let answer: Value = b
+        .post(format!("{base}/graphql"))
+        .json(&json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["data"]["models"].is_array(), "{answer}");
+
+    // Request rate: A floods past its burst and gets 429s with Retry-After; B, right after,
+    // is served from its own budget.
+    let models = format!("{base}/v1/models");
+    let mut refused = 0;
+    for _ in 0..30 {
+        let r = a.get(&models).send().await.unwrap();
+        if r.status().as_u16() == 429 {
+            refused += 1;
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry), "{retry}");
+            let problem: Value = r.json().await.unwrap();
+            assert_eq!(problem["code"], "rate_limited", "{problem}");
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 30 refused");
+    let r = a
+        .post(format!("{base}/graphql"))
+        .json(&json!({ "query": MODELS }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{answer}"
+    );
+    let (status, _) = support::get_json(&b, &models).await;
+    assert_eq!(status, 200, "another tenant's flood must not refuse B");
 }

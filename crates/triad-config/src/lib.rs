@@ -397,6 +397,38 @@ pub struct ApiConfig {
     /// Bearer JWTs from an identity provider (docs/access.md); without this section only
     /// API keys authenticate.
     pub jwt: Option<JwtConfig>,
+    /// Per-tenant limits (docs/access.md "Limits").
+    pub limits: LimitsConfig,
+    /// Production mode for GraphQL: a JSON file `{"name": "query text", …}` of the only
+    /// operations this node executes (sent whole, or by `extensions.persistedQuery.sha256Hash`).
+    pub trusted_operations_file: Option<PathBuf>,
+}
+
+/// Per-tenant limits at the API; 0 turns a limit off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per tenant (every authenticated request, a WebSocket
+    /// connection counting as one).
+    pub requests_per_second: u32,
+    /// Requests a tenant may send at once above the sustained rate.
+    pub burst: u32,
+    /// Workflows of a tenant accepted or running at once; submissions beyond answer 429.
+    pub max_active_workflows: u32,
+    /// Unfinished tasks of a tenant's active workflows; a submission that would exceed it
+    /// answers 429.
+    pub max_tasks_in_flight: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 100,
+            burst: 200,
+            max_active_workflows: 500,
+            max_tasks_in_flight: 5_000,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -405,6 +437,8 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1 << 20,
             jwt: None,
+            limits: LimitsConfig::default(),
+            trusted_operations_file: None,
         }
     }
 }
@@ -688,6 +722,12 @@ impl Config {
         }
         if self.kafka.client_id.trim().is_empty() {
             return invalid("kafka.client_id", "must not be empty");
+        }
+        if self.api.limits.requests_per_second > 0 && self.api.limits.burst == 0 {
+            return invalid(
+                "api.limits.burst",
+                "must be at least 1 while api.limits.requests_per_second is set",
+            );
         }
         if !(1..=10_000).contains(&self.kafka.partitions) {
             return invalid("kafka.partitions", "must be between 1 and 10000");

@@ -12,9 +12,7 @@ use triad_domain::{
     CancelWorkflow, EventBody, InboxBody, InboxRecord, LedgerOutcome, LedgerReply, ModelCall,
     RoutingDecision, TaskOutcome, TaskResultReported, WorkflowEvent,
 };
-use triad_workflow::aggregate::{
-    CostModel, Input, Policy, Status, WorkflowState, attempt_id, process,
-};
+use triad_workflow::aggregate::{CostModel, Policy, Status, WorkflowState, attempt_id};
 use triad_workflow::{Limits, Task, Workflow};
 
 const WF: &str = "wf-budget";
@@ -133,17 +131,7 @@ fn submit(n: i64, account: Option<&str>) -> InboxRecord {
 }
 
 fn run(records: &[InboxRecord], policy: &Policy) -> (Vec<WorkflowEvent>, WorkflowState) {
-    let mut state = WorkflowState::default();
-    let mut all = Vec::new();
-    for (offset, r) in records.iter().enumerate() {
-        let input = Input {
-            topic: "triad.workflow-inbox",
-            partition: 0,
-            offset: offset as i64,
-            record: r,
-        };
-        all.extend(process(&mut state, &input, policy));
-    }
+    let (all, state) = common::process_all(records, policy);
     // The fold of the events is the state the processor kept.
     let mut folded = WorkflowState::default();
     for e in &all {

@@ -6,7 +6,7 @@
 mod common;
 
 use triad_domain::{CancelWorkflow, EventBody, InboxBody, InboxRecord, WorkflowEvent};
-use triad_workflow::aggregate::{Input, Policy, Status, WorkflowState, process};
+use triad_workflow::aggregate::{Policy, Status, WorkflowState};
 use triad_workflow::{Limits, Task, Workflow};
 
 const WF: &str = "wf-tenancy";
@@ -53,18 +53,7 @@ fn cancel(n: i64, tenant: Option<&str>) -> InboxRecord {
 }
 
 fn run(records: &[InboxRecord]) -> (Vec<WorkflowEvent>, WorkflowState) {
-    let mut state = WorkflowState::default();
-    let mut all = Vec::new();
-    for (offset, r) in records.iter().enumerate() {
-        let input = Input {
-            topic: "triad.workflow-inbox",
-            partition: 0,
-            offset: offset as i64,
-            record: r,
-        };
-        all.extend(process(&mut state, &input, &policy()));
-    }
-    (all, state)
+    common::process_all(records, &policy())
 }
 
 #[test]

@@ -625,3 +625,30 @@ pub fn enrol_args<'a>(
     args.extend(["--operator-key", op]);
     args
 }
+
+/// A configuration with one priced remote model, `paid`, served by the provider at `base` in
+/// US-EAST (credits and tenancy tests), and a short ledger retry.
+pub fn paid_model_config(base: &str) -> String {
+    format!(
+        "[models.paid]\nkind = \"openai\"\nbase_url = \"{base}\"\nzones = [\"US-EAST\"]\n\
+         input_micros_per_1k = 10000\noutput_micros_per_1k = 20000\n\
+         [processor]\nledger_retry_ms = 300\n"
+    )
+}
+
+/// POSTs a GraphQL `query` with `variables`; returns the whole answer (`data` and `errors`).
+pub async fn graphql(
+    http: &reqwest::Client,
+    base: &str,
+    query: &str,
+    variables: serde_json::Value,
+) -> serde_json::Value {
+    http.post(format!("{base}/graphql"))
+        .json(&serde_json::json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
