@@ -43,7 +43,7 @@ pub struct Identity {
     /// together cost one watermark fetch: a request that waited behind a catch-up started
     /// after it arrived re-checks without fetching again.
     last_catch_up: tokio::sync::Mutex<Instant>,
-    /// Reads the topic's end for catch-ups (created by [`follow`]), and the topic.
+    /// Reads the topic's end for catch-ups (set by `attach`), and the topic.
     watermarks: std::sync::OnceLock<(std::sync::Arc<BaseConsumer>, String)>,
 }
 
