@@ -78,6 +78,19 @@ impl Identity {
         self.position.send_replace(offset + 1);
     }
 
+    /// Runs `f` over the key ring as this node holds it now (None if the lock is poisoned).
+    pub fn with_ring<R>(&self, f: impl FnOnce(&KeyRing) -> R) -> Option<R> {
+        self.ring.read().ok().map(|ring| f(&ring))
+    }
+
+    /// Waits until the fold applied the record at `offset` (false after `timeout`).
+    pub async fn seen(&self, offset: i64, timeout: Duration) -> bool {
+        let mut position = self.position.subscribe();
+        tokio::time::timeout(timeout, position.wait_for(|p| *p > offset))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     fn check_key(&self, text: &str) -> Result<Principal, Rejection> {
         let now = triad_kafka::now_micros();
         match self.ring.read() {

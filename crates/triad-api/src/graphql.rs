@@ -294,6 +294,15 @@ impl QueryRoot {
         Ok(w.and_then(|w| w.tasks.into_iter().find(|t| t.task_id == task_id)))
     }
 
+    /// API keys (never their secrets): the caller's tenant's (tenant admins) or every
+    /// tenant's (operators).
+    async fn api_keys(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::keys::KeyView>> {
+        crate::keys::list(state(ctx)?, principal(ctx)?).map_err(key_error)
+    }
+
     /// Models with their measured statistics (latency percentiles, reliability, spend), and
     /// each registered remote model with its registration (docs/market.md), by id.
     async fn models(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ModelView>> {
@@ -582,6 +591,42 @@ impl MutationRoot {
         }
     }
 
+    /// Creates an API key (tenant admins for their tenant, below operator; operators any).
+    /// The answer's `key` is shown this once.
+    async fn create_api_key(
+        &self,
+        ctx: &Context<'_>,
+        input: crate::keys::CreateKey,
+    ) -> async_graphql::Result<crate::keys::CreatedKey> {
+        crate::keys::create(state(ctx)?, principal(ctx)?, input)
+            .await
+            .map_err(key_error)
+    }
+
+    /// Replaces an API key by a new one (same tenant, role, name, expiry) and revokes it.
+    async fn rotate_api_key(
+        &self,
+        ctx: &Context<'_>,
+        key_id: String,
+    ) -> async_graphql::Result<crate::keys::CreatedKey> {
+        crate::keys::rotate(state(ctx)?, principal(ctx)?, &key_id)
+            .await
+            .map_err(key_error)
+    }
+
+    /// Revokes an API key: this node refuses it from this answer on, every node once it
+    /// reads the event.
+    async fn revoke_api_key(
+        &self,
+        ctx: &Context<'_>,
+        key_id: String,
+        reason: String,
+    ) -> async_graphql::Result<crate::keys::KeyView> {
+        crate::keys::revoke(state(ctx)?, principal(ctx)?, &key_id, &reason)
+            .await
+            .map_err(key_error)
+    }
+
     /// Registers a remote model (tenant admins; the model then belongs to the tenant, and an
     /// id another tenant holds is refused): checked against the
     /// sovereignty policy (zones, `policy.hosts`), then appended to `triad.models`, one
@@ -777,6 +822,21 @@ fn credits_error(e: crate::credits::IssueError) -> async_graphql::Error {
             })
         }
         IssueError::Unavailable(_) => err("UNAVAILABLE", e.to_string()),
+    }
+}
+
+fn key_error(e: crate::keys::KeyError) -> async_graphql::Error {
+    use crate::keys::KeyError;
+    use triad_auth::api_keys::ManageError;
+    let message = e.to_string();
+    match e {
+        KeyError::Manage(ManageError::Forbidden(_)) => err("FORBIDDEN", message),
+        KeyError::Manage(ManageError::NotFound(_)) => err("NOT_FOUND", message),
+        KeyError::Manage(ManageError::Revoked(_)) => err("API_KEY_REVOKED", message),
+        KeyError::Manage(ManageError::Invalid(r)) => {
+            err("INVALID_API_KEY_REQUEST", message).extend_with(|_, x| x.set("field", r.field))
+        }
+        KeyError::Unavailable(inner) => unavailable(inner),
     }
 }
 

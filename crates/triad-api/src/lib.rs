@@ -29,6 +29,7 @@ pub mod audit;
 pub mod commands;
 pub mod credits;
 pub mod graphql;
+pub mod keys;
 pub mod limits;
 pub mod long;
 pub mod market;
@@ -245,6 +246,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/models"),
     ("delete", "/v1/models/{id}"),
     ("post", "/v1/models/{id}/heartbeat"),
+    ("get", "/v1/api-keys"),
+    ("post", "/v1/api-keys"),
+    ("post", "/v1/api-keys/{id}/rotate"),
+    ("post", "/v1/api-keys/{id}/revoke"),
 ];
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
@@ -272,6 +277,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(ROUTES[11].1, get(rest::models).post(rest::register_model))
         .route(ROUTES[13].1, delete(rest::deregister_model))
         .route(ROUTES[14].1, post(rest::model_heartbeat))
+        .route(ROUTES[15].1, get(rest::api_keys).post(rest::create_api_key))
+        .route(ROUTES[17].1, post(rest::rotate_api_key))
+        .route(ROUTES[18].1, post(rest::revoke_api_key))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::require,

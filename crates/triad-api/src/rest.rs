@@ -579,3 +579,104 @@ pub async fn model_heartbeat(
         .map_err(registry_problem)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+fn key_problem(e: crate::keys::KeyError) -> Problem {
+    use crate::keys::KeyError;
+    use triad_auth::api_keys::ManageError;
+    match e {
+        KeyError::Manage(ManageError::Forbidden(why)) => {
+            Problem::new(StatusCode::FORBIDDEN, "forbidden", why)
+        }
+        KeyError::Manage(ManageError::NotFound(_)) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "api_key_not_found",
+            "no such API key",
+        ),
+        KeyError::Manage(ManageError::Revoked(id)) => Problem::new(
+            StatusCode::CONFLICT,
+            "api_key_revoked",
+            format!("{id} is revoked; create a new key instead"),
+        ),
+        KeyError::Manage(ManageError::Invalid(e)) => {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_api_key_request",
+                "the key request is invalid",
+            )
+            .detail(e.to_string());
+            p.errors = vec![json!({"field": e.field, "message": e.message})];
+            p
+        }
+        KeyError::Unavailable(e) => Problem::from(e),
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_document",
+            format!("the body is not {what}"),
+        )
+        .detail(e.to_string())
+    })
+}
+
+/// `GET /v1/api-keys`: the caller's tenant's keys (tenant admin), or every key (operator).
+pub async fn api_keys(
+    State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+) -> Reply {
+    let keys = crate::keys::list(&s, &who).map_err(key_problem)?;
+    Ok(Json(json!({ "keys": keys })).into_response())
+}
+
+/// `POST /v1/api-keys`: create a key; the answer holds its text, shown this once.
+pub async fn create_api_key(
+    State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> Reply {
+    let request: crate::keys::CreateKey = json_body(&body, "an API key request")?;
+    let created = crate::keys::create(&s, &who, request)
+        .await
+        .map_err(key_problem)?;
+    Ok((StatusCode::CREATED, no_store(), Json(created)).into_response())
+}
+
+/// `POST /v1/api-keys/{id}/rotate`: a new key replaces `id`, which is revoked.
+pub async fn rotate_api_key(
+    State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Reply {
+    let created = crate::keys::rotate(&s, &who, &id)
+        .await
+        .map_err(key_problem)?;
+    Ok((StatusCode::CREATED, no_store(), Json(created)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    reason: String,
+}
+
+/// `POST /v1/api-keys/{id}/revoke` `{"reason": …}`: the key stops working.
+pub async fn revoke_api_key(
+    State(s): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Reply {
+    let RevokeBody { reason } = json_body(&body, "a revocation ({\"reason\": …})")?;
+    let key = crate::keys::revoke(&s, &who, &id, &reason)
+        .await
+        .map_err(key_problem)?;
+    Ok(Json(key).into_response())
+}
+
+/// A new key's text must not be kept by caches on the way.
+fn no_store() -> [(axum::http::HeaderName, &'static str); 1] {
+    [(axum::http::header::CACHE_CONTROL, "no-store")]
+}

@@ -120,6 +120,107 @@ pub fn revocation(key_id: &str, reason: &str, actor: &str, now: i64) -> ApiKeyEv
     }
 }
 
+/// Why a key-management action is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManageError {
+    /// The caller may not do this (a member, or a tenant admin reaching for operator keys).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such key, or one of another tenant: the two read alike, so ids cannot be probed.
+    #[error("{0}: no such API key")]
+    NotFound(String),
+    /// The key is revoked already and cannot be rotated.
+    #[error("{0} is revoked; create a new key instead")]
+    Revoked(String),
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+}
+
+/// Whether `principal` may create or change a key of `tenant` with `role`: an operator any
+/// key; a tenant admin its own tenant's member and tenant-admin keys — never an operator key,
+/// or a tenant admin could mint itself the operator role.
+pub fn may_manage(
+    principal: &Principal,
+    tenant: &str,
+    role: AccessRole,
+) -> Result<(), ManageError> {
+    match principal.role {
+        AccessRole::Operator => Ok(()),
+        AccessRole::Member => Err(ManageError::Forbidden(
+            "managing API keys needs the tenant_admin role".to_owned(),
+        )),
+        AccessRole::TenantAdmin if tenant != principal.tenant => {
+            Err(ManageError::Forbidden(format!(
+                "a tenant admin manages only the keys of tenant {:?}",
+                principal.tenant
+            )))
+        }
+        AccessRole::TenantAdmin if role == AccessRole::Operator => Err(ManageError::Forbidden(
+            "operator keys are managed by operators".to_owned(),
+        )),
+        AccessRole::TenantAdmin => Ok(()),
+    }
+}
+
+/// Whether `principal` sees `entry` at all: operators every key, anyone else only its own
+/// tenant's.
+pub fn visible_to(principal: &Principal, entry: &KeyEntry) -> bool {
+    principal.role == AccessRole::Operator || entry.created.tenant == principal.tenant
+}
+
+/// The key `key_id` as `principal` may change it: absent and foreign keys are both
+/// `NotFound`; a visible key the caller may not manage is `Forbidden`.
+pub fn manageable<'a>(
+    ring: &'a KeyRing,
+    principal: &Principal,
+    key_id: &str,
+) -> Result<&'a KeyEntry, ManageError> {
+    let entry = ring
+        .get(key_id)
+        .filter(|e| visible_to(principal, e))
+        .ok_or_else(|| ManageError::NotFound(key_id.to_owned()))?;
+    may_manage(principal, &entry.created.tenant, entry.created.role)?;
+    Ok(entry)
+}
+
+/// The rotation of `old`: a new key for the same tenant, role, name and (unexpired) expiry
+/// that names the key it replaces, and the old key's revocation. Write them in this order:
+/// a crash in between leaves two working keys, never none.
+pub fn rotation(
+    old: &KeyEntry,
+    actor: &str,
+    now: i64,
+) -> Result<(NewKey, ApiKeyEvent), ManageError> {
+    if old.revoked.is_some() {
+        return Err(ManageError::Revoked(old.key_id.clone()));
+    }
+    let request = KeyRequest {
+        tenant: &old.created.tenant,
+        role: old.created.role,
+        name: &old.created.name,
+        expires_at: old.created.expires_at.filter(|e| *e > now),
+        replaces: Some(&old.key_id),
+        actor,
+    };
+    let key = generate(&request, now)?;
+    let revoked = revocation(
+        &old.key_id,
+        &format!("rotated to {}", key.event.key_id),
+        actor,
+        now,
+    );
+    Ok((key, revoked))
+}
+
+/// What a key is now: `active`, `expired` or `revoked`.
+pub fn state_at(entry: &KeyEntry, now: i64) -> &'static str {
+    match (&entry.revoked, entry.created.expires_at) {
+        (Some(_), _) => "revoked",
+        (None, Some(e)) if e <= now => "expired",
+        (None, _) => "active",
+    }
+}
+
 /// The key id of a key's text, when it has the shape of one.
 pub fn key_id_of(text: &str) -> Option<&str> {
     let rest = text.strip_prefix(PREFIX)?;
@@ -276,6 +377,92 @@ mod tests {
             ring.apply(&revocation("0000000000000000", "x", "op", 1))
                 .is_err()
         );
+    }
+
+    fn who(tenant: &str, role: AccessRole) -> Principal {
+        Principal {
+            tenant: tenant.into(),
+            role,
+            subject: "k".into(),
+            via: Via::ApiKey,
+        }
+    }
+
+    #[test]
+    fn tenant_admins_manage_their_tenants_keys_below_operator() {
+        let admin = who("acme", AccessRole::TenantAdmin);
+        assert_eq!(may_manage(&admin, "acme", AccessRole::Member), Ok(()));
+        assert_eq!(may_manage(&admin, "acme", AccessRole::TenantAdmin), Ok(()));
+        assert!(matches!(
+            may_manage(&admin, "acme", AccessRole::Operator),
+            Err(ManageError::Forbidden(_))
+        ));
+        assert!(matches!(
+            may_manage(&admin, "other", AccessRole::Member),
+            Err(ManageError::Forbidden(_))
+        ));
+        assert!(matches!(
+            may_manage(&who("acme", AccessRole::Member), "acme", AccessRole::Member),
+            Err(ManageError::Forbidden(_))
+        ));
+        let operator = who("ops", AccessRole::Operator);
+        assert_eq!(may_manage(&operator, "acme", AccessRole::Operator), Ok(()));
+
+        // Another tenant's key reads like a missing one; an operator key of the admin's own
+        // tenant is visible but not changeable.
+        let mut ring = KeyRing::default();
+        let theirs = generate(&request("other"), 1_000).unwrap();
+        ring.apply(&theirs.event).unwrap();
+        let mut op = request("acme");
+        op.role = AccessRole::Operator;
+        let op = generate(&op, 1_000).unwrap();
+        ring.apply(&op.event).unwrap();
+        assert!(matches!(
+            manageable(&ring, &admin, &theirs.event.key_id),
+            Err(ManageError::NotFound(_))
+        ));
+        assert!(matches!(
+            manageable(&ring, &admin, &op.event.key_id),
+            Err(ManageError::Forbidden(_))
+        ));
+        assert!(manageable(&ring, &operator, &theirs.event.key_id).is_ok());
+    }
+
+    #[test]
+    fn a_rotation_replaces_the_key_and_revokes_the_old_one() {
+        let mut ring = KeyRing::default();
+        let old = generate(&request("acme"), 1_000).unwrap();
+        ring.apply(&old.event).unwrap();
+        let entry = ring.get(&old.event.key_id).unwrap().clone();
+        let (new, revoked) = rotation(&entry, "acme/admin", 1_100).unwrap();
+        let ApiKeyBody::ApiKeyCreated(c) = &new.event.body else {
+            panic!()
+        };
+        assert_eq!(c.replaces.as_deref(), Some(old.event.key_id.as_str()));
+        assert_eq!((c.tenant.as_str(), c.role), ("acme", AccessRole::Member));
+        assert_eq!(c.expires_at, Some(2_000));
+        assert_eq!(revoked.key_id, old.event.key_id);
+        ring.apply(&new.event).unwrap();
+        ring.apply(&revoked).unwrap();
+        assert_eq!(ring.authenticate(&old.text, 1_200), Err(Rejection::Revoked));
+        assert_eq!(ring.authenticate(&new.text, 1_200).unwrap().tenant, "acme");
+        assert_eq!(
+            state_at(ring.get(&old.event.key_id).unwrap(), 1_200),
+            "revoked"
+        );
+        assert_eq!(
+            state_at(ring.get(&new.event.key_id).unwrap(), 1_200),
+            "active"
+        );
+        assert_eq!(
+            state_at(ring.get(&new.event.key_id).unwrap(), 2_000),
+            "expired"
+        );
+        let entry = ring.get(&old.event.key_id).unwrap();
+        assert!(matches!(
+            rotation(entry, "x", 1_300),
+            Err(ManageError::Revoked(_))
+        ));
     }
 
     #[test]

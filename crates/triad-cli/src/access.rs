@@ -117,33 +117,10 @@ pub async fn rotate(config: &Config, codec: &Codec, key_id: &str) -> Result<()> 
     let Some(old) = ring.get(key_id) else {
         bail!("{key_id}: no such API key (see `triad api-keys list`)");
     };
-    if old.revoked.is_some() {
-        bail!("{key_id} is revoked; create a new key instead");
-    }
-    let now = triad_kafka::now_micros();
-    let actor = actor();
-    let request = KeyRequest {
-        tenant: &old.created.tenant,
-        role: old.created.role,
-        name: &old.created.name,
-        expires_at: old.created.expires_at.filter(|e| *e > now),
-        replaces: Some(key_id),
-        actor: &actor,
-    };
-    let key = api_keys::generate(&request, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (key, revoked) = api_keys::rotation(old, &actor(), triad_kafka::now_micros())?;
     // The new key first: a crash in between leaves two working keys, never none.
     write(config, codec, &key.event).await?;
-    write(
-        config,
-        codec,
-        &api_keys::revocation(
-            key_id,
-            &format!("rotated to {}", key.event.key_id),
-            &actor,
-            now,
-        ),
-    )
-    .await?;
+    write(config, codec, &revoked).await?;
     eprintln!("{key_id} revoked");
     print_new(&key);
     Ok(())
@@ -181,10 +158,9 @@ pub async fn list(config: &Config, codec: &Codec, tenant: Option<&str>) -> Resul
         .entries()
         .filter(|k| tenant.is_none_or(|t| k.created.tenant == t))
     {
-        let state = match (&k.revoked, k.created.expires_at) {
-            (Some((_, by, why)), _) => format!("revoked by {by}: {why}"),
-            (None, Some(e)) if e <= now => "expired".to_owned(),
-            (None, _) => "active".to_owned(),
+        let state = match &k.revoked {
+            Some((_, by, why)) => format!("revoked by {by}: {why}"),
+            None => api_keys::state_at(k, now).to_owned(),
         };
         println!(
             "{} tenant {} role {} {:?} created by {} — {state}",

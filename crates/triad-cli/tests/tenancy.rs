@@ -487,3 +487,330 @@ async fn a_tenant_over_its_limits_gets_429s_while_another_is_served() {
     let (status, _) = support::get_json(&b, &models).await;
     assert_eq!(status, 200, "another tenant's flood must not refuse B");
 }
+
+/// The key id of a key's text (`triad_<id>_<secret>`).
+fn key_id(key: &str) -> &str {
+    key.split('_').nth(1).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_admins_manage_their_tenants_keys_and_nothing_else() {
+    let provider = FakeProvider::start(Flavor::OpenAi).await;
+    let mut env = Env::new(1).await.with_config(&config(&provider.base_url()));
+    let (_children, base, operator, _) = support::api_stack(&mut env, &[]).await;
+    let admin_key = api_key(&env, "acme", "tenant_admin");
+    let (admin, member, other_admin) = (
+        client(&admin_key),
+        client(&api_key(&env, "acme", "member")),
+        client(&api_key(&env, "beta", "tenant_admin")),
+    );
+    let acme_operator = api_key(&env, "acme", "operator");
+    let beta_member = api_key(&env, "beta", "member");
+    let keys = format!("{base}/v1/api-keys");
+    let models = format!("{base}/v1/models");
+    let status_of = |key: String| {
+        let models = models.clone();
+        async move {
+            client(&key)
+                .get(&models)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+
+    // 1. A tenant admin creates a member key; its text comes once, and it works at once.
+    let r = admin
+        .post(&keys)
+        .json(&json!({"name": "ci pipeline", "expires_in_days": 30}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let created: Value = r.json().await.unwrap();
+    let new_key = created["key"].as_str().unwrap().to_owned();
+    let k = &created["api_key"];
+    assert_eq!(k["key_id"], key_id(&new_key), "{created}");
+    assert_eq!(
+        (
+            k["tenant"].as_str(),
+            k["role"].as_str(),
+            k["state"].as_str()
+        ),
+        (Some("acme"), Some("member"), Some("active")),
+        "{created}"
+    );
+    let actor = format!("acme/{}", key_id(&admin_key));
+    assert_eq!(k["created_by"], actor.as_str());
+    let thirty_days = 30 * 86_400_000_000_i64;
+    let until = k["expires_at"].as_i64().unwrap() - k["created_at"].as_i64().unwrap();
+    assert_eq!(until, thirty_days, "{created}");
+    assert_eq!(status_of(new_key.clone()).await, 200);
+
+    // 2. What is refused, and why.
+    for (who, body, status, code) in [
+        (&member, json!({"name": "x"}), 403, "forbidden"),
+        (
+            &admin,
+            json!({"name": "x", "role": "operator"}),
+            403,
+            "forbidden",
+        ),
+        (
+            &admin,
+            json!({"name": "x", "tenant": "beta"}),
+            403,
+            "forbidden",
+        ),
+        (&admin, json!({"name": " "}), 422, "invalid_api_key_request"),
+        (
+            &admin,
+            json!({"name": "x", "role": "root"}),
+            422,
+            "invalid_api_key_request",
+        ),
+        (
+            &admin,
+            json!({"name": "x", "expires_in_days": 0}),
+            422,
+            "invalid_api_key_request",
+        ),
+        (
+            &admin,
+            json!({"name": "x", "secret": "mine"}),
+            400,
+            "invalid_document",
+        ),
+    ] {
+        let (got, problem) = support::post_json(who, &keys, &body).await;
+        assert_eq!(
+            (got, problem["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {problem}"
+        );
+    }
+    let (_, problem) =
+        support::post_json(&admin, &keys, &json!({"name": "x", "expires_in_days": 0})).await;
+    assert_eq!(
+        problem["errors"][0]["field"], "expires_in_days",
+        "{problem}"
+    );
+    let (status, _) = support::get_json(&member, &keys).await;
+    assert_eq!(status, 403, "members manage no keys");
+
+    // 3. Each admin lists its own tenant's keys only; an operator lists everyone's. Never a
+    // secret or a hash.
+    let ids = |list: &Value| -> Vec<String> {
+        list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = admin.get(&keys).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("sha256") && !text.contains(&new_key[24..]),
+        "{text}"
+    );
+    let acme_list: Value = serde_json::from_str(&text).unwrap();
+    let acme_ids = ids(&acme_list);
+    for key in [&new_key, &admin_key, &acme_operator] {
+        assert!(acme_ids.iter().any(|i| i == key_id(key)), "{acme_list}");
+    }
+    assert!(
+        !acme_ids.iter().any(|i| i == key_id(&beta_member)),
+        "{acme_list}"
+    );
+    let (_, beta_list) = support::get_json(&other_admin, &keys).await;
+    assert!(
+        !ids(&beta_list).iter().any(|i| i == key_id(&new_key)),
+        "{beta_list}"
+    );
+    let (_, all) = support::get_json(&operator, &keys).await;
+    let all_ids = ids(&all);
+    assert!(
+        all_ids.iter().any(|i| i == key_id(&beta_member))
+            && all_ids.iter().any(|i| i == key_id(&new_key))
+    );
+
+    // 4. Another tenant's key reads as missing; an operator key is not a tenant admin's.
+    let rotate = |id: &str| format!("{keys}/{id}/rotate");
+    let revoke = |id: &str| format!("{keys}/{id}/revoke");
+    let reason = json!({"reason": "test"});
+    for (url, body) in [
+        (rotate(key_id(&new_key)), json!({})),
+        (revoke(key_id(&new_key)), reason.clone()),
+    ] {
+        let (status, problem) = support::post_json(&other_admin, &url, &body).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (404, Some("api_key_not_found"))
+        );
+    }
+    let (status, problem) =
+        support::post_json(&admin, &rotate(key_id(&acme_operator)), &json!({})).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("forbidden")),
+        "{problem}"
+    );
+    assert_eq!(
+        status_of(new_key.clone()).await,
+        200,
+        "B's attempts changed nothing"
+    );
+
+    // 5. Rotation: the new key works and names the old; the old one is refused on this node
+    // from the answer on.
+    let (status, rotated) = support::post_json(&admin, &rotate(key_id(&new_key)), &json!({})).await;
+    assert_eq!(status, 201, "{rotated}");
+    let rotated_key = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        rotated["api_key"]["replaces"],
+        key_id(&new_key),
+        "{rotated}"
+    );
+    assert_eq!(
+        rotated["api_key"]["expires_at"], k["expires_at"],
+        "{rotated}"
+    );
+    assert_eq!(status_of(new_key.clone()).await, 401);
+    assert_eq!(status_of(rotated_key.clone()).await, 200);
+    let (status, problem) = support::post_json(&admin, &rotate(key_id(&new_key)), &json!({})).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("api_key_revoked"))
+    );
+
+    // 6. Revocation, with who and why on the record.
+    let (status, problem) = support::post_json(
+        &admin,
+        &revoke(key_id(&rotated_key)),
+        &json!({"reason": ""}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("invalid_api_key_request"))
+    );
+    let (status, revoked) = support::post_json(
+        &admin,
+        &revoke(key_id(&rotated_key)),
+        &json!({"reason": "pipeline retired"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(
+        (
+            revoked["state"].as_str(),
+            revoked["revoked_by"].as_str(),
+            revoked["revoke_reason"].as_str()
+        ),
+        (
+            Some("revoked"),
+            Some(actor.as_str()),
+            Some("pipeline retired")
+        )
+    );
+    assert_eq!(status_of(rotated_key.clone()).await, 401);
+
+    // 7. GraphQL: the same rules.
+    let create = "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { key apiKey { keyId tenant role createdBy } } }";
+    let answer = graphql(
+        &admin,
+        &base,
+        create,
+        json!({"input": {"name": "dashboard", "role": "tenant_admin"}}),
+    )
+    .await;
+    let gql_key = answer["data"]["createApiKey"]["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_owned();
+    assert_eq!(
+        answer["data"]["createApiKey"]["apiKey"]["role"], "tenant_admin",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["data"]["createApiKey"]["apiKey"]["createdBy"],
+        actor.as_str()
+    );
+    assert_eq!(status_of(gql_key.clone()).await, 200);
+    let answer = graphql(&member, &base, create, json!({"input": {"name": "x"}})).await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{answer}"
+    );
+    let answer = graphql(
+        &admin,
+        &base,
+        create,
+        json!({"input": {"name": "x", "expiresInDays": 99999}}),
+    )
+    .await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "INVALID_API_KEY_REQUEST",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["errors"][0]["extensions"]["field"], "expires_in_days",
+        "{answer}"
+    );
+    let answer = graphql(
+        &other_admin,
+        &base,
+        "mutation($k: String!) { rotateApiKey(keyId: $k) { key } }",
+        json!({"k": key_id(&gql_key)}),
+    )
+    .await;
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{answer}"
+    );
+    let answer = graphql(
+        &admin,
+        &base,
+        "{ apiKeys { keyId tenant state } }",
+        json!({}),
+    )
+    .await;
+    let listed = answer["data"]["apiKeys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(listed.iter().all(|k| k["tenant"] == "acme"), "{answer}");
+    assert!(
+        listed
+            .iter()
+            .any(|k| k["keyId"] == key_id(&rotated_key) && k["state"] == "revoked"),
+        "{answer}"
+    );
+    let answer = graphql(
+        &admin,
+        &base,
+        "mutation($k: String!) { revokeApiKey(keyId: $k, reason: \"done\") { state revokedBy } }",
+        json!({"k": key_id(&gql_key)}),
+    )
+    .await;
+    assert_eq!(
+        answer["data"]["revokeApiKey"]["state"], "revoked",
+        "{answer}"
+    );
+    assert_eq!(status_of(gql_key).await, 401);
+
+    // 8. Every change is on the log with its actor: the CLI reads the same events.
+    let (listing, _) = cli_ok(&env, &["api-keys", "list", "--tenant", "acme"], &[]);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with(key_id(&rotated_key)))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(
+        line.contains(&format!("created by {actor}"))
+            && line.contains(&format!("revoked by {actor}: pipeline retired")),
+        "{line}"
+    );
+}

@@ -46,19 +46,12 @@ impl CostModel for MarketCosts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use triad_workflow::{Limits, ModelOffer, Task};
+    use triad_workflow::{ModelOffer, Task};
 
     fn policy(offers: Vec<ModelOffer>) -> Policy {
         Policy {
-            zones: vec!["EU".to_owned()],
-            groups: vec![],
-            default_model: "cheap".to_owned(),
             models: Some(offers),
-            limits: Limits::default(),
-            version: String::new(),
-            costs: None,
-            require_account: false,
-            registry_position: None,
+            ..Policy::new(["EU"], "cheap")
         }
     }
 

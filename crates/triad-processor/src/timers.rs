@@ -203,20 +203,10 @@ mod tests {
     use super::*;
     use triad_domain::{CommandMetadata, InboxBody, InboxRecord, TaskOutcome, TaskResultReported};
     use triad_workflow::aggregate::{Input, Policy, process};
-    use triad_workflow::{Limits, Task, Workflow};
+    use triad_workflow::{Task, Workflow};
 
     fn policy() -> Policy {
-        Policy {
-            zones: vec!["US-EAST".into()],
-            groups: vec![],
-            default_model: "triad-local".into(),
-            models: None,
-            limits: Limits::default(),
-            version: String::new(),
-            costs: None,
-            require_account: false,
-            registry_position: None,
-        }
+        Policy::new(["US-EAST"], "triad-local")
     }
 
     fn input(n: i64, body: InboxBody) -> InboxRecord {

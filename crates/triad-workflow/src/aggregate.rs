@@ -43,6 +43,28 @@ pub struct Policy {
     pub registry_position: Option<i64>,
 }
 
+impl Policy {
+    /// A policy over `zones` (no groups) that routes tasks naming no model to
+    /// `default_model`: no catalogue, default limits, unpublished, no pricing, accounts
+    /// optional. Callers set the rest with struct update syntax.
+    pub fn new<Z: Into<String>>(
+        zones: impl IntoIterator<Item = Z>,
+        default_model: impl Into<String>,
+    ) -> Self {
+        Self {
+            zones: zones.into_iter().map(Into::into).collect(),
+            groups: Vec::new(),
+            default_model: default_model.into(),
+            models: None,
+            limits: Limits::default(),
+            version: String::new(),
+            costs: None,
+            require_account: false,
+            registry_position: None,
+        }
+    }
+}
+
 /// Prices a workflow for its credits reservation: the worst case of one attempt of each task
 /// (`triad_market::MarketCosts` implements it over the catalogue's declared prices). The
 /// reservation is each task's attempt worst case times its `max_attempts`.

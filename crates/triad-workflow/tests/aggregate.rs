@@ -10,28 +10,21 @@ use triad_domain::{
 use triad_workflow::aggregate::{
     Input, Policy, Status, WorkflowState, attempt_id, pending_requests, process, task_request,
 };
-use triad_workflow::{Limits, Task, Workflow};
+use triad_workflow::{Task, Workflow};
 
 const WF: &str = "wf-1";
 const INBOX: &str = "triad.workflow-inbox";
 
 fn policy() -> Policy {
     Policy {
-        zones: ["US-EAST", "US-WEST", "US-CENTRAL", "EU-WEST"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
         groups: vec![(
             "CONUS".into(),
             vec!["US-EAST".into(), "US-WEST".into(), "US-CENTRAL".into()],
         )],
-        default_model: "triad-local".into(),
-        models: None,
-        limits: Limits::default(),
-        version: String::new(),
-        costs: None,
-        require_account: false,
-        registry_position: None,
+        ..Policy::new(
+            ["US-EAST", "US-WEST", "US-CENTRAL", "EU-WEST"],
+            "triad-local",
+        )
     }
 }
 

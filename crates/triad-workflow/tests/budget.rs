@@ -13,7 +13,7 @@ use triad_domain::{
     RoutingDecision, TaskOutcome, TaskResultReported, WorkflowEvent,
 };
 use triad_workflow::aggregate::{CostModel, Policy, Status, WorkflowState, attempt_id};
-use triad_workflow::{Limits, Task, Workflow};
+use triad_workflow::{Task, Workflow};
 
 const WF: &str = "wf-budget";
 
@@ -37,15 +37,9 @@ impl CostModel for Flat {
 
 fn policy(costs: Option<i64>, require_account: bool) -> Policy {
     Policy {
-        zones: vec!["EU".into()],
-        groups: vec![],
-        default_model: "triad-local".into(),
-        models: None,
-        limits: Limits::default(),
-        version: String::new(),
         costs: costs.map(|c| Arc::new(Flat(c)) as Arc<dyn CostModel>),
         require_account,
-        registry_position: None,
+        ..Policy::new(["EU"], "triad-local")
     }
 }
 

@@ -7,22 +7,12 @@ mod common;
 
 use triad_domain::{CancelWorkflow, EventBody, InboxBody, InboxRecord, WorkflowEvent};
 use triad_workflow::aggregate::{Policy, Status, WorkflowState};
-use triad_workflow::{Limits, Task, Workflow};
+use triad_workflow::{Task, Workflow};
 
 const WF: &str = "wf-tenancy";
 
 fn policy() -> Policy {
-    Policy {
-        zones: vec!["EU".into()],
-        groups: vec![],
-        default_model: "triad-local".into(),
-        models: None,
-        limits: Limits::default(),
-        version: String::new(),
-        costs: None,
-        require_account: false,
-        registry_position: None,
-    }
+    Policy::new(["EU"], "triad-local")
 }
 
 fn as_tenant(n: i64, tenant: Option<&str>, body: InboxBody) -> InboxRecord {
