@@ -208,23 +208,12 @@ pub async fn run(
         "counts must be above 0"
     );
     let frames = paced + burst;
-    let scratch = crate::bench_projection::Scratch::create(config, "fan").await?;
-    let (run, names) = (scratch.run, scratch.names);
-    let mut config = config.clone();
-    config.kafka = scratch.kafka;
-    config.projection.schema = scratch.schema;
+    let mut scratch =
+        crate::bench_projection::Projected::start(config, "fan", codec.clone()).await?;
+    let (run, names) = (scratch.run.clone(), scratch.names.clone());
+    let mut config = scratch.config.clone();
     config.api.listen = free_port()?;
-
-    let cancel = CancellationToken::new();
-    let mut services = tokio::task::JoinSet::new();
-    let (options, pool) = crate::workers::projection(&config)?;
-    {
-        let (codec, cancel) = (codec.clone(), cancel.clone());
-        services.spawn(async move {
-            triad_projection::run(&options, pool.clone(), codec, cancel).await?;
-            anyhow::Ok(())
-        });
-    }
+    let cancel = scratch.cancel.clone();
     // The fixture workflow has no tenant: an operator's key sees it.
     let key = crate::access::new_key(
         &config,
@@ -237,7 +226,7 @@ pub async fn run(
     let (state, api) = crate::workers::api(&config, codec.clone(), &cancel).await?;
     {
         let (state, cancel) = (state.clone(), cancel.clone());
-        services.spawn(async move {
+        scratch.services.spawn(async move {
             triad_api::serve(state, &api, cancel).await?;
             anyhow::Ok(())
         });
@@ -292,7 +281,7 @@ pub async fn run(
         }
         let (listener, mut connection) = pg.connect(tokio_postgres::NoTls).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        services.spawn(async move {
+        scratch.services.spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(m) = messages.next().await {
                 if let tokio_postgres::AsyncMessage::Notification(_) = m?
@@ -364,15 +353,7 @@ pub async fn run(
         measure(&published, &got, 0..paced)?,
         measure(&published, &got, paced..frames)?,
     );
-    cancel.cancel();
-    while let Some(s) = services.join_next().await {
-        s??;
-    }
-    let cleanup = state.pool.get().await?;
-    cleanup
-        .query("SELECT triad_drop_schema($1)", &[&config.projection.schema])
-        .await?;
-    drop(cleanup);
+    scratch.finish().await?;
 
     // The baseline: the same frames, pre-serialised, broadcast to the same number of clients.
     let raw = raw_broadcast(subscribers, paced, burst).await?;

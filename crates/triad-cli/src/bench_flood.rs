@@ -116,22 +116,10 @@ pub async fn run(
         flooders > 0 && seconds > 0 && rate > 0,
         "--flooders, --seconds and --rate must be above 0"
     );
-    let scratch = crate::bench_projection::Scratch::create(config, "flood").await?;
-    let (run, names) = (scratch.run, scratch.names);
-    let mut config = config.clone();
-    config.kafka = scratch.kafka;
-    config.projection.schema = scratch.schema;
-
-    let cancel = CancellationToken::new();
-    let mut services = tokio::task::JoinSet::new();
-    let (options, pool) = crate::workers::projection(&config)?;
-    {
-        let (codec, cancel) = (codec.clone(), cancel.clone());
-        services.spawn(async move {
-            triad_projection::run(&options, pool, codec, cancel).await?;
-            anyhow::Ok(())
-        });
-    }
+    let scratch = crate::bench_projection::Projected::start(config, "flood", codec.clone()).await?;
+    let (run, names) = (scratch.run.clone(), scratch.names.clone());
+    let mut config = scratch.config.clone();
+    let cancel = scratch.cancel.clone();
     // A is a member of tenant flood-a; B an operator of flood-b, so it reads the fixture
     // workflow (which has no tenant). A's reads of it answer 404 after the same lookup.
     let a_key =
@@ -226,16 +214,7 @@ pub async fn run(
         api_cancel.cancel();
         server.await.context("the API task")??;
     }
-    cancel.cancel();
-    while let Some(s) = services.join_next().await {
-        s??;
-    }
-    let cleanup = crate::workers::pg_pool(&config)?;
-    cleanup
-        .get()
-        .await?
-        .query("SELECT triad_drop_schema($1)", &[&config.projection.schema])
-        .await?;
+    scratch.finish().await?;
 
     let base = phases
         .first()

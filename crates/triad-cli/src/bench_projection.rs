@@ -65,6 +65,57 @@ impl Scratch {
     }
 }
 
+/// A scratch installation with a projection worker running on it, for the benchmarks that
+/// serve an API from it: `config` points at the scratch topics and schema.
+pub(crate) struct Projected {
+    pub run: String,
+    pub names: Names,
+    pub config: Config,
+    pub cancel: tokio_util::sync::CancellationToken,
+    pub services: tokio::task::JoinSet<Result<()>>,
+}
+
+impl Projected {
+    pub(crate) async fn start(config: &Config, tag: &str, codec: Arc<Codec>) -> Result<Self> {
+        let scratch = Scratch::create(config, tag).await?;
+        let mut config = config.clone();
+        config.kafka = scratch.kafka;
+        config.projection.schema = scratch.schema;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut services = tokio::task::JoinSet::new();
+        let (options, pool) = crate::workers::projection(&config)?;
+        let stop = cancel.clone();
+        services.spawn(async move {
+            triad_projection::run(&options, pool, codec, stop).await?;
+            anyhow::Ok(())
+        });
+        Ok(Self {
+            run: scratch.run,
+            names: scratch.names,
+            config,
+            cancel,
+            services,
+        })
+    }
+
+    /// Stops every service, surfacing the first failure, and drops the scratch schema.
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        self.cancel.cancel();
+        while let Some(s) = self.services.join_next().await {
+            s??;
+        }
+        crate::workers::pg_pool(&self.config)?
+            .get()
+            .await?
+            .query(
+                "SELECT triad_drop_schema($1)",
+                &[&self.config.projection.schema],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 /// The fixture events of one workflow, made unique to `workflow_id`.
 pub(crate) fn events_of(workflow_id: &str) -> Vec<WorkflowEvent> {
     let mut out = triad_domain::fixtures::completed_workflow_events();

@@ -79,21 +79,6 @@ async fn table_text(pg: &tokio_postgres::Client, schema: &str) -> Vec<(String, S
     out
 }
 
-async fn graphql(
-    http: &reqwest::Client,
-    base: &str,
-    query: &serde_json::Value,
-) -> serde_json::Value {
-    http.post(format!("{base}/graphql"))
-        .json(query)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
     let mut env = Env::new(2).await;
@@ -368,11 +353,13 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
     // The same audit over GraphQL (the API holds the directory through its kernel), with
     // an inclusion proof checked here by the documented algorithm.
     let root = after(&report, "Merkle root ").to_owned();
-    let query = serde_json::json!({
-        "query": "query($w: String!) { auditTrail(workflowId: $w) { root verified operations zones problems leaves { eventId eventType leafHash } } }",
-        "variables": {"w": workflow_id},
-    });
-    let trail = graphql(&http, &base, &query).await;
+    let trail = support::graphql(
+        &http,
+        &base,
+        "query($w: String!) { auditTrail(workflowId: $w) { root verified operations zones problems leaves { eventId eventType leafHash } } }",
+        serde_json::json!({"w": workflow_id}),
+    )
+    .await;
     let t = &trail["data"]["auditTrail"];
     assert_eq!(t["root"], root.as_str(), "{trail}");
     assert_eq!(t["verified"], true, "{trail}");
@@ -384,11 +371,13 @@ async fn a_canary_secret_never_appears_in_clear_outside_its_zone() {
         .position(|l| l["eventType"] == "TaskCompleted")
         .unwrap();
     let event_id = leaves[completed]["eventId"].as_str().unwrap();
-    let query = serde_json::json!({
-        "query": "query($w: String!, $e: String!) { auditProof(workflowId: $w, eventId: $e) { index size leafHash proof root } }",
-        "variables": {"w": workflow_id, "e": event_id},
-    });
-    let proof = graphql(&http, &base, &query).await;
+    let proof = support::graphql(
+        &http,
+        &base,
+        "query($w: String!, $e: String!) { auditProof(workflowId: $w, eventId: $e) { index size leafHash proof root } }",
+        serde_json::json!({"w": workflow_id, "e": event_id}),
+    )
+    .await;
     let p = &proof["data"]["auditProof"];
     let hash = |v: &serde_json::Value| -> [u8; 32] {
         triad_sovereignty::unhex(v.as_str().unwrap())
