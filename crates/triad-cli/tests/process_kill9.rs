@@ -4,7 +4,8 @@
 //! and its terminal event must carry the processor's signature over the root of exactly the
 //! records before it as the log holds them — the Merkle frontier survives the kills, the
 //! repairs and the snapshots. Needs the stack (`scripts/dev.sh up`); runs on its own topic
-//! prefix and groups.
+//! prefix and groups. `KILL9_LOG=info` (a tracing filter) shows the processors' logs; on a
+//! timeout the failure names where each unfinished workflow stopped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashSet};
@@ -45,7 +46,10 @@ impl Env {
             // No executors run here: the unclaimed-zone timer must not move tasks.
             .env("TRIAD_PROCESSOR__UNCLAIMED_AFTER_MS", "600000")
             .env("TRIAD_PROCESSOR__SNAPSHOT_EVERY", "2")
-            .env("TRIAD_LOG__FILTER", "warn")
+            .env(
+                "TRIAD_LOG__FILTER",
+                std::env::var("KILL9_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("TRIAD_SOVEREIGNTY__SEAL", "true")
             .env("TRIAD_SOVEREIGNTY__OPERATOR_PUBLIC_KEY", &self.operator)
             .env("TRIAD_SOVEREIGNTY__KEY_DIR", &self.keys)
@@ -128,18 +132,41 @@ async fn processor_survives_kill_9_with_nothing_lost_or_doubled() {
     let mut answered = HashSet::new();
     let mut completed = HashSet::new();
     let mut kills = 0;
+    let mut raw_partitions: Vec<(String, i32)> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while completed.len() < WORKFLOWS {
-        let m = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "timed out: {} of {WORKFLOWS} workflows completed",
-                    completed.len()
-                )
-            })
-            .unwrap()
-            .unwrap();
+        let Ok(m) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            // Say where each unfinished workflow stopped, and whether the processor lives.
+            let mut last: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+            for e in &events {
+                let entry = last.entry(e.meta.workflow_id.as_str()).or_default();
+                if e.meta.sequence >= entry.0 {
+                    *entry = (e.meta.sequence, e.meta.event_type.as_str());
+                }
+            }
+            last.retain(|wf, _| !completed.contains(*wf));
+            let partitions: BTreeMap<&str, i32> = raw_partitions
+                .iter()
+                .map(|(wf, p)| (wf.as_str(), *p))
+                .collect();
+            let stuck: Vec<String> = last
+                .iter()
+                .map(|(wf, (seq, ty))| {
+                    format!("{wf}@p{}: {ty} #{seq}", partitions.get(wf).unwrap_or(&-1))
+                })
+                .collect();
+            panic!(
+                "timed out: {} of {WORKFLOWS} workflows completed after {kills} kills; \
+                 processor exited: {:?}; unfinished: {stuck:?}",
+                completed.len(),
+                processor.try_wait()
+            );
+        };
+        let m = m.unwrap().unwrap();
+        raw_partitions.push((
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            m.partition(),
+        ));
         let event: WorkflowEvent = codec.decode(m.payload()).await.unwrap();
         raw.push((
             event.meta.workflow_id.clone(),

@@ -31,7 +31,13 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000")
+        // Kafka's default. Shorter wedges Tansu 0.6 groups of static members (ADR 0007 §3): a
+        // restarted member takes its old member id back without its last-contact time being
+        // refreshed, so if that time is older than the session timeout its first heartbeat
+        // removes the member while it stays the leader; a kill before it rejoins leaves the
+        // group led by a member that no longer exists, and nothing ever expires it. A
+        // restart within the timeout never goes through that window.
+        .set("session.timeout.ms", "45000")
         .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
     c
 }

@@ -220,6 +220,13 @@ where
         let Some(message) = message else { break Ok(()) };
         let message = match message {
             Ok(m) => m.detach(),
+            // A fatal error (e.g. this static member was fenced) ends the consumer for good:
+            // stop, so the process exits and is restarted, rather than idle while owning
+            // partitions nobody reads.
+            Err(error @ rdkafka::error::KafkaError::MessageConsumptionFatal(_)) => {
+                tracing::error!(%error, messaging.consumer.group.name = group, "fatal kafka consumer error; stopping");
+                break Err(error.into());
+            }
             Err(error) => {
                 tracing::warn!(%error, messaging.consumer.group.name = group, "kafka consumer error");
                 continue;
