@@ -239,6 +239,7 @@ pub async fn require(
             if let Err(exceeded) = state.limits.check_rate(&principal.tenant) {
                 // Debug, not info: a flood would otherwise turn into a flood of log lines.
                 tracing::debug!(tenant = %principal.tenant, "request refused: over the tenant's rate");
+                let exceeded = state.limits.hold(exceeded).await;
                 return if request.uri().path() == "/graphql" {
                     exceeded.graphql_response()
                 } else {

@@ -141,11 +141,20 @@ pub async fn run(
     // B reads at 80 % of the per-tenant rate.
     let b_rate = (rate * 4 / 5).max(1);
     let mut phases: Vec<(&str, Phase)> = Vec::new();
-    for limited in [true, false] {
+    let held = LimitsConfig::default().refusal_hold_ms;
+    for (n, (label, requests_per_second, refusal_hold_ms)) in [
+        ("A floods, limit on, refusals held (default)", rate, held),
+        ("A floods, limit on, refusals answered at once", rate, 0),
+        ("A floods, limits off (control)", 0, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         config.api.listen = crate::bench_fanout::free_port()?;
         config.api.limits = LimitsConfig {
-            requests_per_second: if limited { rate } else { 0 },
+            requests_per_second,
             burst: rate,
+            refusal_hold_ms,
             ..LimitsConfig::default()
         };
         let api_cancel = cancel.child_token();
@@ -167,7 +176,7 @@ pub async fn run(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if limited {
+        if n == 0 {
             eprintln!("bench --flood: tenant B alone for {seconds} s");
             let b_ms = tenant_b(&b, &url, seconds, b_rate).await?;
             phases.push((
@@ -180,11 +189,6 @@ pub async fn run(
                 },
             ));
         }
-        let label = if limited {
-            "A floods, per-tenant limit on"
-        } else {
-            "A floods, limits off (control)"
-        };
         eprintln!("bench --flood: {label}: {flooders} connections of tenant A");
         let (served, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let stop = CancellationToken::new();

@@ -418,6 +418,13 @@ pub struct LimitsConfig {
     /// Unfinished tasks of a tenant's active workflows; a submission that would exceed it
     /// answers 429.
     pub max_tasks_in_flight: u32,
+    /// A request over its tenant's rate is answered (429) this much later: a client that
+    /// sends its next request on the answer is slowed to one request per hold per
+    /// connection instead of looping on cheap refusals. 0 answers at once.
+    pub refusal_hold_ms: u32,
+    /// Refusals held at once on this node; beyond it they are answered at once (a hold costs
+    /// a connection and a timer, so this bounds what a flood can park here).
+    pub max_held_refusals: u32,
 }
 
 impl Default for LimitsConfig {
@@ -427,6 +434,8 @@ impl Default for LimitsConfig {
             burst: 200,
             max_active_workflows: 500,
             max_tasks_in_flight: 5_000,
+            refusal_hold_ms: 1_000,
+            max_held_refusals: 1_024,
         }
     }
 }
