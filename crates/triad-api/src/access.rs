@@ -306,15 +306,9 @@ fn rank(role: AccessRole) -> u8 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use triad_auth::Via;
 
     fn who(tenant: &str, role: AccessRole) -> Principal {
-        Principal {
-            tenant: tenant.into(),
-            role,
-            subject: "k".into(),
-            via: Via::ApiKey,
-        }
+        Principal::of_key(tenant, role, "k")
     }
 
     #[test]

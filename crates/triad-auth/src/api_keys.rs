@@ -13,7 +13,7 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use triad_domain::{AccessRole, ApiKeyBody, ApiKeyCreated, ApiKeyEvent, ApiKeyRevoked};
 
-use crate::{Principal, Rejection, Via, valid_tenant};
+use crate::{Principal, Rejection, valid_tenant};
 
 const PREFIX: &str = "triad_";
 
@@ -307,12 +307,11 @@ impl KeyRing {
         if entry.created.expires_at.is_some_and(|e| e <= now) {
             return Err(Rejection::Expired);
         }
-        Ok(Principal {
-            tenant: entry.created.tenant.clone(),
-            role: entry.created.role,
-            subject: key_id.to_owned(),
-            via: Via::ApiKey,
-        })
+        Ok(Principal::of_key(
+            &entry.created.tenant,
+            entry.created.role,
+            key_id,
+        ))
     }
 }
 
@@ -380,12 +379,7 @@ mod tests {
     }
 
     fn who(tenant: &str, role: AccessRole) -> Principal {
-        Principal {
-            tenant: tenant.into(),
-            role,
-            subject: "k".into(),
-            via: Via::ApiKey,
-        }
+        Principal::of_key(tenant, role, "k")
     }
 
     #[test]

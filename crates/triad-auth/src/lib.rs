@@ -35,6 +35,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The caller an API key `key_id` names.
+    pub fn of_key(tenant: &str, role: AccessRole, key_id: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            role,
+            subject: key_id.to_owned(),
+            via: Via::ApiKey,
+        }
+    }
+
     /// A name for logs and audit events: `<tenant>/<subject>`.
     pub fn actor(&self) -> String {
         format!("{}/{}", self.tenant, self.subject)
