@@ -598,6 +598,8 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: crate::keys::CreateKey,
     ) -> async_graphql::Result<crate::keys::CreatedKey> {
+        // The answer carries the key's text: no cache on the way may keep it.
+        ctx.insert_http_header(axum::http::header::CACHE_CONTROL, "no-store");
         crate::keys::create(state(ctx)?, principal(ctx)?, input)
             .await
             .map_err(key_error)
@@ -609,6 +611,8 @@ impl MutationRoot {
         ctx: &Context<'_>,
         key_id: String,
     ) -> async_graphql::Result<crate::keys::CreatedKey> {
+        // The answer carries the key's text: no cache on the way may keep it.
+        ctx.insert_http_header(axum::http::header::CACHE_CONTROL, "no-store");
         crate::keys::rotate(state(ctx)?, principal(ctx)?, &key_id)
             .await
             .map_err(key_error)

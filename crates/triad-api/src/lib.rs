@@ -408,6 +408,10 @@ pub(crate) async fn follow_topic<F, Fut>(
         }
     };
     let mut stream = consumer.stream();
+    // A missing topic or a broker away makes every poll fail at once: back off, so the log
+    // gets a line per attempt rather than a tight loop of them.
+    const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+    let mut backoff = FIRST_RETRY;
     loop {
         let next = tokio::select! {
             () = cancel.cancelled() => return,
@@ -416,9 +420,17 @@ pub(crate) async fn follow_topic<F, Fut>(
         match next {
             None => return,
             Some(Err(error)) => {
-                tracing::warn!(%error, messaging.destination.name = %topic, "reading failed; retrying");
+                tracing::warn!(%error, messaging.destination.name = %topic, retry_in = ?backoff, "reading failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
-            Some(Ok(m)) => each(m.detach()).await,
+            Some(Ok(m)) => {
+                backoff = FIRST_RETRY;
+                each(m.detach()).await;
+            }
         }
     }
 }
@@ -447,6 +459,7 @@ pub async fn serve(
     let models = tokio::spawn(registry::follow(state.clone(), cancel.clone()));
     state.identity.attach(&state.kafka, &state.names.api_keys);
     let keys = tokio::spawn(access::follow(state.clone(), cancel.clone()));
+    let sweeper = tokio::spawn(limits::sweep(state.clone(), cancel.clone()));
     // A key revoked before this node started must not work on it for an instant.
     state.identity.catch_up().await;
     let app = router(state, options.max_body_bytes);
@@ -461,6 +474,7 @@ pub async fn serve(
     let _ = status.await;
     let _ = models.await;
     let _ = keys.await;
+    let _ = sweeper.await;
     served
 }
 

@@ -67,7 +67,7 @@ impl Exceeded {
         match self {
             // Rounded up: 0 only when a token is due now (after a hold).
             Self::Rate { retry_after } => {
-                u64::try_from(retry_after.as_millis().div_ceil(1000)).unwrap_or(u64::MAX)
+                u64::try_from(retry_after.as_nanos().div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
             }
             // Active work drains as tasks finish; a second is a fair first wait.
             Self::Workflows { .. } | Self::Tasks { .. } => 1,
@@ -192,6 +192,16 @@ impl Limits {
         }
     }
 
+    /// Forgets the tenants whose bucket is full again; how many are still tracked.
+    pub fn sweep_idle(&self) -> usize {
+        let Some(rate) = &self.rate else {
+            return 0;
+        };
+        rate.retain_recent();
+        rate.shrink_to_fit();
+        rate.len()
+    }
+
     /// Takes one request from `tenant`'s budget.
     pub fn check_rate(&self, tenant: &str) -> Result<(), Exceeded> {
         let Some(rate) = &self.rate else {
@@ -226,6 +236,26 @@ impl Limits {
             in_flight,
             tasks,
         ))
+    }
+}
+
+/// Every minute until `cancel`, forgets the rate state of tenants whose bucket is full again
+/// (they would start from a full bucket anyway), so the keyed state holds only the tenants
+/// active lately rather than every tenant ever seen.
+pub async fn sweep(
+    state: std::sync::Arc<crate::AppState>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {
+                let tracked = state.limits.sweep_idle();
+                tracing::debug!(tenants = tracked, "rate buckets swept");
+            }
+        }
     }
 }
 
@@ -274,6 +304,7 @@ mod tests {
         assert!(retry_after <= Duration::from_secs(1));
         // Another tenant is untouched by acme's flood.
         limits.check_rate("beta").unwrap();
+        assert_eq!(limits.sweep_idle(), 2, "both buckets are still refilling");
         let off = Limits::new(&LimitsConfig {
             requests_per_second: 0,
             ..LimitsConfig::default()
@@ -330,6 +361,10 @@ mod tests {
             retry_after: Duration::ZERO,
         };
         assert_eq!(now.retry_after_s(), 0);
+        let almost = Exceeded::Rate {
+            retry_after: Duration::from_micros(300),
+        };
+        assert_eq!(almost.retry_after_s(), 1, "any wait rounds up to a second");
     }
 
     #[test]

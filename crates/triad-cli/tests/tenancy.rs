@@ -744,6 +744,17 @@ async fn tenant_admins_manage_their_tenants_keys_and_nothing_else() {
         actor.as_str()
     );
     assert_eq!(status_of(gql_key.clone()).await, 200);
+    let r = admin
+        .post(format!("{base}/graphql"))
+        .json(&json!({"query": create, "variables": {"input": {"name": "no cache"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["cache-control"],
+        "no-store",
+        "a key's text is not cached"
+    );
     let answer = graphql(&member, &base, create, json!({"input": {"name": "x"}})).await;
     assert_eq!(
         answer["errors"][0]["extensions"]["code"], "FORBIDDEN",
