@@ -179,16 +179,7 @@ pub async fn cancel(
     let reason = if body.is_empty() {
         None
     } else {
-        serde_json::from_slice::<CancelBody>(&body)
-            .map_err(|e| {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_document",
-                    "the body is not {\"reason\": \"…\"}",
-                )
-                .detail(e.to_string())
-            })?
-            .reason
+        json_body::<CancelBody>(&body, "{\"reason\": \"…\"}")?.reason
     };
     commands::cancel(&s, &id, reason, &who)
         .await
@@ -387,14 +378,7 @@ pub async fn issue_credits(
     body: Bytes,
 ) -> Reply {
     require_role(&who, AccessRole::Operator, "issuing credits")?;
-    let request: crate::credits::IssueRequest = serde_json::from_slice(&body).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_document",
-            "the body is not a credits issue",
-        )
-        .detail(e.to_string())
-    })?;
+    let request: crate::credits::IssueRequest = json_body(&body, "a credits issue")?;
     let (command_id, event) = crate::credits::issue(&s, &id, &request, &who.actor())
         .await
         .map_err(credits_problem)?;
@@ -506,7 +490,7 @@ pub async fn register_model(
         .detail(detail)
     };
     let mut document: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+        json_body(&body, "a model registration")?;
     let id = match document.remove("id") {
         Some(serde_json::Value::String(id)) => id,
         _ => {
@@ -563,16 +547,7 @@ pub async fn model_heartbeat(
     let sender = if body.is_empty() {
         None
     } else {
-        serde_json::from_slice::<HeartbeatBody>(&body)
-            .map_err(|e| {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_document",
-                    "the body is not a heartbeat",
-                )
-                .detail(e.to_string())
-            })?
-            .sender
+        json_body::<HeartbeatBody>(&body, "a heartbeat")?.sender
     };
     crate::registry::heartbeat(&s, &id, sender.as_deref().unwrap_or("api"), &who)
         .await

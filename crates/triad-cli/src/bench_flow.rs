@@ -4,7 +4,9 @@
 //!
 //! - latency: single-task workflows submitted at fixed arrival rates, from the submit call to
 //!   the `TaskCompleted` event seen by a consumer, next to the raw rdkafka produce→consume
-//!   round trip of a 1 KiB record at the same rate × the hops a task needs;
+//!   round trip of a 1 KiB record at the same rate × the hops a task needs — on a topic with
+//!   as many partitions as TRIAD's (Tansu's fetch cost grows with the partitions a fetch
+//!   names) and on a single-partition topic;
 //! - throughput: a burst of workflows until all completed, next to the raw broker's message
 //!   rate (produce + consume of 1 KiB records) ÷ the messages one workflow needs;
 //! - with `--budget`: the same workflows on a TRIAD credits account (the ledger runs here
@@ -83,15 +85,16 @@ fn tail(config: &Config, topic: &str, partitions: i32) -> Result<StreamConsumer>
     Ok(consumer)
 }
 
-/// Raw produce→consume round trips of 1 KiB records at `rate`/s for `seconds`.
+/// Raw produce→consume round trips of 1 KiB records at `rate`/s for `seconds`, spread over
+/// the `partitions` of `topic` by key and read by one consumer of all of them.
 async fn raw_latency(
     config: &Config,
     producer: &Producer,
-    topic: &str,
+    (topic, partitions): (&str, i32),
     rate: u32,
     seconds: u64,
 ) -> Result<Vec<Duration>> {
-    let consumer = tail(config, topic, 1)?;
+    let consumer = tail(config, topic, partitions)?;
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let n = u64::from(rate) * seconds;
     let payload = vec![b'x'; 1024];
@@ -241,6 +244,90 @@ async fn flow_latency(
     Ok(out)
 }
 
+/// The segments of a task's critical path, measured from the create times of its records
+/// (set when a client hands a record to its producer; millisecond resolution).
+const SEGMENTS: [&str; 4] = [
+    "submit → Accepted (hop + decide)",
+    "Dispatched → task request (outbox: waits for the events' ack)",
+    "task request → result (hop + execute)",
+    "result → TaskCompleted (hop + apply)",
+];
+
+/// Where the time of each workflow `wf-{tag}-*` went, per [`SEGMENTS`] entry, read back from
+/// the inbox, the zone queue and the event store.
+async fn breakdown(
+    config: &Config,
+    codec: &Codec,
+    names: &Names,
+    tag: &str,
+) -> Result<Vec<Vec<Duration>>> {
+    #[derive(Default)]
+    struct Times {
+        submit: Option<i64>,
+        accepted: Option<i64>,
+        dispatched: Option<i64>,
+        request: Option<i64>,
+        result: Option<i64>,
+        completed: Option<i64>,
+    }
+    let prefix = format!("wf-{tag}-");
+    let mut times: HashMap<String, Times> = HashMap::new();
+    let wait = Duration::from_secs(30);
+    let read = async |topic: &str| -> Result<Vec<(String, i64, rdkafka::message::OwnedMessage)>> {
+        let all = triad_kafka::consume::read_all(&config.kafka, topic, wait).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|m| {
+                let key = std::str::from_utf8(m.key()?).ok()?.to_owned();
+                let at = m.timestamp().to_millis()?;
+                key.starts_with(&prefix).then_some((key, at, m))
+            })
+            .collect())
+    };
+    let first = |slot: &mut Option<i64>, at: i64| {
+        slot.get_or_insert(at);
+    };
+    for (key, at, m) in read(&names.inbox).await? {
+        let entry = times.entry(key).or_default();
+        match codec.decode::<InboxRecord>(m.payload()).await?.body {
+            InboxBody::SubmitWorkflow(_) => first(&mut entry.submit, at),
+            InboxBody::TaskResultReported(_) => first(&mut entry.result, at),
+            _ => {}
+        }
+    }
+    for (key, at, _) in read(&names.tasks("US-EAST")).await? {
+        first(&mut times.entry(key).or_default().request, at);
+    }
+    for (key, at, m) in read(&names.events).await? {
+        let entry = times.entry(key).or_default();
+        match codec.decode::<WorkflowEvent>(m.payload()).await?.body {
+            EventBody::WorkflowAccepted(_) => first(&mut entry.accepted, at),
+            EventBody::TaskDispatched(_) => first(&mut entry.dispatched, at),
+            EventBody::TaskCompleted(_) => first(&mut entry.completed, at),
+            _ => {}
+        }
+    }
+    let mut out = vec![Vec::new(); SEGMENTS.len()];
+    let span = |from: Option<i64>, to: Option<i64>| {
+        Some(Duration::from_millis(u64::try_from(to? - from?).ok()?))
+    };
+    for t in times.values() {
+        let spans = [
+            span(t.submit, t.accepted),
+            span(t.dispatched, t.request),
+            span(t.request, t.result),
+            span(t.result, t.completed),
+        ];
+        for (segment, d) in out.iter_mut().zip(spans) {
+            segment.extend(d);
+        }
+    }
+    for segment in &mut out {
+        segment.sort();
+    }
+    Ok(out)
+}
+
 /// Produces and consumes `count` 1 KiB records as fast as the broker takes them, on a
 /// fresh topic read from its beginning.
 async fn raw_rate(config: &Config, producer: &Producer, topic: &str, count: usize) -> Result<f64> {
@@ -328,12 +415,17 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
     let names = Names::new(&config.kafka);
     let mut specs =
         triad_kafka::topics::catalogue(&config.kafka, &config.registry.topic, &config.policy.zones);
-    let raw_topic = format!("{}triad.bench-raw", config.kafka.topic_prefix);
+    // The raw hop on a topic shaped like TRIAD's, and on a single partition.
+    let raw_shaped = (
+        format!("{}triad.bench-raw-shaped", config.kafka.topic_prefix),
+        config.kafka.partitions,
+    );
+    let raw_single = (format!("{}triad.bench-raw", config.kafka.topic_prefix), 1);
     let rate_topic = format!("{}triad.bench-rate", config.kafka.topic_prefix);
-    for name in [&raw_topic, &rate_topic] {
+    for (name, partitions) in [&raw_shaped, &raw_single, &(rate_topic.clone(), 1)] {
         specs.push(TopicSpec {
             name: name.clone(),
-            partitions: 1,
+            partitions: *partitions,
             retention: Retention::Bounded { ms: 3_600_000 },
             purpose: "raw baseline",
         });
@@ -395,11 +487,32 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
             .send_record(&codec, &names.credits_inbox, None, ACCOUNT, &issue)
             .await?;
     }
-    // Warm-up: groups assigned, schemas registered, one workflow end to end.
-    println!("warming up (group assignment, schema registration)…");
-    let warm = flow_latency(&config, &codec, &producer, &names, "warm", 5, 2, None)
-        .await
-        .context("warm-up")?;
+    // Warm-up: groups assigned, schemas registered, and every inbox partition's state
+    // loaded (the processor loads a partition at its first input, which holds that input
+    // and those behind it for a few hundred ms): 30 workflows cover 6 partitions with
+    // probability 0.97; the count is printed.
+    println!("warming up (group assignment, schema registration, partition state)…");
+    let (warm_rate, warm_seconds) = (10, 3);
+    let warm = flow_latency(
+        &config,
+        &codec,
+        &producer,
+        &names,
+        "warm",
+        warm_rate,
+        warm_seconds,
+        None,
+    )
+    .await
+    .context("warm-up")?;
+    let warmed: std::collections::BTreeSet<i32> = (0..(warm_rate as u64 * warm_seconds))
+        .map(|i| {
+            triad_kafka::produce::partition_for(
+                format!("wf-warm-{i}").as_bytes(),
+                config.kafka.partitions,
+            )
+        })
+        .collect();
     if let Some(account) = budgeted {
         flow_latency(
             &config,
@@ -415,19 +528,30 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
         .context("warm-up on a credits account")?;
     }
     println!(
-        "warm-up ok ({} workflows, p50 {:.1} ms)",
+        "warm-up ok ({} workflows on {} of {} inbox partitions, p50 {:.1} ms)",
         warm.len(),
+        warmed.len(),
+        config.kafka.partitions,
         ms(percentile(&warm, 0.5))
     );
-    let _ = raw_latency(&config, &producer, &raw_topic, 50, 1).await?;
+    let shaped = (raw_shaped.0.as_str(), raw_shaped.1);
+    let single = (raw_single.0.as_str(), raw_single.1);
+    let _ = raw_latency(&config, &producer, shaped, 50, 1).await?;
+    let _ = raw_latency(&config, &producer, single, 50, 1).await?;
 
+    let p = config.kafka.partitions;
     println!();
     println!(
-        "| arrival rate | raw hop p50 / p99 ms | raw × {HOPS_PER_TASK} p50 / p99 ms | TRIAD submit→TaskCompleted p50 / p99 ms | ratio p50 | ratio p99 |"
+        "| arrival rate | raw hop p50 / p99 ms ({p} partitions) | raw × {HOPS_PER_TASK} p50 / p99 ms | TRIAD submit→TaskCompleted p50 / p99 ms | ratio p50 | ratio p99 | raw hop p50 / p99 ms (1 partition) | ratio p50 / p99 vs 1 partition |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for rate in &args.rates {
-        let raw = raw_latency(&config, &producer, &raw_topic, *rate, args.seconds).await?;
+        let raw = raw_latency(&config, &producer, shaped, *rate, args.seconds).await?;
+        let raw1 = if p == 1 {
+            raw.clone()
+        } else {
+            raw_latency(&config, &producer, single, *rate, args.seconds).await?
+        };
         let flow = flow_latency(
             &config,
             &codec,
@@ -441,13 +565,35 @@ pub async fn run(config: &Config, codec: Arc<Codec>, args: &FlowArgs) -> Result<
         .await?;
         let (r50, r99) = (ms(percentile(&raw, 0.5)), ms(percentile(&raw, 0.99)));
         let (f50, f99) = (ms(percentile(&flow, 0.5)), ms(percentile(&flow, 0.99)));
+        let (s50, s99) = (ms(percentile(&raw1, 0.5)), ms(percentile(&raw1, 0.99)));
         println!(
-            "| {rate}/s | {r50:.1} / {r99:.1} | {:.1} / {:.1} | {f50:.1} / {f99:.1} | {:.2} | {:.2} |",
+            "| {rate}/s | {r50:.1} / {r99:.1} | {:.1} / {:.1} | {f50:.1} / {f99:.1} | {:.2} | {:.2} | {s50:.1} / {s99:.1} | {:.2} / {:.2} |",
             r50 * HOPS_PER_TASK,
             r99 * HOPS_PER_TASK,
             f50 / (r50 * HOPS_PER_TASK),
-            f99 / (r99 * HOPS_PER_TASK)
+            f99 / (r99 * HOPS_PER_TASK),
+            f50 / (s50 * HOPS_PER_TASK),
+            f99 / (s99 * HOPS_PER_TASK)
         );
+    }
+    println!();
+    println!("Where a task's time goes (p50 / p99 ms, from the records' create times):");
+    println!();
+    println!("| arrival rate | {} |", SEGMENTS.join(" | "));
+    println!("| ---: |{}", " ---: |".repeat(SEGMENTS.len()));
+    for rate in &args.rates {
+        let segments = breakdown(&config, &codec, &names, &format!("r{rate}")).await?;
+        let cells: Vec<String> = segments
+            .iter()
+            .map(|d| {
+                format!(
+                    "{:.0} / {:.0}",
+                    ms(percentile(d, 0.5)),
+                    ms(percentile(d, 0.99))
+                )
+            })
+            .collect();
+        println!("| {rate}/s | {} |", cells.join(" | "));
     }
     let raw_msgs = raw_rate(
         &config,

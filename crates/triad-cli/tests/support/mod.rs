@@ -636,6 +636,13 @@ pub fn paid_model_config(base: &str) -> String {
     )
 }
 
+/// The `extensions.code` of a GraphQL answer's first error ("" when there is none).
+pub fn graphql_code(answer: &serde_json::Value) -> &str {
+    answer["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_default()
+}
+
 /// POSTs a GraphQL `query` with `variables`; returns the whole answer (`data` and `errors`).
 pub async fn graphql(
     http: &reqwest::Client,
