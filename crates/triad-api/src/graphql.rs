@@ -878,7 +878,7 @@ impl SubscriptionRoot {
         ctx: &Context<'_>,
         workflow_id: String,
         #[graphql(default = 0)] from_sequence: i64,
-    ) -> async_graphql::Result<impl Stream<Item = EventView> + use<>> {
+    ) -> async_graphql::Result<impl Stream<Item = Arc<EventView>> + use<>> {
         let s = state(ctx)?.clone();
         let scope = scope(ctx)?.map(str::to_owned);
         // Another tenant's workflow is absent; one not projected yet may be the caller's

@@ -235,7 +235,7 @@ pub async fn events(
         let frame = Event::default()
             .id(e.sequence.to_string())
             .event(e.sse_name())
-            .json_data(&e)
+            .json_data(&*e)
             .unwrap_or_else(|_| Event::default().comment("unserialisable event"));
         Some((Ok::<_, std::convert::Infallible>(frame), st))
     });

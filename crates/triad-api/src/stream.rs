@@ -32,7 +32,9 @@ struct Cached {
     after: i64,
     /// ...up to the end of the timeline at `read_at`, unless the page was full.
     complete: bool,
-    events: Vec<EventView>,
+    /// Shared, not copied, with every stream that reuses the read: a burst hands each of a
+    /// thousand subscribers every event.
+    events: Vec<Arc<EventView>>,
 }
 
 impl EventHub {
@@ -60,7 +62,7 @@ async fn shared_read(
     workflow: &str,
     after: i64,
     woke: Instant,
-) -> crate::Result<Vec<EventView>> {
+) -> crate::Result<Vec<Arc<EventView>>> {
     let mut cached = slot.lock().await;
     if let Some(c) = cached.as_ref() {
         let last = c.events.last().map_or(c.after, |e| e.sequence);
@@ -74,7 +76,11 @@ async fn shared_read(
         }
     }
     let read_at = Instant::now();
-    let events = read::events_after(pool, workflow, after, PAGE).await?;
+    let events: Vec<Arc<EventView>> = read::events_after(pool, workflow, after, PAGE)
+        .await?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     *cached = Some(Cached {
         read_at,
         after,
@@ -93,7 +99,7 @@ pub struct EventStream {
     /// When the stream was created or last woken by a change.
     woke: Instant,
     changes: tokio::sync::broadcast::Receiver<()>,
-    buffer: VecDeque<EventView>,
+    buffer: VecDeque<Arc<EventView>>,
     done: bool,
     /// The caller's tenant (none for an operator) and whether the workflow was found to be
     /// its: checked when events are read, until the workflow's row exists (it is written
@@ -151,7 +157,7 @@ impl EventStream {
     }
 
     /// The next event, in sequence order; `None` after the final one or at shutdown.
-    pub async fn next(&mut self) -> Option<EventView> {
+    pub async fn next(&mut self) -> Option<Arc<EventView>> {
         loop {
             if let Some(e) = self.buffer.pop_front() {
                 self.after = e.sequence;
