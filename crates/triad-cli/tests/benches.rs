@@ -20,28 +20,27 @@ fn row<'a>(stdout: &'a str, start: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// `triad bench <args>` on a fresh two-partition installation; its stdout.
+async fn bench(args: &str, env_vars: &[(&str, &str)]) -> String {
+    let env = Env::new(2).await;
+    let args: Vec<&str> = std::iter::once("bench")
+        .chain(args.split_whitespace())
+        .collect();
+    cli_ok(&env, &args, env_vars).0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_serves_more_subscribers_than_its_tenants_request_rate() {
-    let env = Env::new(2).await;
     // 300 connections of one tenant, configured here far below that (a connection counts
     // as a request): the bench must not measure the rate limit.
-    let (stdout, _) = cli_ok(
-        &env,
-        &[
-            "bench",
-            "--fanout",
-            "--subscribers",
-            "300",
-            "--paced-events",
-            "4",
-            "--burst-events",
-            "10",
-        ],
+    let stdout = bench(
+        "--fanout --subscribers 300 --paced-events 4 --burst-events 10",
         &[
             ("TRIAD_API__LIMITS__REQUESTS_PER_SECOND", "10"),
             ("TRIAD_API__LIMITS__BURST", "20"),
         ],
-    );
+    )
+    .await;
     for phase in ["paced 20/s", "burst"] {
         for server in ["TRIAD subscription", "raw broadcast"] {
             let cells = row(&stdout, &format!("| 300 | {phase} | {server} |"));
@@ -53,21 +52,7 @@ async fn fanout_serves_more_subscribers_than_its_tenants_request_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_measures_hops_segments_and_throughput() {
-    let env = Env::new(2).await;
-    let (stdout, _) = cli_ok(
-        &env,
-        &[
-            "bench",
-            "--flow",
-            "--rates",
-            "20",
-            "--seconds",
-            "1",
-            "--burst",
-            "20",
-        ],
-        &[],
-    );
+    let stdout = bench("--flow --rates 20 --seconds 1 --burst 20", &[]).await;
     assert!(
         stdout.contains("on 2 of 2 inbox partitions"),
         "the warm-up must reach every partition:\n{stdout}"
