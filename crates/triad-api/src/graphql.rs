@@ -866,6 +866,11 @@ fn registry_error(e: crate::registry::RegistryError) -> async_graphql::Error {
     }
 }
 
+/// The subscription fields whose executions `/graphql/ws` shares between identical
+/// subscriptions of one caller (`crate::shared`): each one's stream depends only on its
+/// arguments and the caller, so a late joiner replaying it misses and repeats nothing.
+pub const REPLAYABLE: &[&str] = &["workflowEvents"];
+
 #[derive(Debug)]
 pub struct SubscriptionRoot;
 
@@ -942,7 +947,7 @@ const WS_READ_BUFFER: usize = 4 * 1024;
 /// `Authorization` header is used when the payload carries none. Without acceptable
 /// credentials the connection closes before any operation runs.
 pub async fn subscriptions(
-    State((schema, state)): State<(TriadSchema, Arc<AppState>)>,
+    State((executor, state)): State<(crate::shared::Shared<TriadSchema>, Arc<AppState>)>,
     headers: axum::http::HeaderMap,
     protocol: async_graphql_axum::GraphQLProtocol,
     upgrade: axum::extract::ws::WebSocketUpgrade,
@@ -955,7 +960,7 @@ pub async fn subscriptions(
         .read_buffer_size(WS_READ_BUFFER)
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| {
-            async_graphql_axum::GraphQLWebSocket::new(stream, schema, protocol)
+            async_graphql_axum::GraphQLWebSocket::new(stream, executor, protocol)
                 .on_connection_init(move |payload| async move {
                     let bearer = init_credential(&payload).or(header);
                     let who = match bearer.as_deref().map(bearer_token) {

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod read;
 pub mod registry;
 mod rest;
+pub mod shared;
 pub mod stream;
 pub mod trusted;
 
@@ -261,7 +262,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     // headers on a WebSocket), so it is outside the HTTP credential layer.
     let gql_ws = Router::new()
         .route("/graphql/ws", get(graphql::subscriptions))
-        .with_state((schema, state.clone()));
+        .with_state((
+            shared::Shared::new(schema, graphql::REPLAYABLE, state.metrics.clone()),
+            state.clone(),
+        ));
     // Same order as ROUTES; everything here needs credentials.
     let protected = Router::new()
         .merge(gql)

@@ -229,15 +229,16 @@ pub async fn events(
     {
         return Err(not_found_workflow(&id));
     }
+    let open = crate::shared::StreamOpen::new(s.metrics.clone());
     let stream = EventStream::new(s, id, after, scope);
-    let events = futures::stream::unfold(stream, |mut st| async move {
+    let events = futures::stream::unfold((stream, open), |(mut st, open)| async move {
         let e = st.next().await?;
         let frame = Event::default()
             .id(e.sequence.to_string())
             .event(e.sse_name())
             .json_data(&*e)
             .unwrap_or_else(|_| Event::default().comment("unserialisable event"));
-        Some((Ok::<_, std::convert::Infallible>(frame), st))
+        Some((Ok::<_, std::convert::Infallible>(frame), (st, open)))
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

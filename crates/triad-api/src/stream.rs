@@ -109,12 +109,6 @@ pub struct EventStream {
     owner_checked: bool,
 }
 
-impl Drop for EventStream {
-    fn drop(&mut self) {
-        self.state.metrics.stream_closed();
-    }
-}
-
 impl EventStream {
     /// Events of `workflow` after sequence `after`, if the workflow is `scope`'s (the
     /// caller's tenant; none for an operator): another tenant's workflow ends the stream
@@ -122,7 +116,6 @@ impl EventStream {
     /// read and the wait still wakes it.
     pub fn new(state: Arc<AppState>, workflow: String, after: i64, scope: Option<String>) -> Self {
         let changes = state.changes.subscribe();
-        state.metrics.stream_opened();
         let slot = state.hub.slot(&workflow);
         Self {
             state,
@@ -229,12 +222,6 @@ pub struct ChangeStream {
     buffer: VecDeque<String>,
 }
 
-impl Drop for ChangeStream {
-    fn drop(&mut self) {
-        self.state.metrics.stream_closed();
-    }
-}
-
 impl ChangeStream {
     /// Subscribes to changes before the first read (as [`EventStream::new`]).
     pub fn new(
@@ -244,7 +231,6 @@ impl ChangeStream {
         tenant: Option<String>,
     ) -> Self {
         let changes = state.changes.subscribe();
-        state.metrics.stream_opened();
         Self {
             state,
             status,

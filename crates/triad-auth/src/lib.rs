@@ -18,14 +18,14 @@ pub mod jwt;
 use triad_domain::AccessRole;
 
 /// How the caller proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Via {
     ApiKey,
     Jwt,
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     pub tenant: String,
     pub role: AccessRole,
