@@ -1,7 +1,31 @@
 //! librdkafka settings shared by every TRIAD client.
 
 use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use triad_config::KafkaConfig;
+
+/// The context of readers that consume to the end of a partition (`enable.partition.eof`).
+/// librdkafka now and then reports reaching the end as a client-level error too ("Global
+/// error: PartitionEOF"), besides the partition's own event the reader acts on; that copy
+/// means nothing and is logged at debug. Every other client error is logged as rdkafka's
+/// default context does, at error.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReaderContext;
+
+impl rdkafka::client::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(%error, reason, "librdkafka: end of partition");
+        } else {
+            tracing::error!(%error, reason, "librdkafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
+/// A consumer of [`reader_config`] with [`ReaderContext`].
+pub type Reader = rdkafka::consumer::StreamConsumer<ReaderContext>;
 
 /// A producer that never loses or duplicates an acknowledged write on retry: idempotent,
 /// `acks=all`, and partitioned by murmur2 like the Java client, so any Kafka client computes

@@ -392,7 +392,8 @@ pub async fn read_partition_from(
     from: i64,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>> {
-    let consumer: StreamConsumer = crate::client::reader_config(kafka).create()?;
+    let consumer: crate::client::Reader =
+        crate::client::reader_config(kafka).create_with_context(crate::client::ReaderContext)?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     if low > from && high > low {
         return Err(Error::LogStartMoved {
@@ -413,7 +414,8 @@ async fn read_from(
     from: i64,
     timeout: Duration,
 ) -> Result<Vec<OwnedMessage>> {
-    let consumer: StreamConsumer = crate::client::reader_config(kafka).create()?;
+    let consumer: crate::client::Reader =
+        crate::client::reader_config(kafka).create_with_context(crate::client::ReaderContext)?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -472,7 +474,8 @@ pub async fn read_at(
     offset: i64,
     timeout: Duration,
 ) -> Result<OwnedMessage> {
-    let consumer: StreamConsumer = crate::client::reader_config(kafka).create()?;
+    let consumer: crate::client::Reader =
+        crate::client::reader_config(kafka).create_with_context(crate::client::ReaderContext)?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     consumer.assign(&assignment)?;
