@@ -95,6 +95,28 @@ impl Drop for Feed {
     }
 }
 
+/// Ends an execution however its task stops (its stream ended, it was aborted, or a resolver
+/// panicked), so no subscriber waits for responses that will never come.
+struct End {
+    progress: Arc<Progress>,
+    feeds: Arc<Feeds>,
+    key: Key,
+    id: u64,
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        // Leave the table before announcing the end: a subscriber arriving from now on
+        // starts a fresh execution instead of replaying this one.
+        if let Ok(mut table) = self.feeds.table.lock()
+            && table.get(&self.key).is_some_and(|(i, _)| *i == self.id)
+        {
+            table.remove(&self.key);
+        }
+        self.progress.push(None);
+    }
+}
+
 #[expect(
     clippy::large_enum_variant,
     reason = "returned by value and moved out at once; boxing would allocate per frame"
@@ -209,23 +231,17 @@ impl<E: Executor> Shared<E> {
             tick: tokio::sync::watch::Sender::new(()),
         });
         let mut stream = self.inner.execute_stream(request, session);
-        let task = runtime.spawn({
-            let progress = progress.clone();
-            let feeds = self.feeds.clone();
-            let key = key.clone();
-            async move {
-                while let Some(response) = stream.next().await {
-                    progress.push(Some(response));
-                }
-                // Leave the table before announcing the end: a subscriber arriving from
-                // now on starts a fresh execution instead of replaying this one.
-                if let Ok(mut table) = feeds.table.lock()
-                    && table.get(&key).is_some_and(|(i, _)| *i == id)
-                {
-                    table.remove(&key);
-                }
-                progress.push(None);
+        let end = End {
+            progress: progress.clone(),
+            feeds: self.feeds.clone(),
+            key: key.clone(),
+            id,
+        };
+        let task = runtime.spawn(async move {
+            while let Some(response) = stream.next().await {
+                end.progress.push(Some(response));
             }
+            drop(end);
         });
         let feed = Arc::new(Feed {
             progress,
@@ -357,6 +373,14 @@ mod tests {
             })
         }
 
+        /// 1, then a panic.
+        async fn boom(&self) -> impl Stream<Item = i32> + use<> {
+            futures::stream::unfold(1, |n| async move {
+                assert!(n < 2, "the resolver's stream panics");
+                Some((n, n + 1))
+            })
+        }
+
         /// Not listed as replayable.
         async fn live(&self, ctx: &Context<'_>) -> impl Stream<Item = i32> + use<> {
             let probe = ctx.data::<Arc<Probe>>().unwrap();
@@ -379,7 +403,7 @@ mod tests {
             .finish();
         let metrics = Arc::new(ApiMetrics::default());
         (
-            Shared::new(schema, &["ticks"], metrics.clone()),
+            Shared::new(schema, &["ticks", "boom"], metrics.clone()),
             probe,
             metrics,
         )
@@ -507,5 +531,18 @@ mod tests {
         assert_eq!(value(&mut n1).await, 1);
         assert_eq!(value(&mut n2).await, 1);
         assert_eq!(probe.executions.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn an_execution_that_panics_ends_its_subscribers_streams() {
+        let (exec, _, _) = setup();
+        let mut a = exec.execute_stream(Request::new("subscription { boom }"), session("acme"));
+        let mut b = exec.execute_stream(Request::new("subscription { boom }"), session("acme"));
+        for s in [&mut a, &mut b] {
+            let r = s.next().await.unwrap();
+            assert_eq!(r.data.into_json().unwrap()["boom"], 1);
+            let end = tokio::time::timeout(std::time::Duration::from_secs(10), s.next()).await;
+            assert!(end.unwrap().is_none(), "ends instead of waiting forever");
+        }
     }
 }
