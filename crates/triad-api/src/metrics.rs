@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -48,6 +48,23 @@ impl ApiMetrics {
             self.streams_open.load(Ordering::Relaxed)
         );
         out
+    }
+}
+
+/// Counts a stream in `triad_api_streams_open` while it lives.
+#[derive(Debug)]
+pub struct StreamOpen(Arc<ApiMetrics>);
+
+impl StreamOpen {
+    pub fn new(metrics: Arc<ApiMetrics>) -> Self {
+        metrics.stream_opened();
+        Self(metrics)
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.stream_closed();
     }
 }
 

@@ -229,7 +229,7 @@ pub async fn events(
     {
         return Err(not_found_workflow(&id));
     }
-    let open = crate::shared::StreamOpen::new(s.metrics.clone());
+    let open = crate::metrics::StreamOpen::new(s.metrics.clone());
     let stream = EventStream::new(s, id, after, scope);
     let events = futures::stream::unfold((stream, open), |(mut st, open)| async move {
         let e = st.next().await?;

@@ -33,7 +33,7 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use triad_auth::Principal;
 
-use crate::metrics::ApiMetrics;
+use crate::metrics::{ApiMetrics, StreamOpen};
 
 /// An [`Executor`] that shares executions of replayable subscriptions (see the module docs)
 /// and counts every operation's stream in `triad_api_streams_open`.
@@ -295,23 +295,6 @@ impl<E: Executor> Executor for Shared<E> {
                 r
             })
             .boxed()
-    }
-}
-
-/// Counts a stream in `triad_api_streams_open` while it lives.
-#[derive(Debug)]
-pub struct StreamOpen(Arc<ApiMetrics>);
-
-impl StreamOpen {
-    pub fn new(metrics: Arc<ApiMetrics>) -> Self {
-        metrics.stream_opened();
-        Self(metrics)
-    }
-}
-
-impl Drop for StreamOpen {
-    fn drop(&mut self) {
-        self.0.stream_closed();
     }
 }
 
